@@ -1,0 +1,73 @@
+"""Domain errors. Each names the HTTP status it maps to; the server maps them in one place.
+
+CLIs print ``str(error)`` as the one-line cause and exit non-zero.
+"""
+
+from __future__ import annotations
+
+
+class RtdetrEdgeError(Exception):
+    """Base class. ``http_status`` is used when the error reaches an HTTP client."""
+
+    http_status = 500
+    code = "internal_error"
+
+
+class BadRequestError(RtdetrEdgeError):
+    http_status = 400
+    code = "bad_request"
+
+
+class InvalidImageError(BadRequestError):
+    """The body is not a decodable JPEG/PNG (empty, truncated, wrong type)."""
+
+    code = "invalid_image"
+
+
+class UnsupportedMediaTypeError(RtdetrEdgeError):
+    http_status = 415
+    code = "unsupported_media_type"
+
+
+class PayloadTooLargeError(RtdetrEdgeError):
+    """Body bytes or decoded pixels above the configured limits."""
+
+    http_status = 413
+    code = "payload_too_large"
+
+
+class NotFoundError(RtdetrEdgeError):
+    http_status = 404
+    code = "not_found"
+
+
+class NotReadyError(RtdetrEdgeError):
+    """The model is still warming up (or failed to)."""
+
+    http_status = 503
+    code = "not_ready"
+
+
+class InferenceError(RtdetrEdgeError):
+    """The predictor failed on a well-formed request."""
+
+    http_status = 500
+    code = "inference_failed"
+
+
+class ModelNotFoundError(RtdetrEdgeError):
+    """The model directory lacks the expected files."""
+
+    code = "model_not_found"
+
+
+class UnsupportedSettingsError(RtdetrEdgeError):
+    """A predictor setting this build/device cannot honour (e.g. fp16 on CPU)."""
+
+    code = "unsupported_settings"
+
+
+class WarmupError(RtdetrEdgeError):
+    """Shape collection, engine build or the self-test failed."""
+
+    code = "warmup_failed"

@@ -1,0 +1,93 @@
+"""Locate a Paddle inference model on disk and identify it by content."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from rtdetr_edge.errors import ModelNotFoundError
+
+PROGRAM_NAME = "model.pdmodel"
+PARAMS_NAME = "model.pdiparams"
+# Op types that only a quantized program contains: QDQ (ACT with onnx_format) or fake-quant.
+QUANT_OP_TYPES = frozenset(
+    {
+        "quantize_linear",
+        "dequantize_linear",
+        "fake_quantize_dequantize_abs_max",
+        "fake_quantize_dequantize_moving_average_abs_max",
+        "fake_channel_wise_quantize_dequantize_abs_max",
+        "fake_quantize_abs_max",
+        "fake_quantize_moving_average_abs_max",
+        "fake_channel_wise_quantize_abs_max",
+        "fake_dequantize_max_abs",
+        "fake_channel_wise_dequantize_max_abs",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A Paddle 2.x inference model: a program file and its combined params file."""
+
+    directory: Path
+    program: Path
+    params: Path
+
+    @classmethod
+    def locate(cls, directory: str | Path) -> "ModelFiles":
+        """Find ``model.pdmodel`` + ``model.pdiparams`` (or a single ``X.pdmodel`` + ``X.pdiparams``).
+
+        Raises :class:`ModelNotFoundError` naming what is missing; a Paddle 3
+        PIR export (``model.json``) is recognised and refused with the reason.
+        """
+        root = Path(directory)
+        if not root.is_dir():
+            raise ModelNotFoundError(f"model directory {root} does not exist")
+        program = root / PROGRAM_NAME
+        if not program.is_file():
+            candidates = sorted(root.glob("*.pdmodel"))
+            if len(candidates) == 1:
+                program = candidates[0]
+            elif (root / "model.json").is_file():
+                raise ModelNotFoundError(
+                    f"{root} holds a Paddle 3 PIR export (model.json); rtdetr-edge needs the Paddle 2.x "
+                    "format (model.pdmodel): export with paddlepaddle 2.6"
+                )
+            else:
+                found = ", ".join(sorted(p.name for p in root.iterdir())) or "nothing"
+                raise ModelNotFoundError(f"no {PROGRAM_NAME} in {root} (found: {found})")
+        params = program.with_suffix(".pdiparams")
+        if not params.is_file():
+            raise ModelNotFoundError(f"{program.name} in {root} has no matching {params.name}")
+        return cls(directory=root, program=program, params=params)
+
+    def digest(self) -> str:
+        """``sha256:<hex>`` over the program and params bytes; names and mtimes do not count."""
+        hasher = hashlib.sha256()
+        for path in (self.program, self.params):
+            hasher.update(path.stat().st_size.to_bytes(8, "little"))
+            with path.open("rb") as stream:
+                while chunk := stream.read(1 << 20):
+                    hasher.update(chunk)
+        return "sha256:" + hasher.hexdigest()
+
+    def op_counts(self) -> Counter[str]:
+        """How many ops of each type the program holds (parsed, not grepped: the
+        program also embeds a version map naming every registered op type)."""
+        from rtdetr_edge.paddle_import import import_paddle
+
+        import_paddle()
+        from paddle.base.proto import framework_pb2
+
+        program = framework_pb2.ProgramDesc.FromString(self.program.read_bytes())
+        return Counter(op.type for block in program.blocks for op in block.ops)
+
+    def is_quantized(self) -> bool:
+        """True if the program holds quantize/dequantize ops (an ACT/PTQ output)."""
+        return not QUANT_OP_TYPES.isdisjoint(self.op_counts())
+
+    def size_bytes(self) -> int:
+        return self.program.stat().st_size + self.params.stat().st_size

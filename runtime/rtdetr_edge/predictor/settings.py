@@ -1,0 +1,51 @@
+"""Predictor settings shared by evaluate, warm-up and serve."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+Device = Literal["cpu", "gpu"]
+Precision = Literal["fp32", "fp16", "int8"]
+Backend = Literal["paddle", "onnxruntime"]
+
+DEVICES: tuple[Device, ...] = ("cpu", "gpu")
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
+BACKENDS: tuple[Backend, ...] = ("paddle", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class PredictorSettings:
+    """How to run a model. Every field has a default that works on a CPU-only machine."""
+
+    device: Device = "cpu"
+    """``gpu`` runs Paddle Inference with TensorRT; ``cpu`` runs oneDNN (or ONNX Runtime)."""
+    precision: Precision = "fp32"
+    """``int8`` needs a quantized (ACT/PTQ) model; ``fp16`` needs a GPU."""
+    backend: Backend = "paddle"
+    """``onnxruntime`` is CPU + fp32 only (the model is converted with paddle2onnx at warm-up)."""
+    max_batch_size: int = 4
+    """Largest batch the server forms; shape ranges and TensorRT engines cover 1..this."""
+    cpu_threads: int = 2
+    """Math threads for oneDNN / ONNX Runtime (and for shape collection)."""
+    gpu_device_id: int = 0
+    gpu_memory_pool_mb: int = 1024
+    """Initial GPU memory pool Paddle reserves (it grows on demand)."""
+    trt_workspace_bytes: int = 1 << 30
+    trt_min_subgraph_size: int = 3
+    """Smaller subgraphs stay on Paddle's own GPU kernels."""
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not 1 <= self.max_batch_size <= 64:
+            raise ValueError(f"max_batch_size must be within 1..64, got {self.max_batch_size}")
+        if self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1, got {self.cpu_threads}")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)

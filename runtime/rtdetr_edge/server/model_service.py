@@ -1,0 +1,195 @@
+"""The model lifecycle (load → ready → predict), independent of HTTP.
+
+``start()`` returns at once; warm-up runs in a background thread so liveness
+answers immediately and readiness turns true only after the self-test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtdetr_edge.errors import NotReadyError, RtdetrEdgeError
+from rtdetr_edge.labels import load_labels
+from rtdetr_edge.postprocess import ModelOutputs, select_detections, to_detections
+from rtdetr_edge.predictor.settings import PredictorSettings
+from rtdetr_edge.preprocess import DEFAULT_MAX_IMAGE_PIXELS, ModelInputs, PreprocessedImage, preprocess_bytes, stack_batch
+from rtdetr_edge.server.batcher import BatchInfo, DynamicBatcher
+from rtdetr_edge.server.metrics import ServerMetrics
+from rtdetr_edge.warmup import WarmedModel, warm_up
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything ``rtdetr-edge serve`` needs; each default is what the CLI uses."""
+
+    model_dir: Path
+    cache_dir: Path
+    predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    model_name: str = "rtdetr"
+    labels_file: Path | None = None
+    """One label per line (or PaddleDetection's infer_cfg.yml); COCO's 80 by default."""
+    score_threshold: float = 0.5
+    """Default for /v1/detect when the request does not pass ``score_threshold``."""
+    max_detections: int = 100
+    batch_window_seconds: float = 0.002
+    """How long a forming batch may wait for requests still being preprocessed."""
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    preprocess_threads: int = 2
+
+
+class ModelService:
+    def __init__(
+        self,
+        options: ServeOptions,
+        metrics: ServerMetrics,
+        on_fatal: Callable[[str], None],
+        on_ready: Callable[[WarmedModel], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.metrics = metrics
+        self.labels = load_labels(options.labels_file)
+        self.state = "loading"
+        self.error: str | None = None
+        self.warmed: WarmedModel | None = None
+        self._on_fatal = on_fatal
+        self._on_ready = on_ready
+        self._preprocess_pool = ThreadPoolExecutor(options.preprocess_threads, thread_name_prefix="preprocess")
+        self._batcher: DynamicBatcher[PreprocessedImage, np.ndarray] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def digest(self) -> str:
+        return self.warmed.report.model_digest if self.warmed else ""
+
+    @property
+    def platform(self) -> str:
+        settings = self.options.predictor
+        return "onnxruntime_onnx" if settings.backend == "onnxruntime" else "paddle_inference"
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._batcher = DynamicBatcher(
+            self._run_batch,
+            self.options.predictor.max_batch_size,
+            self.options.batch_window_seconds,
+            on_batch=self._record_batch,
+            on_queue_depth=self.metrics.queue_depth.set,
+        )
+        self._batcher.start()
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        started = time.perf_counter()
+        try:
+            warmed = warm_up(self.options.model_dir, self.options.predictor, self.options.cache_dir)
+        except RtdetrEdgeError as error:
+            self._fail(str(error))
+            return
+        except Exception as error:  # any failure must stop the server with its cause, not hang unready
+            log.exception("warm-up crashed")
+            self._fail(f"{type(error).__name__}: {error}")
+            return
+        report = warmed.report
+        self.metrics.warmup_seconds.set(time.perf_counter() - started)
+        self.metrics.engine_cache.labels(report.engine_cache).inc()
+        self.metrics.shape_collection.labels(report.shape_collection).inc()
+        log.info("warm-up report: %s", report.to_dict())
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._became_ready, warmed)
+
+    def _became_ready(self, warmed: WarmedModel) -> None:
+        self.warmed = warmed
+        self.state = "ready"
+        self.metrics.ready.set(1)
+        log.info("model %s is ready (%s)", self.options.model_name, warmed.report.model_digest)
+        if self._on_ready is not None:
+            self._on_ready(warmed)
+
+    def _fail(self, message: str) -> None:
+        self.state = "failed"
+        self.error = message
+        log.error("warm-up failed: %s", message)
+        self._on_fatal(message)
+
+    def require_ready(self) -> WarmedModel:
+        if self.state != "ready" or self.warmed is None:
+            detail = f": {self.error}" if self.error else " (warm-up in progress)"
+            raise NotReadyError(f"model {self.options.model_name!r} is not ready{detail}")
+        return self.warmed
+
+    def _run_batch(self, items: list[PreprocessedImage]) -> list[np.ndarray]:
+        warmed = self.warmed
+        assert warmed is not None
+        outputs = warmed.predictor.predict(stack_batch(items))
+        return outputs.split()
+
+    def _record_batch(self, info: BatchInfo) -> None:
+        self.metrics.batch_size.observe(info.batch_size)
+        self.metrics.inference.observe(info.inference_seconds)
+
+    async def detect(self, body: bytes, score_threshold: float, max_detections: int) -> dict[str, object]:
+        """Detections for one image body, with per-stage timings in milliseconds."""
+        warmed = self.require_ready()
+        assert self._batcher is not None
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        with self._batcher.preparing():
+            image = await loop.run_in_executor(
+                self._preprocess_pool, preprocess_bytes, body, self.options.max_image_pixels
+            )
+        preprocessed = time.perf_counter()
+        self.metrics.preprocess.observe(preprocessed - started)
+        rows, info = await self._batcher.submit(image)
+        inferred = time.perf_counter()
+        kept = select_detections(rows, image.height, image.width, score_threshold, max_detections)
+        detections = [detection.to_json() for detection in to_detections(kept, self.labels)]
+        finished = time.perf_counter()
+        return {
+            "model": self.options.model_name,
+            "digest": warmed.report.model_digest,
+            "image": {"width": image.width, "height": image.height},
+            "detections": detections,
+            "batch_size": info.batch_size,
+            "timing_ms": {
+                "preprocess": round((preprocessed - started) * 1000, 3),
+                "queue": round(info.queue_seconds * 1000, 3),
+                "inference": round(info.inference_seconds * 1000, 3),
+                "postprocess": round((finished - inferred) * 1000, 3),
+                "total": round((finished - started) * 1000, 3),
+            },
+        }
+
+    async def infer(self, inputs: ModelInputs) -> ModelOutputs:
+        """Run already-preprocessed tensors (OIP v2) on the inference thread."""
+        warmed = self.require_ready()
+        assert self._batcher is not None
+        started = time.perf_counter()
+        outputs = await self._batcher.run_exclusive(lambda: warmed.predictor.predict(inputs))
+        self._record_batch(BatchInfo(inputs.batch_size, 0.0, time.perf_counter() - started))
+        return outputs
+
+    async def stop(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.close()
+        self._preprocess_pool.shutdown(wait=True)
+        if self.warmed is not None:
+            self.warmed.predictor.close()
+        self.metrics.ready.set(0)

@@ -1,0 +1,91 @@
+"""Run the HTTP server process (uvicorn) around a :class:`ModelService`."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import sys
+from collections.abc import Callable
+
+import uvicorn
+
+from rtdetr_edge.server.app import create_app
+from rtdetr_edge.server.metrics import ServerMetrics
+from rtdetr_edge.server.model_service import ModelService, ServeOptions
+from rtdetr_edge.warmup import WarmedModel
+
+log = logging.getLogger(__name__)
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024  # glibc's maximum on 64-bit; a batch of 4 images is 19.7 MB
+_TRIM_THRESHOLD_BYTES = 1024 * 1024 * 1024
+
+
+def tune_malloc() -> bool:
+    """Keep multi-MB image buffers in the heap instead of mmap/munmap per request.
+
+    With glibc defaults every 4.9 MB image tensor is returned to the kernel when
+    freed and page-faulted back on the next request (~700-1,600 faults/image,
+    measured +2.2 ms p50 and -22 % throughput at concurrency 8 on this machine kind).
+    """
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(libc_name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES))
+    if not ok:
+        log.warning("mallopt refused the buffer-reuse settings; expect more page faults per request")
+    return ok
+
+
+def run_server(
+    options: ServeOptions,
+    host: str,
+    port: int,
+    drain_seconds: float,
+    on_ready: Callable[[WarmedModel], None] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT (draining in-flight requests). Returns the exit code.
+
+    A failed warm-up stops the server with exit code 1 and the cause as the last
+    line of stderr, so Kubernetes shows it in the pod's termination message.
+    """
+    tune_malloc()
+    metrics = ServerMetrics(options.predictor.max_batch_size)
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def stop_on_fatal(message: str) -> None:
+        fatal.append(message)
+        if server is not None:
+            server.should_exit = True
+
+    service = ModelService(options, metrics, on_fatal=stop_on_fatal, on_ready=on_ready)
+    config = uvicorn.Config(
+        create_app(service),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(drain_seconds),
+    )
+    server = uvicorn.Server(config)
+    log.info("listening on http://%s:%d (ready after warm-up)", host, port)
+    server.run()
+    if fatal:
+        print(f"error: {fatal[0]}", file=sys.stderr)
+        return 1
+    if not server.started:
+        print(f"error: could not listen on {host}:{port}", file=sys.stderr)
+        return 1
+    return 0
