@@ -9,6 +9,7 @@ clear message instead of a segfault.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -33,8 +34,13 @@ def import_paddle() -> Any:
     # Paddle's glog chatter ("I1125 ... New Executor is Running") drowns our progress logs.
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("GLOG_v", "0")
+    # Importing paddle sets the root logger to WARNING, silencing our progress logs.
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     import paddle
 
+    root.setLevel(level)
+    root.handlers[:] = handlers
     _paddle = paddle
     return paddle
 
