@@ -18,6 +18,7 @@ from pathlib import Path
 from rtdetr_edge import __version__
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.predictor.settings import BACKENDS, DEVICES, PRECISIONS, PredictorSettings
+from rtdetr_edge.resource import ARCHES
 
 log = logging.getLogger("rtdetr_edge")
 
@@ -148,10 +149,95 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from rtdetr_edge.coco import list_images
+    from rtdetr_edge.quantize import QuantizeSettings, quantize_model
+
+    settings = QuantizeSettings(
+        arch=args.arch,
+        method=args.method,
+        train_iter=args.train_iter,
+        eval_iter=args.eval_iter,
+        learning_rate=args.learning_rate,
+        quantize_op_types=tuple(args.quantize_op_types) if args.quantize_op_types else None,
+        batch_size=args.batch_size,
+        calibration_batches=args.calibration_batches,
+        device=args.device,
+    )
+    report = quantize_model(args.model, list_images(args.train_images), args.out, settings, args.progress_file)
+    print(json.dumps(report.to_dict(), indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rtdetr_edge.coco import class_to_category_ids, load_ground_truth
+    from rtdetr_edge.evaluate import evaluate_model
+    from rtdetr_edge.pipeline import num_model_classes
+
+    ground_truth = load_ground_truth(args.annotations, args.images, args.max_images)
+    num_classes = args.num_classes or num_model_classes(args.model)
+    mapping = class_to_category_ids(ground_truth, num_classes, args.category_ids)
+    result = evaluate_model(args.model, predictor_settings(args), args.cache_dir, ground_truth, mapping, args.batch_size)
+    document = json.dumps(result.to_dict(), indent=2)
+    if args.out:
+        args.out.write_text(document)
+    print(document)
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from rtdetr_edge.pipeline import run_pipeline
+    from rtdetr_edge.resource import SpecError, load_resource
+    from rtdetr_edge.storage import StorageResolver
+
+    try:
+        model = load_resource(args.resource)
+    except SpecError as error:
+        print(f"error: invalid spec: {error}", file=sys.stderr)
+        return 2
+    resolver = StorageResolver(pvc_root=args.pvc_root, download_dir=args.download_dir)
+    result = run_pipeline(model, resolver, args.cache_dir, args.device, args.termination_log)
+    print(json.dumps({k: result[k] for k in ("status", "pipelineDigest", "model", "accuracy", "message")}, indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rtdetr_edge.local_run import RunOptions, run_local
+
+    return run_local(
+        RunOptions(
+            resource_file=args.resource,
+            root=args.root,
+            device=args.device,
+            host=args.host,
+            port=args.port,
+            serve=not args.no_serve,
+            sample_images=args.sample_images,
+        )
+    )
+
+
+def cmd_make_dataset(args: argparse.Namespace) -> int:
+    from rtdetr_edge.synthetic import write_coco_dataset
+
+    write_coco_dataset(args.out, train=args.train, val=args.val, seed=args.seed)
+    print(f"wrote a COCO-layout dataset to {args.out} ({args.train} train, {args.val} val images)")
+    return 0
+
+
+def cmd_train_tiny(args: argparse.Namespace) -> int:
+    from rtdetr_edge.train_tiny import TrainSettings, train_tiny_model
+
+    settings = TrainSettings(iterations=args.iterations, batch_size=args.batch_size, seed=args.seed)
+    train_tiny_model(args.out, settings)
+    print(f"wrote the trained tiny model to {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rtdetr_edge.demo import run_demo
 
-    return run_demo(args.work_dir, args.host, args.port)
+    return run_demo(args.work_dir, args.host, args.port, serve=not args.no_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,10 +284,66 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--num-classes", type=int, default=80)
     tiny.add_argument("--hidden-dim", type=int, default=64)
 
-    demo = command("demo", cmd_demo, "build the tiny model, serve it, and print a ready URL with a sample curl")
+    quantize = command("quantize", cmd_quantize, "quantize an FP32 export with PaddleSlim (ACT QAT + distillation, or PTQ)")
+    quantize.add_argument("--model", type=Path, required=True, help="FP32 export (left untouched)")
+    quantize.add_argument("--train-images", type=Path, required=True, help="folder of training images (no labels)")
+    quantize.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
+    quantize.add_argument("--arch", choices=ARCHES, default="r50vd", help="selects the ACT defaults in configs/act/")
+    quantize.add_argument("--method", choices=("qat", "ptq"), default="qat")
+    quantize.add_argument("--train-iter", type=int)
+    quantize.add_argument("--eval-iter", type=int)
+    quantize.add_argument("--learning-rate", type=float)
+    quantize.add_argument("--quantize-op-types", nargs="+")
+    quantize.add_argument("--batch-size", type=int, default=1)
+    quantize.add_argument("--calibration-batches", type=int, default=32, help="ptq only")
+    quantize.add_argument("--device", choices=DEVICES, default=env("DEVICE", "cpu"))
+    quantize.add_argument("--progress-file", type=Path, help="JSON progress (iteration, loss, ETA)")
+
+    evaluate = command("evaluate", cmd_evaluate, "COCO mAP of a model through the serving predictor")
+    evaluate.add_argument("--model", type=Path, required=True)
+    evaluate.add_argument("--images", type=Path, required=True, help="validation image folder")
+    evaluate.add_argument("--annotations", type=Path, required=True, help="COCO instances_*.json")
+    evaluate.add_argument("--max-images", type=int)
+    evaluate.add_argument("--num-classes", type=int, help="default: the export's infer_cfg.yml label_list, else 80")
+    evaluate.add_argument("--category-ids", type=int, nargs="+", help="class index -> category id (default: sorted ids)")
+    evaluate.add_argument("--batch-size", type=int, default=1)
+    evaluate.add_argument("--out", type=Path, help="also write the JSON result here")
+    add_predictor_arguments(evaluate)
+
+    pipeline = command("pipeline", cmd_pipeline, "the quantize Job: quantize, evaluate FP32 and INT8, gate, shapes")
+    pipeline.add_argument("resource", type=Path, help="an RTDETRModel YAML")
+    pipeline.add_argument("--pvc-root", type=Path, default=Path(env("PVC_ROOT", "/mnt/pvc") or "/mnt/pvc"))
+    pipeline.add_argument("--download-dir", type=Path, default=Path(env("DOWNLOAD_DIR", "/tmp/rtdetr-downloads") or ""))
+    pipeline.add_argument("--cache-dir", type=Path, default=Path(default_cache_dir()))
+    pipeline.add_argument("--device", choices=DEVICES, default=env("DEVICE", "cpu"))
+    pipeline.add_argument("--termination-log", type=Path, default=None, help="default: /dev/termination-log if present")
+
+    run = command("run", cmd_run, "run an RTDETRModel locally: quantize, evaluate, gate, warm up, serve")
+    run.add_argument("resource", type=Path)
+    run.add_argument("--root", type=Path, default=Path(".rtdetr-edge/run"), help="pvc:// maps to ROOT/pvc/")
+    run.add_argument("--device", choices=DEVICES, default=None, help="override spec.serving.device")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=int(env("PORT", "8080") or 8080))
+    run.add_argument("--no-serve", action="store_true", help="stop after the pipeline and the summary")
+    run.add_argument("--sample-images", type=Path, nargs="*", default=[], help="sent once the server is ready")
+
+    dataset = command("make-dataset", cmd_make_dataset, "write a deterministic synthetic COCO-layout dataset")
+    dataset.add_argument("out", type=Path)
+    dataset.add_argument("--train", type=int, default=64)
+    dataset.add_argument("--val", type=int, default=64)
+    dataset.add_argument("--seed", type=int, default=0)
+
+    train = command("train-tiny", cmd_train_tiny, "train the tiny model on synthetic shapes (the demo's weights)")
+    train.add_argument("out", type=Path)
+    train.add_argument("--iterations", type=int, default=2000)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--seed", type=int, default=0)
+
+    demo = command("demo", cmd_demo, "the embedded default: run the sample resource on synthetic data and serve it")
     demo.add_argument("--work-dir", type=Path, default=Path(".rtdetr-edge/demo"))
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=int(env("PORT", "8080") or 8080))
+    demo.add_argument("--no-serve", action="store_true")
     return parser
 
 

@@ -1,25 +1,32 @@
-"""``rtdetr-edge demo``: the no-cluster first run — build the tiny model, serve it, show how to call it."""
+"""``rtdetr-edge demo``: the no-cluster first run.
+
+Puts the shipped shapes model and a generated COCO-layout dataset where the sample
+resource's ``pvc://`` URIs point, then runs ``configs/samples/demo-shapes.yaml``
+exactly as ``rtdetr-edge run`` would: ACT quantization, FP32 vs INT8 mAP, the
+accuracy gate, warm-up, and a server answering real requests.
+"""
 
 from __future__ import annotations
 
 import logging
-import shlex
 import shutil
+from importlib import resources
 from pathlib import Path
 
-import numpy as np
-
+from rtdetr_edge.local_run import RunOptions, run_local
 from rtdetr_edge.model_files import PROGRAM_NAME
-from rtdetr_edge.predictor.settings import PredictorSettings
-from rtdetr_edge.server.model_service import ServeOptions
-from rtdetr_edge.synthetic import encode_jpeg, render_scene
-from rtdetr_edge.warmup import WarmedModel
+from rtdetr_edge.resource import configs_dir
 
 log = logging.getLogger(__name__)
 
+DEMO_RESOURCE = "samples/demo-shapes.yaml"
+DEMO_WEIGHTS = "data/shapes-tiny"  # package data: exported by `rtdetr-edge train-tiny`
+DEMO_TRAIN_IMAGES = 64
+DEMO_VAL_IMAGES = 64
+
 
 def ensure_tiny_model(model_dir: Path, seed: int = 0) -> Path:
-    """Export the seeded tiny model into ``model_dir`` unless it is already there."""
+    """Export the seeded (untrained) tiny model into ``model_dir`` unless it is already there."""
     if (model_dir / PROGRAM_NAME).is_file():
         return model_dir
     from rtdetr_edge.tiny_model import TinyModelSpec, export_tiny_model
@@ -32,35 +39,39 @@ def ensure_tiny_model(model_dir: Path, seed: int = 0) -> Path:
     return model_dir
 
 
-def run_demo(work_dir: Path, host: str, port: int) -> int:
-    from rtdetr_edge.server.run import run_server
+def shipped_demo_weights() -> Path:
+    path = Path(str(resources.files("rtdetr_edge").joinpath(DEMO_WEIGHTS)))
+    if not (path / PROGRAM_NAME).is_file():
+        raise FileNotFoundError(f"the demo model is missing from {path}; reinstall rtdetr-edge")
+    return path
 
-    work_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = ensure_tiny_model(work_dir / "model")
-    sample = work_dir / "sample.jpg"
-    if not sample.exists():
-        rgb, _ = render_scene(np.random.default_rng(7))
-        sample.write_bytes(encode_jpeg(rgb))
-    url = f"http://{host}:{port}"
 
-    def announce(warmed: WarmedModel) -> None:
-        report = warmed.report
-        print(
-            f"\nrtdetr-edge demo is ready at {url}  (model {report.model_digest[:19]}…, "
-            f"warm-up {report.seconds['total']:.1f}s, engine cache {report.engine_cache})\n"
-            f"  curl -s -H 'Content-Type: image/jpeg' --data-binary @{shlex.quote(str(sample))} "
-            f"'{url}/v1/detect?score_threshold=0.1'\n"
-            f"  rtdetr-edge detect {shlex.quote(str(sample))} --url {url} --score-threshold 0.1\n"
-            f"  curl -s {url}/metrics | grep rtdetr_\n"
-            "The tiny model has random weights: its boxes show the serving path works, not accuracy.\n"
-            "Press Ctrl+C to stop.",
-            flush=True,
+def prepare_demo_inputs(root: Path) -> None:
+    """Model and dataset under ``root/pvc`` where the sample resource expects them."""
+    from rtdetr_edge.synthetic import write_coco_dataset
+
+    model_dir = root / "pvc" / "models" / "shapes-tiny"
+    if not (model_dir / PROGRAM_NAME).is_file():
+        staging = model_dir.with_name(".shapes-tiny.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(shipped_demo_weights(), staging)
+        staging.rename(model_dir)
+    dataset = root / "pvc" / "datasets" / "shapes"
+    if not (dataset / "annotations" / "instances_val2017.json").is_file():
+        log.info("generating the synthetic COCO-layout dataset in %s", dataset)
+        write_coco_dataset(dataset, train=DEMO_TRAIN_IMAGES, val=DEMO_VAL_IMAGES, seed=2026)
+
+
+def run_demo(work_dir: Path, host: str, port: int, serve: bool = True) -> int:
+    prepare_demo_inputs(work_dir)
+    val_images = sorted((work_dir / "pvc" / "datasets" / "shapes" / "val2017").glob("*.jpg"))
+    return run_local(
+        RunOptions(
+            resource_file=configs_dir() / DEMO_RESOURCE,
+            root=work_dir,
+            host=host,
+            port=port,
+            serve=serve,
+            sample_images=val_images[:3],
         )
-
-    options = ServeOptions(
-        model_dir=model_dir,
-        cache_dir=work_dir / "engine-cache",
-        predictor=PredictorSettings(),
-        model_name="rtdetr-demo",
     )
-    return run_server(options, host, port, drain_seconds=5, on_ready=announce)

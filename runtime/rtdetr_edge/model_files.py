@@ -89,5 +89,17 @@ class ModelFiles:
         """True if the program holds quantize/dequantize ops (an ACT/PTQ output)."""
         return not QUANT_OP_TYPES.isdisjoint(self.op_counts())
 
+    def label_list(self) -> list[str] | None:
+        """``label_list`` of the export's ``infer_cfg.yml`` (PaddleDetection writes it), if present."""
+        infer_cfg = self.directory / "infer_cfg.yml"
+        if not infer_cfg.is_file():
+            return None
+        from rtdetr_edge.labels import load_labels
+
+        try:
+            return load_labels(infer_cfg)
+        except ValueError:
+            return None
+
     def size_bytes(self) -> int:
         return self.program.stat().st_size + self.params.stat().st_size

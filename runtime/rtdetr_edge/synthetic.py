@@ -6,7 +6,10 @@ benchmark traffic, and (later) a small COCO-format dataset.
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -66,3 +69,60 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buffer.tobytes()
+
+
+# COCO category ids of the synthetic shapes. Deliberately not 0-based or contiguous with
+# the model's class index, so category-id mapping is exercised the way real datasets need.
+SHAPE_CATEGORY_IDS = (1, 2, 3)
+
+
+def coco_categories() -> list[dict[str, object]]:
+    return [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in zip(SHAPE_CATEGORY_IDS, SHAPE_CLASSES)]
+
+
+def write_coco_split(
+    root: Path, split: str, count: int, seed: int, with_annotations: bool = True
+) -> tuple[Path, Path | None]:
+    """Write ``count`` scenes to ``root/<split>/`` and (optionally) ``annotations/instances_<split>.json``."""
+    images_dir = root / split
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, annotations = [], []
+    for index in range(count):
+        height = int(rng.choice([360, 427, 480]))
+        width = int(rng.choice([480, 640]))
+        rgb, objects = render_scene(rng, height=height, width=width)
+        image_id = index + 1
+        file_name = f"{image_id:012d}.jpg"
+        (images_dir / file_name).write_bytes(encode_jpeg(rgb))
+        images.append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+        for obj in objects:
+            x1, y1, x2, y2 = obj.box
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": SHAPE_CATEGORY_IDS[obj.class_index],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+    if not with_annotations:
+        return images_dir, None
+    annotation_file = root / "annotations" / f"instances_{split}.json"
+    annotation_file.parent.mkdir(parents=True, exist_ok=True)
+    document = {"images": images, "annotations": annotations, "categories": coco_categories()}
+    annotation_file.write_text(json.dumps(document))
+    return images_dir, annotation_file
+
+
+def write_coco_dataset(root: Path, train: int = 64, val: int = 32, seed: int = 0) -> Path:
+    """A COCO-layout dataset (``train2017``, ``val2017``, ``annotations/``), made atomically."""
+    staging = root.with_name(f".{root.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    write_coco_split(staging, "train2017", train, seed)
+    write_coco_split(staging, "val2017", val, seed + 1)
+    shutil.rmtree(root, ignore_errors=True)
+    staging.rename(root)
+    return root

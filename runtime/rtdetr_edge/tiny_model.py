@@ -28,7 +28,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from rtdetr_edge.paddle_import import import_paddle
 
@@ -156,33 +155,35 @@ class DecoderLayer(nn.Layer):  # type: ignore[misc]
         return self.norm3(target + self.ffn(target))
 
 
-def sincos_position_embedding(height: int, width: int, dim: int) -> np.ndarray:
-    grid_w, grid_h = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+def sincos_position_embedding(height: int, width: int, dim: int) -> Any:
+    """RT-DETR's 2-D sin-cos embedding, computed in the graph (``[1, H*W, dim]``).
+
+    Computed rather than stored: like RT-DETR without a fixed ``eval_size``, and it
+    keeps FP32 constants from dominating the tiny model's (INT8) params file.
+    """
+    grid_h, grid_w = paddle.meshgrid(
+        paddle.arange(height, dtype="float32"), paddle.arange(width, dtype="float32")
+    )
     pos_dim = dim // 4
-    omega = 1.0 / (10000.0 ** (np.arange(pos_dim, dtype=np.float32) / pos_dim))
-    out_w = grid_w.reshape(-1, 1) * omega[None]
-    out_h = grid_h.reshape(-1, 1) * omega[None]
-    return np.concatenate([np.sin(out_w), np.cos(out_w), np.sin(out_h), np.cos(out_h)], axis=1)[None]
+    omega = 1.0 / (10000.0 ** (paddle.arange(pos_dim, dtype="float32") / pos_dim))
+    out_w = grid_w.flatten().unsqueeze(-1) * omega.unsqueeze(0)
+    out_h = grid_h.flatten().unsqueeze(-1) * omega.unsqueeze(0)
+    return paddle.concat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], axis=1).unsqueeze(0)
 
 
-def anchor_logits(shapes: list[tuple[int, int]]) -> np.ndarray:
-    """Grid anchors (cx, cy, w, h) per feature cell in inverse-sigmoid space, as RT-DETR."""
+def anchor_logits(shapes: list[tuple[int, int]]) -> Any:
+    """Grid anchors (cx, cy, w, h) per feature cell in inverse-sigmoid space, computed as RT-DETR."""
     anchors = []
     for level, (height, width) in enumerate(shapes):
-        grid_y, grid_x = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
-        cx = (grid_x.reshape(-1) + 0.5) / width
-        cy = (grid_y.reshape(-1) + 0.5) / height
-        size = np.full_like(cx, 0.05 * (2.0**level))
-        anchors.append(np.stack([cx, cy, size, size], axis=1))
-    anchor = np.clip(np.concatenate(anchors, axis=0), 0.01, 0.99)
-    return np.log(anchor / (1 - anchor))[None].astype("float32")
-
-
-def named_constant(name: str, value: np.ndarray) -> Any:
-    """A buffer with a fixed name (eager tensors are otherwise named from a global counter)."""
-    tensor = paddle.to_tensor(value)
-    tensor.name = f"tiny_rtdetr.{name}"
-    return tensor
+        grid_y, grid_x = paddle.meshgrid(
+            paddle.arange(height, dtype="float32"), paddle.arange(width, dtype="float32")
+        )
+        cx = (grid_x.flatten() + 0.5) / width
+        cy = (grid_y.flatten() + 0.5) / height
+        size = paddle.full_like(cx, 0.05 * (2.0**level))
+        anchors.append(paddle.stack([cx, cy, size, size], axis=1))
+    anchor = paddle.concat(anchors, axis=0).clip(0.01, 0.99)
+    return paddle.log(anchor / (1 - anchor)).unsqueeze(0)
 
 
 def inverse_sigmoid(x: Any, eps: float = 1e-5) -> Any:
@@ -203,17 +204,14 @@ class TinyRTDETR(nn.Layer):  # type: ignore[misc]
         self.spec = spec
         hidden = spec.hidden_dim
         self.shapes = [(INPUT_SIZE // s, INPUT_SIZE // s) for s in LEVEL_STRIDES]
-        coarse = self.shapes[-1][0]
         self.backbone = Backbone()
         self.proj4 = ConvNormAct(48, hidden, 1, 1, act=False)
         self.proj5 = ConvNormAct(96, hidden, 1, 1, act=False)
         # AIFI: one transformer encoder layer on the coarsest level (gelu FFN, as RT-DETR).
         self.aifi = nn.TransformerEncoderLayer(hidden, spec.num_heads, hidden * 2, dropout=0.0, activation="gelu")
-        self.register_buffer("pos_embed", named_constant("pos_embed", sincos_position_embedding(coarse, coarse, hidden)))
         self.fuse4 = ConvNormAct(hidden, hidden, 3, 1)
         self.down4 = ConvNormAct(hidden, hidden, 3, 2)
         self.fuse5 = ConvNormAct(hidden, hidden, 3, 1)
-        self.register_buffer("anchors", named_constant("anchors", anchor_logits(self.shapes)))
         self.enc_output = nn.Sequential(nn.Linear(hidden, hidden), nn.LayerNorm(hidden))
         self.enc_score_head = nn.Linear(hidden, spec.num_classes)
         self.enc_bbox_head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 4))
@@ -232,7 +230,7 @@ class TinyRTDETR(nn.Layer):  # type: ignore[misc]
         hidden = self.spec.hidden_dim
         coarse = self.shapes[-1][0]
         tokens = f5.flatten(2).transpose([0, 2, 1])
-        tokens = self.aifi(tokens + self.pos_embed)
+        tokens = self.aifi(tokens + sincos_position_embedding(coarse, coarse, hidden))
         f5 = tokens.transpose([0, 2, 1]).reshape([batch, hidden, coarse, coarse])
         f4 = self.fuse4(f4 + functional.interpolate(f5, scale_factor=2.0, mode="nearest"))
         f5 = self.fuse5(f5 + self.down4(f4))
@@ -244,7 +242,7 @@ class TinyRTDETR(nn.Layer):  # type: ignore[misc]
         batch = paddle.shape(memory)[0]
         features = self.enc_output(memory)
         enc_logits = self.enc_score_head(features)
-        enc_box_logits = self.enc_bbox_head(features) + self.anchors
+        enc_box_logits = self.enc_bbox_head(features) + anchor_logits(self.shapes)
         _, top_index = paddle.topk(enc_logits.max(-1), num_queries, axis=1)
         batch_index = paddle.arange(batch, dtype=top_index.dtype).unsqueeze(-1).tile([1, num_queries])
         gather_index = paddle.stack([batch_index, top_index], axis=-1)
@@ -293,8 +291,9 @@ def build_tiny_rtdetr(spec: TinyModelSpec) -> TinyRTDETR:
     return model
 
 
-def export_inference_model(model: TinyRTDETR, out_dir: Path) -> Path:
-    """Write ``out_dir/model.pdmodel`` + ``model.pdiparams`` (Paddle 2.x inference format)."""
+def export_inference_model(model: TinyRTDETR, out_dir: Path, labels: list[str] | None = None) -> Path:
+    """Write ``model.pdmodel`` + ``model.pdiparams`` (Paddle 2.x format) and, like
+    PaddleDetection, an ``infer_cfg.yml`` with the preprocessing and the label list."""
     from paddle.static import InputSpec
 
     layer = ExportedRTDETR(model)
@@ -310,7 +309,36 @@ def export_inference_model(model: TinyRTDETR, out_dir: Path) -> Path:
         warnings.simplefilter("ignore", UserWarning)
         paddle.jit.save(paddle.jit.to_static(layer, input_spec=specs), str(out_dir / "model"))
     strip_call_stacks(out_dir / "model.pdmodel")
+    write_infer_cfg(out_dir, labels or default_labels(model.spec.num_classes))
     return out_dir
+
+
+def default_labels(num_classes: int) -> list[str]:
+    from rtdetr_edge.labels import coco_labels
+
+    coco = coco_labels()
+    return coco if num_classes == len(coco) else [f"class_{index}" for index in range(num_classes)]
+
+
+def write_infer_cfg(out_dir: Path, labels: list[str]) -> None:
+    """PaddleDetection's deploy config for RT-DETR (what ``deploy/python/infer.py`` reads)."""
+    import yaml
+
+    document = {
+        "mode": "paddle",
+        "draw_threshold": 0.5,
+        "metric": "COCO",
+        "use_dynamic_shape": False,
+        "arch": "DETR",
+        "min_subgraph_size": 3,
+        "Preprocess": [
+            {"interp": 2, "keep_ratio": False, "target_size": [INPUT_SIZE, INPUT_SIZE], "type": "Resize"},
+            {"mean": [0.0, 0.0, 0.0], "norm_type": "none", "std": [1.0, 1.0, 1.0], "type": "NormalizeImage"},
+            {"type": "Permute"},
+        ],
+        "label_list": labels,
+    }
+    (out_dir / "infer_cfg.yml").write_text(yaml.safe_dump(document, sort_keys=False))
 
 
 def strip_call_stacks(program_file: Path) -> None:

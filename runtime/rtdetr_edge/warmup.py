@@ -13,6 +13,8 @@ Only then is the predictor handed to the caller (the server reports ready).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +47,7 @@ class WarmupReport:
     precision: str
     max_batch_size: int
     shape_file: str
-    shape_collection: str  # "collected" | "reused"
+    shape_collection: str  # "collected" | "reused" | "seeded"
     engine_key: str
     engine_cache: str  # "hit" | "built" | "rebuilt" (a corrupt entry was discarded)
     engine_dir: str
@@ -86,7 +88,7 @@ def _open_predictor(model: ModelFiles, plan: PaddlePlan | OnnxRuntimePlan, engin
 
 
 def _ensure_shape_file(
-    model: ModelFiles, digest: str, settings: PredictorSettings, cache: EngineCache
+    model: ModelFiles, digest: str, settings: PredictorSettings, cache: EngineCache, seed: Path | None
 ) -> tuple[Path, str]:
     shape_file = cache.shape_file(digest, settings.max_batch_size)
     if read_valid_shape_file(shape_file, settings.max_batch_size) is not None:
@@ -94,13 +96,32 @@ def _ensure_shape_file(
     with cache.lock(f"shapes-{digest_hex(digest)[:32]}"):
         if read_valid_shape_file(shape_file, settings.max_batch_size) is not None:
             return shape_file, "reused"  # another process collected it while we waited
+        if seed is not None and read_valid_shape_file(seed, settings.max_batch_size) is not None:
+            # The quantize Job collected it for this model and batch size already.
+            staging = shape_file.with_name(f".{shape_file.name}.{os.getpid()}.tmp")
+            shutil.copyfile(seed, staging)
+            os.replace(staging, shape_file)
+            log.info("seeded shape ranges from %s", seed)
+            return shape_file, "seeded"
+        if seed is not None:
+            log.warning("ignoring shape-range seed %s: missing or not covering batch 1..%d", seed, settings.max_batch_size)
         log.info("collecting shape ranges for batch 1..%d (model %s)", settings.max_batch_size, digest[:19])
         collect_shape_ranges(model, settings, shape_file)
         return shape_file, "collected"
 
 
-def warm_up(model_dir: str | Path, settings: PredictorSettings, cache_dir: str | Path) -> WarmedModel:
-    """Return a self-tested predictor for ``model_dir``, reusing the engine cache."""
+def warm_up(
+    model_dir: str | Path,
+    settings: PredictorSettings,
+    cache_dir: str | Path,
+    shape_seed: Path | None = None,
+) -> WarmedModel:
+    """Return a self-tested predictor for ``model_dir``, reusing the engine cache.
+
+    ``shape_seed``: a shape-range file collected earlier for this model (the
+    pipeline's ``shapes/`` artifact); used instead of collecting when it covers
+    the batch sizes.
+    """
     timings: dict[str, float] = {}
     started = time.perf_counter()
     model = ModelFiles.locate(model_dir)
@@ -111,7 +132,7 @@ def warm_up(model_dir: str | Path, settings: PredictorSettings, cache_dir: str |
     timings["identify"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    shape_file, shape_collection = _ensure_shape_file(model, digest, settings, cache)
+    shape_file, shape_collection = _ensure_shape_file(model, digest, settings, cache, shape_seed)
     timings["shape_ranges"] = time.perf_counter() - mark
 
     key = EngineKey(

@@ -50,7 +50,7 @@ class ServerMetrics:
         )
         self.shape_collection = Counter(
             "rtdetr_shape_collection_total",
-            "Shape-range files at warm-up: reused or collected.",
+            "Shape-range files at warm-up: reused (cache), seeded (from the quantize Job) or collected.",
             ["result"],
             registry=self.registry,
         )

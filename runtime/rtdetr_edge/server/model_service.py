@@ -49,6 +49,8 @@ class ServeOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     preprocess_threads: int = 2
+    shape_seed: Path | None = None
+    """A shape-range file collected by the quantize Job for this model (skips collection)."""
 
 
 class ModelService:
@@ -61,7 +63,7 @@ class ModelService:
     ) -> None:
         self.options = options
         self.metrics = metrics
-        self.labels = load_labels(options.labels_file)
+        self.labels = self._labels(options)
         self.state = "loading"
         self.error: str | None = None
         self.warmed: WarmedModel | None = None
@@ -70,6 +72,18 @@ class ModelService:
         self._preprocess_pool = ThreadPoolExecutor(options.preprocess_threads, thread_name_prefix="preprocess")
         self._batcher: DynamicBatcher[PreprocessedImage, np.ndarray] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @staticmethod
+    def _labels(options: ServeOptions) -> list[str]:
+        """``--labels``, else the export's infer_cfg.yml label_list, else COCO's 80."""
+        if options.labels_file is not None:
+            return load_labels(options.labels_file)
+        from rtdetr_edge.model_files import ModelFiles
+
+        try:
+            return ModelFiles.locate(options.model_dir).label_list() or load_labels(None)
+        except RtdetrEdgeError:  # a missing model is reported by warm-up, with its cause
+            return load_labels(None)
 
     @property
     def ready(self) -> bool:
@@ -99,7 +113,9 @@ class ModelService:
     def _warm_up(self) -> None:
         started = time.perf_counter()
         try:
-            warmed = warm_up(self.options.model_dir, self.options.predictor, self.options.cache_dir)
+            warmed = warm_up(
+                self.options.model_dir, self.options.predictor, self.options.cache_dir, self.options.shape_seed
+            )
         except RtdetrEdgeError as error:
             self._fail(str(error))
             return

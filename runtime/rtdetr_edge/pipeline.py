@@ -1,0 +1,351 @@
+"""``rtdetr-edge pipeline RESOURCE.yaml``: what the quantize Job runs.
+
+quantize → evaluate(FP32 baseline) → evaluate(INT8, through the serving predictor)
+→ accuracy gate → shape-range collection, all recorded in one ``result.json``.
+
+Artifacts land in ``<artifacts>/<namespace>/<name>/<pipeline-digest[:16]>/``, built
+in a hidden staging directory and renamed when complete, so a killed Job leaves
+nothing that looks finished, and a re-run with the same digest is a no-op. A failed
+run writes ``<digest[:16]>.failed.json`` beside it (never inside it) and exits
+non-zero with the cause as the last line of stderr; in a pod, a one-line JSON
+summary (≤ 4 KiB) goes to ``/dev/termination-log`` for the operator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from rtdetr_edge.coco import DatasetError, class_to_category_ids, list_images, load_ground_truth
+from rtdetr_edge.errors import RtdetrEdgeError
+from rtdetr_edge.gate import accuracy_gate
+from rtdetr_edge.model_files import ModelFiles
+from rtdetr_edge.predictor.settings import PredictorSettings
+from rtdetr_edge.progress import ProgressReporter
+from rtdetr_edge.resource import TOOL_VERSIONS, RTDETRModel, effective_quantization, pipeline_digest, short_digest
+from rtdetr_edge.storage import StorageResolver, find_model_dir
+
+log = logging.getLogger(__name__)
+
+RESULT_SCHEMA = "rtdetr.io/quantize-result/v1"
+RESULT_FILE = "result.json"
+MODEL_SUBDIR = "model"
+SHAPES_SUBDIR = "shapes"
+TERMINATION_LOG = Path("/dev/termination-log")
+TERMINATION_LIMIT = 4096
+DEFAULT_NUM_CLASSES = 80  # COCO, when the export has no infer_cfg.yml label_list
+
+
+class PipelineError(RtdetrEdgeError):
+    code = "pipeline_failed"
+
+    def __init__(self, message: str, reason: str = "PipelineFailed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ArtifactPaths:
+    run_dir: Path  # <artifacts>/<namespace>/<name>
+    key: str  # pipeline digest, shortened
+
+    @property
+    def final(self) -> Path:
+        return self.run_dir / self.key
+
+    @property
+    def result_file(self) -> Path:
+        return self.final / RESULT_FILE
+
+    @property
+    def progress_file(self) -> Path:
+        return self.run_dir / f".{self.key}.progress.json"
+
+    @property
+    def failure_file(self) -> Path:
+        return self.run_dir / f"{self.key}.failed.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run_dir / f".{self.key}.lock"
+
+    def staging(self) -> Path:
+        return self.run_dir / f".{self.key}.partial-{os.getpid()}"
+
+
+def artifact_paths(model: RTDETRModel, resolver: StorageResolver) -> ArtifactPaths:
+    root = resolver.local_path(model.spec.artifacts)
+    return ArtifactPaths(root / model.namespace / model.name, short_digest(pipeline_digest(model.spec), 16))
+
+
+def read_result(paths: ArtifactPaths) -> dict[str, Any] | None:
+    """The finished result for this digest, if any (a finished directory is always complete)."""
+    try:
+        result = json.loads(paths.result_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise PipelineError(f"{paths.result_file} is unreadable ({error}); delete {paths.final} to redo it") from None
+    if result.get("schema") != RESULT_SCHEMA:
+        raise PipelineError(f"{paths.result_file} has schema {result.get('schema')!r}, expected {RESULT_SCHEMA}")
+    return dict(result)
+
+
+def termination_summary(result: dict[str, Any]) -> str:
+    """One JSON line ≤ 4 KiB for the Pod's termination message (what the operator reads)."""
+    summary: dict[str, Any] = {"schema": RESULT_SCHEMA, "ok": result.get("status") == "Succeeded"}
+    for key in ("pipelineDigest", "model", "accuracy", "reason"):
+        if key in result:
+            summary[key] = result[key]
+    if "gate" in result:
+        summary["gate"] = {k: result["gate"][k] for k in ("passed", "reason", "message")}
+    message = str(result.get("message", ""))
+    line = json.dumps({**summary, "message": message}, separators=(",", ":"))
+    if len(line.encode()) > TERMINATION_LIMIT:
+        room = max(0, len(message) - (len(line.encode()) - TERMINATION_LIMIT) - 3)
+        line = json.dumps({**summary, "message": message[:room] + "..."}, separators=(",", ":"))
+    return line
+
+
+def write_termination_log(result: dict[str, Any], path: Path | None) -> None:
+    target = path if path is not None else (TERMINATION_LOG if TERMINATION_LOG.exists() else None)
+    if target is None:
+        return
+    try:
+        target.write_text(termination_summary(result) + "\n")
+    except OSError as error:  # not in a pod, or no permission: the result file still has it
+        log.warning("could not write the termination log %s: %s", target, error)
+
+
+def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.write_text(json.dumps(document, indent=2, sort_keys=True))
+    os.replace(staging, path)
+
+
+def num_model_classes(model_dir: Path) -> int:
+    labels = ModelFiles.locate(model_dir).label_list()
+    return len(labels) if labels else DEFAULT_NUM_CLASSES
+
+
+def run_pipeline(
+    model: RTDETRModel,
+    resolver: StorageResolver,
+    cache_dir: Path,
+    device: str = "cpu",
+    termination_log: Path | None = None,
+) -> dict[str, Any]:
+    """Run (or reuse) the quantize Job's sequence for ``model``; return the result document."""
+    paths = artifact_paths(model, resolver)
+    existing = read_result(paths)
+    if existing is not None:
+        log.info("pipeline %s already finished (%s); nothing to do", paths.key, paths.final)
+        write_termination_log(existing, termination_log)
+        return existing
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(paths.lock_file)):
+        existing = read_result(paths)
+        if existing is not None:
+            return existing
+        for stale in paths.run_dir.glob(f".{paths.key}.partial-*"):
+            log.info("removing %s left by an interrupted run", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = paths.staging()
+        try:
+            result = _run_stages(model, resolver, cache_dir, device, paths, staging)
+        except RtdetrEdgeError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            failure = {
+                "schema": RESULT_SCHEMA,
+                "status": "Failed",
+                "reason": getattr(error, "reason", type(error).__name__.removesuffix("Error") + "Failed"),
+                "message": str(error),
+                "pipelineDigest": pipeline_digest(model.spec),
+                "finishedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            _write_json_atomic(paths.failure_file, failure)
+            write_termination_log(failure, termination_log)
+            raise
+        paths.failure_file.unlink(missing_ok=True)
+        paths.progress_file.unlink(missing_ok=True)
+    write_termination_log(result, termination_log)
+    return result
+
+
+def _run_stages(
+    model: RTDETRModel,
+    resolver: StorageResolver,
+    cache_dir: Path,
+    device: str,
+    paths: ArtifactPaths,
+    staging: Path,
+) -> dict[str, Any]:
+    from rtdetr_edge.evaluate import evaluate_model
+    from rtdetr_edge.quantize import QuantizeSettings, quantize_model
+    from rtdetr_edge.shape_ranges import collect_shape_ranges
+
+    spec = model.spec
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    phases = ProgressReporter(paths.progress_file, "pipeline", 5, min_interval_seconds=0)
+
+    if spec.source.inference_model is None:
+        raise PipelineError(
+            "source.checkpoint needs the export step (PaddleDetection, exporter image); "
+            "give source.inferenceModel for a model exported with trt=True",
+            reason="ExportRequired",
+        )
+    source_dir = find_model_dir(resolver.local_path(spec.source.inference_model, spec.source.sha256))
+    source = ModelFiles.locate(source_dir)
+    dataset_root = resolver.local_path(spec.dataset.uri)
+    train_images = list_images(dataset_root / spec.dataset.train_images)
+    ground_truth = load_ground_truth(
+        dataset_root / spec.dataset.val_annotations, dataset_root / spec.dataset.val_images, spec.dataset.max_val_images
+    )
+    category_map = class_to_category_ids(
+        ground_truth,
+        num_model_classes(source_dir),
+        list(spec.dataset.category_ids) if spec.dataset.category_ids is not None else None,
+    )
+    quantization = effective_quantization(spec.arch, spec.quantization)
+    staging.mkdir(parents=True)
+    model_dir = staging / MODEL_SUBDIR
+
+    phases.update(0, phase="quantize")
+    mark = time.perf_counter()
+    quantize_report: dict[str, Any] | None = None
+    if spec.quantization.method == "none":
+        model_dir.mkdir()
+        shutil.copy2(source.program, model_dir / source.program.name)
+        shutil.copy2(source.params, model_dir / source.params.name)
+    else:
+        report = quantize_model(
+            source_dir,
+            train_images,
+            model_dir,
+            QuantizeSettings(
+                arch=spec.arch,
+                method=spec.quantization.method,
+                train_iter=quantization["train_iter"],
+                eval_iter=quantization["eval_iter"],
+                learning_rate=quantization["learning_rate"],
+                quantize_op_types=tuple(quantization["quantize_op_types"]),
+                batch_size=spec.quantization.batch_size,
+                calibration_batches=spec.quantization.calibration_batches,
+                device=device,
+            ),
+            progress_file=paths.progress_file,
+        )
+        quantize_report = report.to_dict()
+    for extra in ("infer_cfg.yml",):  # keep the label list next to the model
+        if (source_dir / extra).is_file():
+            shutil.copy2(source_dir / extra, model_dir / extra)
+    timings["quantize"] = time.perf_counter() - mark
+
+    # The candidate is measured exactly as it will be served; fp16 exists only on GPU, so a
+    # CPU run of a GPU resource (rtdetr-edge run --device cpu) measures fp32 and says so.
+    candidate_precision = spec.serving.precision
+    if device == "cpu" and candidate_precision == "fp16":
+        log.warning("fp16 needs a GPU; evaluating the candidate in fp32 on CPU")
+        candidate_precision = "fp32"
+    baseline_settings = PredictorSettings(device=device, precision="fp32", max_batch_size=spec.serving.max_batch_size)  # type: ignore[arg-type]
+    candidate_settings = PredictorSettings(
+        device=device, precision=candidate_precision, max_batch_size=spec.serving.max_batch_size  # type: ignore[arg-type]
+    )
+
+    def evaluation_progress(label: str, step: int) -> Any:
+        def report(done: int, total: int, elapsed: float) -> None:
+            phases.update(step, phase=label, images_done=done, images_total=total)
+            if done == total or done % 50 == 0:
+                log.info("%s: %d/%d images (%.0fs)", label, done, total, elapsed)
+
+        return report
+
+    phases.update(1, phase="evaluate baseline (fp32)")
+    mark = time.perf_counter()
+    baseline = evaluate_model(
+        source_dir, baseline_settings, cache_dir, ground_truth, category_map,
+        on_progress=evaluation_progress("evaluate baseline (fp32)", 1),
+    )  # fmt: skip
+    timings["evaluate_baseline"] = time.perf_counter() - mark
+
+    phases.update(2, phase=f"evaluate candidate ({candidate_settings.precision})")
+    mark = time.perf_counter()
+    candidate = evaluate_model(
+        model_dir, candidate_settings, cache_dir, ground_truth, category_map,
+        on_progress=evaluation_progress(f"evaluate candidate ({candidate_settings.precision})", 2),
+    )  # fmt: skip
+    timings["evaluate_candidate"] = time.perf_counter() - mark
+
+    phases.update(3, phase="accuracy gate")
+    verdict = accuracy_gate(baseline.map, candidate.map, spec.quantization.max_map_drop)
+    log.info("accuracy gate: %s", verdict.message)
+
+    phases.update(4, phase="shape-range collection")
+    mark = time.perf_counter()
+    candidate_files = ModelFiles.locate(model_dir)
+    candidate_digest = candidate_files.digest()
+    shape_name = f"{candidate_digest.split(':', 1)[1]}-b{spec.serving.max_batch_size}.pbtxt"
+    (staging / SHAPES_SUBDIR).mkdir()
+    shape_ranges = collect_shape_ranges(
+        candidate_files, PredictorSettings(max_batch_size=spec.serving.max_batch_size), staging / SHAPES_SUBDIR / shape_name
+    )
+    timings["shape_ranges"] = time.perf_counter() - mark
+    timings["total"] = time.perf_counter() - started
+
+    artifacts_uri = spec.artifacts.rstrip("/")
+    final_uri = f"{artifacts_uri}/{model.namespace}/{model.name}/{paths.key}"
+    result: dict[str, Any] = {
+        "schema": RESULT_SCHEMA,
+        "status": "Succeeded",
+        "resource": {"name": model.name, "namespace": model.namespace},
+        "pipelineDigest": pipeline_digest(spec),
+        "message": verdict.message,
+        "model": {
+            "digest": candidate_digest,
+            "uri": f"{final_uri}/{MODEL_SUBDIR}",
+            "sizeBytes": candidate_files.size_bytes(),
+            "quantized": candidate_files.is_quantized(),
+            "method": spec.quantization.method,
+        },
+        "source": {"digest": source.digest(), "sizeBytes": source.size_bytes()},
+        "quantize": quantize_report,
+        "quantization": quantization,
+        "baseline": baseline.to_dict(),
+        "candidate": candidate.to_dict(),
+        "gate": verdict.to_dict(),
+        "accuracy": {
+            "baselineMap": round(baseline.map, 2),
+            "quantizedMap": round(candidate.map, 2),
+            "mapDrop": round(verdict.map_drop, 2),
+            "images": candidate.images,
+        },
+        "shapeRanges": {
+            "file": f"{SHAPES_SUBDIR}/{shape_name}",
+            "maxBatchSize": spec.serving.max_batch_size,
+            "tensors": len(shape_ranges),
+        },
+        "categoryIds": category_map,
+        "device": device,
+        "timingsSeconds": {name: round(value, 1) for name, value in timings.items()},
+        "tools": TOOL_VERSIONS,
+        "finishedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_json_atomic(staging / RESULT_FILE, result)
+    phases.update(5, phase="done")
+    os.replace(staging, paths.final)
+    log.info("pipeline %s finished: %s", paths.key, paths.final)
+    return result
+
+
+__all__ = ["DatasetError", "PipelineError", "artifact_paths", "read_result", "run_pipeline", "termination_summary"]

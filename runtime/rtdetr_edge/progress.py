@@ -1,0 +1,58 @@
+"""Progress of long stages: logged, and written atomically to a small JSON file.
+
+The operator surfaces the file's content in the resource's status; ``rtdetr-edge
+run`` prints it. Writes are rate-limited so a fast loop does not hammer the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class ProgressReporter:
+    def __init__(self, path: Path | None, stage: str, total: int, min_interval_seconds: float = 2.0) -> None:
+        self.path = path
+        self.stage = stage
+        self.total = total
+        self.min_interval = min_interval_seconds
+        self.started = time.perf_counter()
+        self._last_write = 0.0
+        self.state: dict[str, object] = {}
+
+    def update(self, done: int, **extra: object) -> dict[str, object]:
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / done * (self.total - done) if done else None
+        self.state = {
+            "stage": self.stage,
+            "done": done,
+            "total": self.total,
+            "elapsed_s": round(elapsed, 1),
+            "eta_s": round(eta, 1) if eta is not None else None,
+            **extra,
+        }
+        now = time.perf_counter()
+        if done >= self.total or now - self._last_write >= self.min_interval:
+            self._last_write = now
+            self._write()
+        return self.state
+
+    def _write(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        staging.write_text(json.dumps({**self.state, "updated_unix": round(time.time(), 1)}))
+        os.replace(staging, self.path)
+
+
+def format_eta(seconds: object) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
