@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[runtime,test]'
+	$(BIN)/python -m pip install --quiet -e '.[runtime,operator,test]'
 	$(BIN)/python -m pip install --quiet --no-deps 'paddleslim==2.6.0'
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -68,6 +68,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=int(env("MAX_BODY_BYTES", str(16 << 20)) or 0))
     parser.add_argument("--max-image-pixels", type=int, default=int(env("MAX_IMAGE_PIXELS", "40000000") or 0))
     parser.add_argument("--drain-seconds", type=float, default=float(env("DRAIN_SECONDS", "30") or 30))
+    parser.add_argument(
+        "--shape-ranges", type=Path, default=env("SHAPE_RANGES"),
+        help="shape-range file collected by the quantize Job for this model (skips collection)",
+    )  # fmt: skip
 
 
 def serve_options(args: argparse.Namespace, model_dir: Path):  # type: ignore[no-untyped-def]
@@ -86,6 +90,7 @@ def serve_options(args: argparse.Namespace, model_dir: Path):  # type: ignore[no
         max_body_bytes=args.max_body_bytes,
         max_image_pixels=args.max_image_pixels,
         preprocess_threads=settings.cpu_threads,
+        shape_seed=args.shape_ranges,
     )
 
 

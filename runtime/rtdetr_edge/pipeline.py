@@ -103,7 +103,7 @@ def read_result(paths: ArtifactPaths) -> dict[str, Any] | None:
 def termination_summary(result: dict[str, Any]) -> str:
     """One JSON line ≤ 4 KiB for the Pod's termination message (what the operator reads)."""
     summary: dict[str, Any] = {"schema": RESULT_SCHEMA, "ok": result.get("status") == "Succeeded"}
-    for key in ("pipelineDigest", "model", "accuracy", "reason"):
+    for key in ("pipelineDigest", "model", "accuracy", "shapeRanges", "reason"):
         if key in result:
             summary[key] = result[key]
     if "gate" in result:

@@ -1,7 +1,9 @@
-"""Progress of long stages: logged, and written atomically to a small JSON file.
+"""Progress of long stages: written atomically to a small JSON file, and printed to
+stdout as ``RTDETR_PROGRESS {json}`` lines.
 
-The operator surfaces the file's content in the resource's status; ``rtdetr-edge
-run`` prints it. Writes are rate-limited so a fast loop does not hammer the disk.
+In a cluster the operator reads the last such line from the quantize Job's pod log
+and surfaces it in the resource's status. Writes are rate-limited so a fast loop
+does not hammer the disk or the log.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+PROGRESS_PREFIX = "RTDETR_PROGRESS"
 
 
 class ProgressReporter:
@@ -43,6 +46,7 @@ class ProgressReporter:
         return self.state
 
     def _write(self) -> None:
+        print(f"{PROGRESS_PREFIX} {json.dumps(self.state, separators=(',', ':'))}", flush=True)
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

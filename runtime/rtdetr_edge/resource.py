@@ -75,7 +75,7 @@ class ServingSpec:
     max_batch_size: int = 4
     batch_window_micros: int = 2000
     score_threshold: float = 0.5
-    engine_cache: dict[str, Any] = field(default_factory=lambda: {"hostPath": "/var/cache/rtdetr-edge"})
+    engine_cache: dict[str, Any] | None = None  # None: the operator's default (a hostPath)
     resources: dict[str, Any] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
@@ -222,7 +222,7 @@ def parse_spec(spec: dict[str, Any]) -> RTDETRModelSpec:
         max_batch_size=_get(s, "maxBatchSize", 4, errors, "spec.serving", int),
         batch_window_micros=_get(s, "batchWindowMicros", 2000, errors, "spec.serving", int),
         score_threshold=float(_get(s, "scoreThreshold", 0.5, errors, "spec.serving", (int, float))),
-        engine_cache=_get(s, "engineCache", {"hostPath": "/var/cache/rtdetr-edge"}, errors, "spec.serving", dict),
+        engine_cache=_get(s, "engineCache", None, errors, "spec.serving", dict),
         resources=_get(s, "resources", {}, errors, "spec.serving", dict),
         node_selector=_get(s, "nodeSelector", {}, errors, "spec.serving", dict),
         tolerations=tuple(_get(s, "tolerations", [], errors, "spec.serving", list)),
@@ -248,9 +248,10 @@ def parse_spec(spec: dict[str, Any]) -> RTDETRModelSpec:
         errors.append("spec.serving.batchWindowMicros must be within 0..1000000")
     if not 0 <= serving.score_threshold <= 1:
         errors.append("spec.serving.scoreThreshold must be within 0..1")
-    cache_kinds = set(serving.engine_cache) & {"hostPath", "pvcName", "emptyDir"}
-    if len(cache_kinds) != 1 or len(serving.engine_cache) != 1:
-        errors.append("spec.serving.engineCache needs exactly one of hostPath, pvcName or emptyDir")
+    if serving.engine_cache is not None:
+        cache_kinds = set(serving.engine_cache) & {"hostPath", "pvcName", "emptyDir"}
+        if len(cache_kinds) != 1 or len(serving.engine_cache) != 1:
+            errors.append("spec.serving.engineCache needs exactly one of hostPath, pvcName or emptyDir")
 
     st = _section(spec, "storage", errors)
     artifacts = _get(st, "artifacts", "", errors, "spec.storage", str) or ""

@@ -47,7 +47,7 @@ def test_defaults() -> None:
     spec = model.spec
     assert spec.quantization.method == "qat" and spec.quantization.max_map_drop == 0.5
     assert spec.serving.replicas == 2 and spec.serving.max_batch_size == 4
-    assert spec.serving.engine_cache == {"hostPath": "/var/cache/rtdetr-edge"}
+    assert spec.serving.engine_cache is None, "absent: the operator's configured default applies"
     assert spec.dataset.val_annotations == "annotations/instances_val2017.json"
     assert spec.compression.active_deadline_seconds == 7200
 

@@ -1,0 +1,137 @@
+"""The Kubernetes adapter: read children, create-or-patch manifests. No decisions here."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from rtdetr_edge.progress import PROGRESS_PREFIX
+from rtdetr_operator.reconcile import DeploymentObservation, JobObservation
+
+log = logging.getLogger(__name__)
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def _json(response: Any) -> dict[str, Any]:
+    return dict(json.loads(response.data))
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+
+    def close(self) -> None:
+        self.api_client.close()
+
+    # -- reading ---------------------------------------------------------------------------
+    def _read(self, reader: Any, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            return _json(reader(name, namespace, _preload_content=False))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def observe_job(self, namespace: str, name: str, log_lines: int) -> JobObservation | None:
+        job = self._read(self.batch.read_namespaced_job, name, namespace)
+        if job is None:
+            return None
+        status = job.get("status") or {}
+        finished = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
+        failed = finished.get("Failed")
+        pod = self._latest_pod(namespace, name)
+        termination = None
+        progress = None
+        if pod is not None:
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                terminated = (container.get("state") or {}).get("terminated") or {}
+                if terminated.get("message"):
+                    termination = terminated["message"]
+            if not finished and (pod.get("status") or {}).get("phase") == "Running":
+                progress = self._progress(namespace, pod["metadata"]["name"], log_lines)
+        return JobObservation(
+            active=not finished,
+            succeeded="Complete" in finished or "SuccessCriteriaMet" in finished,
+            failed=failed is not None,
+            failure_reason=str(failed.get("reason", "")) if failed else "",
+            failure_message=str(failed.get("message", "")) if failed else "",
+            termination_message=termination,
+            progress=progress,
+        )
+
+    def _latest_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:
+        pods = _json(
+            self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}", _preload_content=False)
+        ).get("items", [])
+        if not pods:
+            return None
+        return max(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+
+    def _progress(self, namespace: str, pod_name: str, lines: int) -> dict[str, Any] | None:
+        try:
+            text = self.core.read_namespaced_pod_log(pod_name, namespace, tail_lines=lines, _preload_content=False).data
+        except ApiException as error:
+            log.debug("no log for %s/%s yet: %s", namespace, pod_name, error.reason)
+            return None
+        for line in reversed(text.decode(errors="replace").splitlines()):
+            if line.startswith(PROGRESS_PREFIX + " "):
+                try:
+                    return dict(json.loads(line[len(PROGRESS_PREFIX) + 1 :]))
+                except ValueError:
+                    return None
+        return None
+
+    def observe_deployment(self, namespace: str, name: str) -> DeploymentObservation | None:
+        deployment = self._read(self.apps.read_namespaced_deployment, name, namespace)
+        if deployment is None:
+            return None
+        status = deployment.get("status") or {}
+        return DeploymentObservation(
+            annotations=dict(deployment["metadata"].get("annotations") or {}),
+            replicas=int(deployment["spec"].get("replicas", 1)),
+            generation=int(deployment["metadata"].get("generation", 0)),
+            observed_generation=int(status.get("observedGeneration", 0)),
+            updated_replicas=int(status.get("updatedReplicas", 0)),
+            ready_replicas=int(status.get("readyReplicas", 0)),
+            available_replicas=int(status.get("availableReplicas", 0)),
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+    def ensure(self, manifest: dict[str, Any]) -> str:
+        """Create; an existing Deployment is replaced (so removed fields really go away), other
+        kinds are left alone (Jobs and ConfigMaps are digest-named and immutable in effect)."""
+        kind = manifest["kind"]
+        namespace = manifest["metadata"]["namespace"]
+        name = manifest["metadata"]["name"]
+        create = {
+            "Job": self.batch.create_namespaced_job,
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "Deployment": self.apps.create_namespaced_deployment,
+            "Service": self.core.create_namespaced_service,
+        }[kind]
+        try:
+            create(namespace, manifest, _preload_content=False)
+            log.info("created %s %s/%s", kind, namespace, name)
+            return "created"
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        if kind != "Deployment":
+            return "exists"
+        live = self._read(self.apps.read_namespaced_deployment, name, namespace)
+        if live is None:
+            return "gone"  # deleted meanwhile; the next reconcile creates it
+        replacement = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": live["metadata"]["resourceVersion"]}}
+        self.apps.replace_namespaced_deployment(name, namespace, replacement, _preload_content=False)
+        log.info("updated Deployment %s/%s", namespace, name)
+        return "replaced"
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        return self._read(self.core.read_namespaced_service, name, namespace) is not None

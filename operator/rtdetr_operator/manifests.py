@@ -1,0 +1,306 @@
+"""Desired children as plain manifest dicts (pure ``build_*`` functions).
+
+Every manifest passes ``kubernetes-validate --strict`` for Kubernetes 1.28 and 1.37
+(tests/operator/test_manifests.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from rtdetr_edge.resource import RTDETRModel
+from rtdetr_edge.storage import parse_uri
+from rtdetr_operator import GROUP, VERSION
+from rtdetr_operator.names import (
+    common_labels,
+    pipeline_configmap_name,
+    pipeline_key,
+    quantize_job_name,
+    runtime_name,
+    selector_labels,
+)
+from rtdetr_operator.settings import OperatorSettings
+
+CONFIG_MOUNT = "/etc/rtdetr-edge"
+RESOURCE_FILE = "resource.yaml"
+ENGINE_CACHE_MOUNT = "/var/cache/rtdetr-edge"
+RUNTIME_USER = 10001
+ANNOTATION_PIPELINE = "rtdetr.io/pipeline-digest"
+ANNOTATION_MODEL = "rtdetr.io/model-digest"
+CONTAINER_PORT = 8080
+
+
+def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RTDETRModel",
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def pvc_path(uri: str, root: str) -> str:
+    """Where ``pvc://claim/path`` appears inside our pods."""
+    parsed = parse_uri(uri)
+    return f"{root}/{parsed.claim}/{parsed.path}".rstrip("/")
+
+
+def claims(model: RTDETRModel) -> dict[str, bool]:
+    """PVC claims the pipeline touches → whether the Job must write to it (the artifacts claim)."""
+    spec = model.spec
+    uris = [spec.source.inference_model, spec.source.checkpoint, spec.dataset.uri]
+    result = {parse_uri(u).claim: False for u in uris if u and u.startswith("pvc://")}
+    result[parse_uri(spec.artifacts).claim] = True
+    return result
+
+
+def _quantities(resources: dict[str, Any]) -> dict[str, Any]:
+    """Kubernetes quantities as strings (``{'nvidia.com/gpu': 1}`` → ``'1'``)."""
+    return {
+        section: {name: str(value) for name, value in (values or {}).items()}
+        for section, values in resources.items()
+        if section in ("limits", "requests") and values
+    }
+
+
+def _security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUNTIME_USER,
+        "runAsGroup": RUNTIME_USER,
+        "fsGroup": RUNTIME_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _claim_volumes(model: RTDETRModel, settings: OperatorSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The Job's PVCs: read-only except the artifacts claim it writes results to."""
+    volumes, mounts = [], []
+    for index, (claim, needs_write) in enumerate(sorted(claims(model).items())):
+        name = f"pvc-{index}"
+        read_only = not needs_write
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
+        mounts.append({"name": name, "mountPath": f"{settings.pvc_mount_root}/{claim}", "readOnly": read_only})
+    return volumes, mounts
+
+
+def _engine_cache_volume(model: RTDETRModel, settings: OperatorSettings) -> dict[str, Any]:
+    cache = model.spec.serving.engine_cache or settings.default_engine_cache
+    if "hostPath" in cache:
+        return {"name": "engine-cache", "hostPath": {"path": cache["hostPath"], "type": "DirectoryOrCreate"}}
+    if "pvcName" in cache:
+        return {"name": "engine-cache", "persistentVolumeClaim": {"claimName": cache["pvcName"]}}
+    return {"name": "engine-cache", "emptyDir": dict(cache.get("emptyDir") or {})}
+
+
+def _image_pull_secrets(settings: OperatorSettings) -> dict[str, Any]:
+    return {"imagePullSecrets": [{"name": s} for s in settings.image_pull_secrets]} if settings.image_pull_secrets else {}
+
+
+def build_pipeline_configmap(body: dict[str, Any], model: RTDETRModel, digest: str) -> dict[str, Any]:
+    """The stage config: the resource itself (what `rtdetr-edge pipeline` reads)."""
+    document = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "RTDETRModel",
+        "metadata": {"name": model.name, "namespace": model.namespace},
+        "spec": body["spec"],
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": pipeline_configmap_name(model.name, digest),
+            "namespace": model.namespace,
+            "labels": common_labels(model.name, "pipeline"),
+            "annotations": {ANNOTATION_PIPELINE: digest},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "data": {RESOURCE_FILE: yaml.safe_dump(document, sort_keys=True)},
+    }
+
+
+def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, settings: OperatorSettings) -> dict[str, Any]:
+    spec = model.spec
+    compression = spec.compression
+    volumes, mounts = _claim_volumes(model, settings)
+    volumes += [
+        {"name": "pipeline-config", "configMap": {"name": pipeline_configmap_name(model.name, digest)}},
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    mounts += [
+        {"name": "pipeline-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+        {"name": "scratch", "mountPath": "/tmp"},
+    ]
+    labels = {**common_labels(model.name, "quantize"), "rtdetr.io/pipeline-key": pipeline_key(digest)}
+    device = spec.serving.device
+    container = {
+        "name": "pipeline",
+        "image": settings.quantize_image if device == "gpu" else settings.quantize_image_cpu,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["rtdetr-edge", "pipeline", f"{CONFIG_MOUNT}/{RESOURCE_FILE}"],
+        "args": [
+            "--pvc-root", settings.pvc_mount_root,
+            "--device", device,
+            "--cache-dir", "/tmp/engine-cache",
+            "--download-dir", "/tmp/downloads",
+            "--termination-log", "/dev/termination-log",
+        ],  # fmt: skip
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "resources": _quantities(compression.resources),
+        "volumeMounts": mounts,
+        "securityContext": _security_context(),
+        # A crash before the summary is written still leaves its last log lines here.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": _pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+        **_image_pull_secrets(settings),
+    }
+    if settings.job_service_account:
+        pod_spec["serviceAccountName"] = settings.job_service_account
+    if compression.node_selector:
+        pod_spec["nodeSelector"] = dict(compression.node_selector)
+    if compression.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in compression.tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": quantize_job_name(model.name, digest),
+            "namespace": model.namespace,
+            "labels": labels,
+            "annotations": {ANNOTATION_PIPELINE: digest},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "backoffLimit": settings.job_backoff_limit,
+            "activeDeadlineSeconds": compression.active_deadline_seconds,
+            "template": {"metadata": {"labels": labels, "annotations": {ANNOTATION_PIPELINE: digest}}, "spec": pod_spec},
+        },
+    }
+
+
+def build_runtime_deployment(
+    body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings, served: dict[str, Any]
+) -> dict[str, Any]:
+    """Serving pods for a passed pipeline result ``served`` (its termination summary)."""
+    serving = model.spec.serving
+    model_uri = served["model"]["uri"]
+    model_dir = pvc_path(model_uri, settings.pvc_mount_root)
+    shape_file = f"{model_dir.rsplit('/', 1)[0]}/{served['shapeRanges']['file']}"
+    claim = parse_uri(model_uri).claim  # serving needs only the artifacts claim, read-only
+    volumes = [
+        {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
+        _engine_cache_volume(model, settings),
+        {"name": "scratch", "emptyDir": {}},
+    ]
+    mounts = [
+        {"name": "artifacts", "mountPath": f"{settings.pvc_mount_root}/{claim}", "readOnly": True},
+        {"name": "engine-cache", "mountPath": ENGINE_CACHE_MOUNT},
+        {"name": "scratch", "mountPath": "/tmp"},
+    ]
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    annotations = {ANNOTATION_PIPELINE: served["pipelineDigest"], ANNOTATION_MODEL: served["model"]["digest"]}
+    labels = common_labels(model.name, "runtime")
+    container = {
+        "name": "runtime",
+        "image": settings.runtime_image_gpu if serving.device == "gpu" else settings.runtime_image_cpu,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["rtdetr-edge", "serve"],
+        "args": [
+            "--model", model_dir,
+            "--shape-ranges", shape_file,
+            "--model-name", model.name,
+            "--device", serving.device,
+            "--precision", serving.precision,
+            "--max-batch-size", str(serving.max_batch_size),
+            "--batch-window-micros", str(serving.batch_window_micros),
+            "--score-threshold", str(serving.score_threshold),
+            "--cache-dir", ENGINE_CACHE_MOUNT,
+            "--host", "0.0.0.0",
+            "--port", str(CONTAINER_PORT),
+        ],  # fmt: skip
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        # Warm-up (shape ranges + TensorRT engine build) can take minutes on a cold node.
+        "startupProbe": {**probe, "failureThreshold": 180},
+        "readinessProbe": {**probe, "failureThreshold": 3},
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 20,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": _quantities(serving.resources),
+        "volumeMounts": mounts,
+        "securityContext": _security_context(),
+    }
+    pod_spec: dict[str, Any] = {
+        "securityContext": _pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+        # SIGTERM drains in-flight requests (the server's drain timeout is 30 s).
+        "terminationGracePeriodSeconds": 45,
+        **_image_pull_secrets(settings),
+    }
+    if settings.runtime_service_account:
+        pod_spec["serviceAccountName"] = settings.runtime_service_account
+    if serving.node_selector:
+        pod_spec["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in serving.tolerations]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": runtime_name(model.name),
+            "namespace": model.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "replicas": serving.replicas,
+            "selector": {"matchLabels": {**selector_labels(model.name), "app.kubernetes.io/component": "runtime"}},
+            # Never break what serves: new pods must be Ready before an old one goes.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+        },
+    }
+
+
+def build_service(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": runtime_name(model.name),
+            "namespace": model.namespace,
+            "labels": common_labels(model.name, "runtime"),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "selector": {**selector_labels(model.name), "app.kubernetes.io/component": "runtime"},
+            "ports": [{"name": "http", "port": settings.service_port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint(model: RTDETRModel, settings: OperatorSettings) -> str:
+    return f"http://{runtime_name(model.name)}.{model.namespace}.{settings.cluster_domain}:{settings.service_port}"

@@ -1,0 +1,44 @@
+"""Deterministic child names (pure): re-reconciling never creates a second Job."""
+
+from __future__ import annotations
+
+import hashlib
+
+MAX_NAME = 63  # DNS-1123 label: Job names become pod labels, Service names DNS labels
+MANAGED_BY = "rtdetr-edge-operator"
+
+
+def _fit(base: str, suffix: str) -> str:
+    """``base-suffix`` within 63 characters; long bases are cut and keep a hash for uniqueness."""
+    candidate = f"{base}-{suffix}"
+    if len(candidate) <= MAX_NAME:
+        return candidate
+    tag = hashlib.sha256(base.encode()).hexdigest()[:6]
+    room = MAX_NAME - len(suffix) - len(tag) - 2
+    return f"{base[:room].rstrip('-')}-{tag}-{suffix}"
+
+
+def pipeline_key(pipeline_digest: str) -> str:
+    """The artifact directory name (same as ``rtdetr_edge.pipeline``: 16 hex digits)."""
+    return pipeline_digest.split(":", 1)[-1][:16]
+
+
+def quantize_job_name(model_name: str, pipeline_digest: str) -> str:
+    return _fit(model_name, f"quantize-{pipeline_key(pipeline_digest)[:10]}")
+
+
+def pipeline_configmap_name(model_name: str, pipeline_digest: str) -> str:
+    return _fit(model_name, f"pipeline-{pipeline_key(pipeline_digest)[:10]}")
+
+
+def runtime_name(model_name: str) -> str:
+    """Deployment and Service share the resource's name (stable across model versions)."""
+    return model_name if len(model_name) <= MAX_NAME else _fit(model_name[:40], "rt")
+
+
+def selector_labels(model_name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "rtdetr-edge", "app.kubernetes.io/instance": model_name[:MAX_NAME]}
+
+
+def common_labels(model_name: str, component: str) -> dict[str, str]:
+    return {**selector_labels(model_name), "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": MANAGED_BY}

@@ -1,0 +1,326 @@
+"""The reconcile decision (pure): what the children should be and what the status says.
+
+Inputs are what the adapter observed (the resource, its quantize Job and that Job's
+pod summary, the runtime Deployment); outputs are manifests to ensure, the full
+status, and the Events worth emitting. Rules (DESIGN.md):
+
+- child names derive from the pipeline digest, so re-running never duplicates a Job;
+- a ``serving``-only change never re-quantizes (the digest ignores it);
+- a new digest rolls out only after its gate passes, and the Deployment's rolling
+  update (``maxUnavailable: 0``) keeps old pods serving until new ones are Ready;
+- a failed gate leaves the old model serving: ``Ready=False AccuracyGateFailed``,
+  ``Available=True``;
+- an invalid spec gives ``Ready=False InvalidSpec`` and touches nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from rtdetr_edge.resource import RTDETRModel, SpecError, parse_resource, pipeline_digest
+from rtdetr_operator.conditions import Condition, changed, find, set_conditions
+from rtdetr_operator.exporter import EXPORT_ANNOTATION, build_export_job, exported_model_uri
+from rtdetr_operator.manifests import (
+    ANNOTATION_PIPELINE,
+    build_pipeline_configmap,
+    build_quantize_job,
+    build_runtime_deployment,
+    build_service,
+    endpoint,
+)
+from rtdetr_operator.settings import OperatorSettings
+
+ANNOTATION_RESULT = "rtdetr.io/pipeline-result"
+ANNOTATION_SPEC_HASH = "rtdetr.io/runtime-spec-hash"
+CAUSE_LINES = 5
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    active: bool = False
+    succeeded: bool = False
+    failed: bool = False
+    failure_reason: str = ""  # the Job's Failed condition reason (DeadlineExceeded, BackoffLimitExceeded)
+    failure_message: str = ""
+    termination_message: str | None = None  # the pod's: our JSON summary, or the log tail of a crash
+    progress: dict[str, Any] | None = None  # last RTDETR_PROGRESS line of the pod log
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        if not self.termination_message:
+            return None
+        try:
+            parsed = json.loads(self.termination_message.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return None
+        return parsed if isinstance(parsed, dict) and "ok" in parsed else None
+
+
+@dataclass(frozen=True)
+class DeploymentObservation:
+    annotations: dict[str, str] = field(default_factory=dict)
+    replicas: int = 0
+    generation: int = 0
+    observed_generation: int = 0
+    updated_replicas: int = 0
+    ready_replicas: int = 0
+    available_replicas: int = 0
+
+
+@dataclass(frozen=True)
+class Observed:
+    quantize_job: JobObservation | None = None
+    export_job: JobObservation | None = None
+    deployment: DeploymentObservation | None = None
+    service_exists: bool = False
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    ensure: list[dict[str, Any]]
+    status: dict[str, Any]
+    events: list[Event]
+    pipeline_digest: str | None
+
+
+def _cause(job: JobObservation) -> str:
+    summary = job.summary
+    if summary is not None and summary.get("message"):
+        return str(summary["message"])
+    if job.termination_message:
+        return " | ".join(job.termination_message.strip().splitlines()[-CAUSE_LINES:])
+    return job.failure_message or "the Job failed without a message; see its pod's logs"
+
+
+def cluster_problems(model: RTDETRModel) -> list[str]:
+    """Rules that only apply in a cluster (``rtdetr-edge run`` accepts more)."""
+    problems = []
+    spec = model.spec
+    for where, uri in (("source.inferenceModel", spec.source.inference_model), ("source.checkpoint", spec.source.checkpoint),
+                       ("dataset.uri", spec.dataset.uri), ("storage.artifacts", spec.artifacts)):  # fmt: skip
+        if uri and uri.startswith("file://"):
+            problems.append(f"spec.{where}: file:// URIs work only with `rtdetr-edge run`; use pvc:// or https://")
+    if spec.source.checkpoint and spec.arch == "tiny":
+        problems.append("spec.source.checkpoint: the tiny arch has no PaddleDetection config to export with")
+    if spec.source.checkpoint and not spec.source.checkpoint.startswith("pvc://"):
+        problems.append("spec.source.checkpoint must be a pvc:// path (the exporter reads it from a mounted claim)")
+    return problems
+
+
+def runtime_spec_hash(deployment: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(deployment["spec"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def served_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a Deployment needs from a pipeline result (kept in its annotation)."""
+    return {
+        "pipelineDigest": summary["pipelineDigest"],
+        "model": {k: summary["model"][k] for k in ("digest", "uri", "sizeBytes") if k in summary["model"]},
+        "shapeRanges": {"file": summary["shapeRanges"]["file"]},
+        "accuracy": summary.get("accuracy", {}),
+        "gate": summary.get("gate", {}),
+    }
+
+
+def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed, now: str) -> Decision:
+    metadata = body.get("metadata", {})
+    generation = int(metadata.get("generation", 1))
+    before = dict(body.get("status") or {})
+    conditions_before = list(before.get("conditions") or [])
+    deployment = observed.deployment
+    available = Condition("Available", "False", "NotDeployed", "no serving pods yet")
+    if deployment is not None and deployment.available_replicas > 0:
+        available = Condition(
+            "Available", "True", "MinimumReplicasAvailable", f"{deployment.available_replicas} serving pod(s) available"
+        )
+    elif deployment is not None:
+        available = Condition("Available", "False", "NoReplicasAvailable", "no serving pod is available")
+
+    try:
+        model = parse_resource(body)
+        problems = cluster_problems(model)
+        if problems:
+            raise SpecError(problems)
+    except SpecError as error:
+        message = "; ".join(error.errors[:5]) + (f" (+{len(error.errors) - 5} more)" if len(error.errors) > 5 else "")
+        conditions = set_conditions(
+            conditions_before, [Condition("Ready", "False", "InvalidSpec", message), available], generation, now
+        )
+        status = {**before, "observedGeneration": generation, "phase": "Failed", "conditions": conditions}
+        status["progress"] = None
+        return Decision([], status, _events(conditions_before, conditions), None)
+
+    digest = pipeline_digest(model.spec)
+    ensure: list[dict[str, Any]] = []
+    updates: list[Condition] = [available]
+    phase = "Pending"
+    progress: dict[str, Any] | None = None
+    served: dict[str, Any] | None = None
+    status_extra: dict[str, Any] = {}
+
+    dep_annotations = deployment.annotations if deployment is not None else {}
+    if dep_annotations.get(ANNOTATION_PIPELINE) == digest and dep_annotations.get(ANNOTATION_RESULT):
+        # Already serving this pipeline's model: only serving settings can have changed.
+        served = json.loads(dep_annotations[ANNOTATION_RESULT])
+        updates += [
+            Condition("Quantized", "True", "JobSucceeded", "the quantized model for this spec is ready"),
+            Condition("AccuracyGatePassed", "True", "WithinBudget", str(served.get("gate", {}).get("message", ""))),
+        ]
+    else:
+        source_spec = body["spec"]
+        job = observed.quantize_job
+        needs_export = model.spec.source.checkpoint is not None
+        export = observed.export_job
+        if needs_export and (export is None or not export.succeeded):
+            if export is None:
+                ensure.append(build_export_job(body, model, digest, settings))
+                phase = "Exporting"
+                updates.append(Condition("Quantized", "Unknown", "Exporting", "exporting the checkpoint with PaddleDetection"))
+            elif export.failed:
+                phase = "Failed"
+                updates += [
+                    Condition("Quantized", "False", "ExportFailed", _cause(export)),
+                    Condition("Ready", "False", "ExportFailed", _cause(export)),
+                ]
+            else:
+                phase = "Exporting"
+                updates.append(Condition("Quantized", "Unknown", "Exporting", "exporting the checkpoint with PaddleDetection"))
+        else:
+            if needs_export:
+                # The pipeline quantizes what the export Job wrote.
+                source_spec = {**body["spec"], "source": {"inferenceModel": exported_model_uri(model, digest)}}
+            if job is None:
+                configmap = build_pipeline_configmap({**body, "spec": source_spec}, model, digest)
+                if needs_export:
+                    configmap["metadata"]["annotations"][EXPORT_ANNOTATION] = exported_model_uri(model, digest)
+                ensure += [configmap, build_quantize_job(body, model, digest, settings)]
+                phase = "Pending"
+                updates.append(Condition("Quantized", "Unknown", "JobCreated", "quantize Job created"))
+            elif job.succeeded:
+                summary = job.summary
+                if summary is None or not summary.get("ok"):
+                    phase = "Failed"
+                    updates += [
+                        Condition("Quantized", "False", "ResultUnreadable",
+                                  f"the quantize Job succeeded but its result is unreadable: {_cause(job)}"),  # fmt: skip
+                        Condition("Ready", "False", "QuantizationFailed", "no usable result"),
+                    ]
+                else:
+                    updates.append(Condition("Quantized", "True", "JobSucceeded", "quantization finished"))
+                    gate = summary.get("gate", {})
+                    status_extra["accuracy"] = summary.get("accuracy")
+                    if gate.get("passed"):
+                        served = served_summary(summary)
+                        updates.append(Condition("AccuracyGatePassed", "True", "WithinBudget", str(gate.get("message", ""))))
+                    else:
+                        phase = "Failed"
+                        updates += [
+                            Condition("AccuracyGatePassed", "False", "DropExceedsBudget", str(gate.get("message", ""))),
+                            Condition("Ready", "False", "AccuracyGateFailed",
+                                      f"{gate.get('message', '')}; the previous model keeps serving"
+                                      if available.status == "True" else str(gate.get("message", ""))),  # fmt: skip
+                        ]
+            elif job.failed:
+                phase = "Failed"
+                reason = "DeadlineExceeded" if job.failure_reason == "DeadlineExceeded" else "JobFailed"
+                cause = _cause(job)
+                if reason == "DeadlineExceeded":
+                    cause = f"the quantize Job exceeded compression.activeDeadlineSeconds; last output: {cause}"
+                updates += [
+                    Condition("Quantized", "False", reason, cause),
+                    Condition("Ready", "False", "QuantizationFailed", cause),
+                ]
+            else:
+                progress = job.progress
+                phase = "Quantizing"
+                stage = str((progress or {}).get("stage", ""))
+                step = str((progress or {}).get("phase", ""))
+                if stage == "pipeline" and any(word in step for word in ("evaluate", "gate", "shape")):
+                    phase = "Evaluating"
+                updates.append(Condition("Quantized", "Unknown", "JobRunning", _progress_message(progress)))
+
+    if served is not None:
+        desired = build_runtime_deployment(body, model, settings, served)
+        desired["metadata"]["annotations"][ANNOTATION_RESULT] = json.dumps(served, sort_keys=True, separators=(",", ":"))
+        spec_hash = runtime_spec_hash(desired)
+        desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = spec_hash
+        if deployment is None or deployment.annotations.get(ANNOTATION_SPEC_HASH) != spec_hash:
+            ensure.append(desired)  # new model or new serving settings: a rolling update
+        if not observed.service_exists:
+            ensure.append(build_service(body, model, settings))
+        status_extra["model"] = served["model"]
+        status_extra["accuracy"] = served.get("accuracy") or status_extra.get("accuracy")
+        rolled_out = (
+            deployment is not None
+            and deployment.annotations.get(ANNOTATION_SPEC_HASH) == spec_hash
+            and deployment.observed_generation >= deployment.generation
+            and deployment.updated_replicas >= model.spec.serving.replicas
+            and deployment.available_replicas >= model.spec.serving.replicas
+            and deployment.replicas == model.spec.serving.replicas
+        )
+        if rolled_out and model.spec.serving.replicas == 0:
+            phase = "Ready"
+            updates.append(Condition("Ready", "True", "ScaledToZero", "serving.replicas is 0"))
+        elif rolled_out:
+            phase = "Ready"
+            updates.append(Condition("Ready", "True", "Serving", f"serving {served['model']['digest'][:19]}"))
+        else:
+            phase = "Deploying"
+            ready = deployment.available_replicas if deployment else 0
+            updates.append(
+                Condition("Ready", "False", "RollingOut", f"{ready}/{model.spec.serving.replicas} pods ready with this model")
+            )
+    elif phase in ("Pending", "Quantizing", "Evaluating", "Exporting"):
+        updates.append(Condition("Ready", "False", phase, "the pipeline is running" if phase != "Pending" else "starting"))
+
+    conditions = set_conditions(conditions_before, updates, generation, now)
+    serving_status = {
+        "endpoint": endpoint(model, settings),
+        "readyReplicas": deployment.ready_replicas if deployment else 0,
+        "servingDigest": json.loads(dep_annotations[ANNOTATION_RESULT])["model"]["digest"]
+        if dep_annotations.get(ANNOTATION_RESULT)
+        else None,
+    }
+    status = {
+        **before,
+        **{k: v for k, v in status_extra.items() if v is not None},
+        "observedGeneration": generation,
+        "phase": phase,
+        "pipelineDigest": digest,
+        "conditions": conditions,
+        "serving": serving_status,
+        "progress": progress,
+    }
+    return Decision(ensure, status, _events(conditions_before, conditions), digest)
+
+
+def _progress_message(progress: dict[str, Any] | None) -> str:
+    if not progress:
+        return "quantize Job running"
+    stage, done, total = progress.get("stage"), progress.get("done"), progress.get("total")
+    parts = [f"{progress.get('phase') or stage}: {done}/{total}"]
+    if progress.get("loss") is not None:
+        parts.append(f"loss {float(progress['loss']):.4f}")
+    if progress.get("eta_s") is not None:
+        parts.append(f"ETA {int(float(progress['eta_s']))}s")
+    return ", ".join(parts)
+
+
+def _events(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[Event]:
+    events = []
+    for condition in changed(before, after):
+        kind = "Warning" if condition["status"] == "False" and condition["type"] != "Available" else "Normal"
+        if condition["type"] == "Available" and find(before, "Available") is None and condition["status"] == "False":
+            continue  # "not deployed yet" is not news
+        events.append(Event(kind, condition["reason"], f"{condition['type']}={condition['status']}: {condition['message']}"))
+    return events

@@ -1,0 +1,188 @@
+"""The quantize Job's sequence end to end: real ACT, real evaluation through the serving
+predictor, the gate on real measurements, atomic artifacts, and faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtdetr_edge.coco import DatasetError
+from rtdetr_edge.pipeline import RESULT_SCHEMA, TERMINATION_LIMIT, artifact_paths, run_pipeline, termination_summary
+from rtdetr_edge.resource import parse_resource
+from rtdetr_edge.storage import StorageResolver
+
+from .conftest import resource, write_resource
+
+
+def run(document: dict, tmp_path: Path, termination_log: Path | None = None) -> dict:  # type: ignore[type-arg]
+    resolver = StorageResolver(tmp_path / "pvc", tmp_path / "dl")
+    return run_pipeline(parse_resource(document), resolver, tmp_path / "cache", "cpu", termination_log)
+
+
+def test_good_candidate_passes_the_gate(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts")
+    termination = tmp_path / "termination-log"
+    result = run(document, tmp_path, termination)
+    assert result["schema"] == RESULT_SCHEMA and result["status"] == "Succeeded"
+    baseline, candidate = result["baseline"], result["candidate"]
+    assert baseline["precision"] == "fp32" and candidate["precision"] == "int8"
+    assert baseline["map"] > 30, "the shipped shapes model is trained; its baseline mAP must mean something"
+    assert result["gate"]["passed"] and result["gate"]["reason"] == "WithinBudget"
+    assert result["accuracy"]["images"] == 32
+    assert result["model"]["quantized"] and result["model"]["uri"].endswith("/model")
+
+    paths = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl"))
+    final = paths.final
+    assert json.loads((final / "result.json").read_text()) == result
+    assert (final / result["shapeRanges"]["file"]).is_file() and result["shapeRanges"]["tensors"] > 100
+    assert not list(paths.run_dir.glob(".*partial*")) and not paths.progress_file.exists()
+
+    line = termination.read_text()
+    assert line.count("\n") == 1 and len(line.encode()) <= TERMINATION_LIMIT
+    summary = json.loads(line)
+    assert summary["ok"] is True and summary["gate"]["passed"] is True
+    assert summary["accuracy"] == result["accuracy"]
+
+    # Same inputs again: nothing is recomputed, the same document comes back.
+    mtime = (final / "result.json").stat().st_mtime_ns
+    started = time.perf_counter()
+    assert run(document, tmp_path) == result
+    assert time.perf_counter() - started < 5 and (final / "result.json").stat().st_mtime_ns == mtime
+
+
+def test_damaged_candidate_fails_the_gate(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    """Damage by really training: ACT with a learning rate 10,000x the recipe's wrecks the weights."""
+    document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts", learningRate=0.3, trainIter=8)
+    result = run(document, tmp_path)
+    gate = result["gate"]
+    assert not gate["passed"] and gate["reason"] == "DropExceedsBudget", gate
+    assert result["candidate"]["map"] < result["baseline"]["map"] - 2.0
+    assert "not deployed" in gate["message"]
+    assert result["status"] == "Succeeded", "a failed gate is a result, not a crashed Job"
+
+
+def test_termination_summary_is_bounded() -> None:
+    huge = {"status": "Failed", "reason": "QuantizationFailed", "message": "x" * 10000, "pipelineDigest": "sha256:0"}
+    line = termination_summary(huge)
+    assert len(line.encode()) <= TERMINATION_LIMIT and json.loads(line)["message"].endswith("...")
+
+
+def corrupt_jpeg(dataset: Path) -> Path:
+    victim = sorted((dataset / "train2017").glob("*.jpg"))[2]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])
+    return victim
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (corrupt_jpeg, "corrupt or truncated JPEG"),
+        (lambda d: (d / "annotations" / "instances_val2017.json").unlink(), "instances_val2017.json does not exist"),
+        (lambda d: [p.unlink() for p in (d / "train2017").iterdir()], "train2017 holds no .jpg"),
+        (lambda d: shutil.rmtree(d / "val2017"), "does not exist"),
+    ],
+)
+def test_dataset_faults_name_the_file(
+    shapes_model: Path, shapes_dataset: Path, tmp_path: Path, damage, message: str  # type: ignore[no-untyped-def]
+) -> None:
+    dataset = tmp_path / "dataset"
+    shutil.copytree(shapes_dataset, dataset)
+    named = damage(dataset)
+    document = resource(shapes_model, dataset, tmp_path / "artifacts")
+    with pytest.raises(DatasetError, match=message) as raised:
+        run(document, tmp_path)
+    if isinstance(named, Path):
+        assert named.name in str(raised.value)
+    paths = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl"))
+    failure = json.loads(paths.failure_file.read_text())
+    assert failure["status"] == "Failed" and message.split()[0] in failure["message"]
+    assert not paths.final.exists()
+
+
+def test_a_category_the_model_cannot_produce(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "dataset"
+    shutil.copytree(shapes_dataset, dataset)
+    annotations = dataset / "annotations" / "instances_val2017.json"
+    document = json.loads(annotations.read_text())
+    document["categories"].append({"id": 99, "name": "hexagon"})
+    document["annotations"][0]["category_id"] = 99
+    annotations.write_text(json.dumps(document))
+    with pytest.raises(DatasetError, match=r"instances_val2017.json has 4 categories but the model predicts 3"):
+        run(resource(shapes_model, dataset, tmp_path / "artifacts"), tmp_path)
+
+
+def test_kill_9_during_quantize_leaves_nothing_that_looks_finished(
+    shapes_model: Path, shapes_dataset: Path, tmp_path: Path
+) -> None:
+    document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts", trainIter=60)
+    resource_file = write_resource(tmp_path / "resource.yaml", document)
+    paths = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl"))
+    command = [
+        sys.executable, "-m", "rtdetr_edge.cli", "pipeline", str(resource_file),
+        "--pvc-root", str(tmp_path / "pvc"), "--cache-dir", str(tmp_path / "cache"),
+        "--termination-log", str(tmp_path / "termination-log"),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        try:
+            state = json.loads(paths.progress_file.read_text())
+            if state.get("stage") == "quantize" and int(state.get("done", 0)) >= 2:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        assert process.poll() is None, "the pipeline ended before it could be killed"
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("quantization never reported progress")
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not paths.final.exists(), "a killed run must not leave a finished-looking artifact"
+    assert list(paths.run_dir.glob(f".{paths.key}.partial-*")), "its work stays hidden in a staging dir"
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (paths.final / "result.json").is_file()
+    assert not list(paths.run_dir.glob(f".{paths.key}.partial-*")), "the interrupted run's leftovers are removed"
+
+
+def test_failed_stage_exits_non_zero_with_the_cause(shapes_dataset: Path, tmp_path: Path) -> None:
+    empty_model = tmp_path / "not-a-model"
+    empty_model.mkdir()
+    resource_file = write_resource(tmp_path / "r.yaml", resource(empty_model, shapes_dataset, tmp_path / "artifacts"))
+    termination = tmp_path / "termination-log"
+    result = subprocess.run(
+        [sys.executable, "-m", "rtdetr_edge.cli", "pipeline", str(resource_file), "--cache-dir", str(tmp_path / "c"),
+         "--termination-log", str(termination)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: no model.pdmodel in")
+    summary = json.loads(termination.read_text())
+    assert summary["ok"] is False and "no model.pdmodel" in summary["message"]
+
+
+def test_evaluate_cli_matches_hand_check(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    """`rtdetr-edge evaluate` on the FP32 model reports the same mAP as the pipeline's baseline."""
+    out = subprocess.run(
+        [sys.executable, "-m", "rtdetr_edge.cli", "--log-level", "WARNING", "evaluate", "--model", str(shapes_model),
+         "--images", str(shapes_dataset / "val2017"),
+         "--annotations", str(shapes_dataset / "annotations" / "instances_val2017.json"),
+         "--cache-dir", str(tmp_path / "c"), "--max-images", "16"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["images"] == 16 and 0 <= result["map"] <= result["map50"] <= 100
+    assert np.isfinite(result["latency_ms"])

@@ -1,0 +1,99 @@
+"""`rtdetr-edge run RESOURCE.yaml`: first run does everything, a re-run skips to serving,
+a serving-only edit does not quantize again, and the server answers real requests."""
+
+from __future__ import annotations
+
+import copy
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from ..conftest import free_port
+from .conftest import resource, write_resource
+
+
+def run_cli(resource_file: Path, root: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "rtdetr_edge.cli", "run", str(resource_file), "--root", str(root), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_skips_finished_stages(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts", name="local")
+    resource_file = write_resource(tmp_path / "resource.yaml", document)
+
+    first = run_cli(resource_file, tmp_path / "root", "--no-serve")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "ran in" in first.stdout and "accuracy gate PASSED" in first.stdout
+    assert "quantize: iteration 8/8" in first.stderr
+
+    second = run_cli(resource_file, tmp_path / "root", "--no-serve")
+    assert second.returncode == 0
+    assert "is up to date" in second.stdout and "reused (inputs unchanged)" in second.stdout
+    assert "quantize: iteration" not in second.stderr
+
+    serving_only = copy.deepcopy(document)
+    serving_only["spec"]["serving"].update(scoreThreshold=0.25, replicas=3, batchWindowMicros=500)
+    third = run_cli(write_resource(tmp_path / "serving-edit.yaml", serving_only), tmp_path / "root", "--no-serve")
+    assert third.returncode == 0 and "is up to date" in third.stdout, "a serving-only edit must not re-quantize"
+
+
+def test_invalid_resource_lists_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: rtdetr.io/v1alpha1\nkind: RTDETRModel\nmetadata: {name: x}\n"
+        "spec: {arch: yolo, source: {}, serving: {maxBatchSize: 0}}\n"
+    )
+    result = run_cli(bad, tmp_path / "root", "--no-serve")
+    assert result.returncode == 2
+    for fragment in ("spec.arch must be one of", "exactly one of inferenceModel", "maxBatchSize", "spec.dataset.uri"):
+        assert fragment in result.stderr
+
+
+def test_gpu_resource_on_a_cpu_machine_says_how_to_run_it(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts")
+    document["spec"]["serving"]["device"] = "gpu"
+    result = run_cli(write_resource(tmp_path / "gpu.yaml", document), tmp_path / "root", "--no-serve")
+    assert result.returncode == 2 and "--device cpu" in result.stderr
+
+
+def test_run_serves_the_quantized_model(
+    shapes_model: Path, shapes_dataset: Path, tmp_path: Path
+) -> None:
+    document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts", name="served")
+    resource_file = write_resource(tmp_path / "resource.yaml", document)
+    port = free_port()
+    sample = sorted((shapes_dataset / "val2017").glob("*.jpg"))[0]
+    log_file = tmp_path / "run.log"
+    command = [
+        sys.executable, "-m", "rtdetr_edge.cli", "run", str(resource_file), "--root", str(tmp_path / "root"),
+        "--port", str(port), "--sample-images", str(sample),
+    ]  # fmt: skip
+    with log_file.open("w") as stream:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while "Press Ctrl+C to stop." not in log_file.read_text():
+            assert process.poll() is None, log_file.read_text()[-3000:]
+            assert time.monotonic() < deadline, "run never became ready"
+            time.sleep(0.5)
+        output = log_file.read_text()
+        assert "shapes seeded" in output, "serving must reuse the shape ranges the pipeline collected"
+        assert f"POST /v1/detect {sample.name}:" in output
+        response = requests.post(
+            f"http://127.0.0.1:{port}/v1/detect?score_threshold=0.3",
+            data=sample.read_bytes(),
+            headers={"Content-Type": "image/jpeg"},
+            timeout=30,
+        )
+        assert response.status_code == 200
+        body = response.json()
+        assert body["model"] == "served" and body["detections"], "the trained model finds the shapes"
+        assert {d["label"] for d in body["detections"]} <= {"circle", "square", "triangle"}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+    assert process.returncode == 0
