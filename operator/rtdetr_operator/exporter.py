@@ -68,6 +68,7 @@ def build_export_job(body: dict[str, Any], model: RTDETRModel, digest: str, sett
     labels = {**common_labels(model.name, "export"), "rtdetr.io/pipeline-key": pipeline_key(digest)}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
         "securityContext": _pod_security_context(),
         "containers": [
             {

@@ -167,6 +167,7 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the pipeline never calls the Kubernetes API
         "securityContext": _pod_security_context(),
         "containers": [container],
         "volumes": volumes,
@@ -252,6 +253,7 @@ def build_runtime_deployment(
         "securityContext": _security_context(),
     }
     pod_spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,  # serving never calls the Kubernetes API
         "securityContext": _pod_security_context(),
         "containers": [container],
         "volumes": volumes,

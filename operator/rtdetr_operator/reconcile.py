@@ -144,7 +144,12 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
             "Available", "True", "MinimumReplicasAvailable", f"{deployment.available_replicas} serving pod(s) available"
         )
     elif deployment is not None:
-        available = Condition("Available", "False", "NoReplicasAvailable", "no serving pod is available")
+        was = find(conditions_before, "Available")
+        if was is not None and (was.get("status") == "True" or was.get("reason") == "ReplicasLost"):
+            # It served before and now nothing does: pods lost (node down, evicted, crashing).
+            available = Condition("Available", "False", "ReplicasLost", "every serving pod is gone; no model is being served")
+        else:
+            available = Condition("Available", "False", "NoReplicasAvailable", "no serving pod is available yet")
 
     try:
         model = parse_resource(body)
@@ -153,9 +158,8 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
             raise SpecError(problems)
     except SpecError as error:
         message = "; ".join(error.errors[:5]) + (f" (+{len(error.errors) - 5} more)" if len(error.errors) > 5 else "")
-        conditions = set_conditions(
-            conditions_before, [Condition("Ready", "False", "InvalidSpec", message), available], generation, now
-        )
+        invalid = [Condition("Ready", "False", "InvalidSpec", message), available]
+        conditions = set_conditions(conditions_before, invalid + kstatus_conditions("Failed", invalid), generation, now)
         status = {**before, "observedGeneration": generation, "phase": "Failed", "conditions": conditions}
         status["progress"] = None
         return Decision([], status, _events(conditions_before, conditions), None)
@@ -283,6 +287,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     elif phase in ("Pending", "Quantizing", "Evaluating", "Exporting"):
         updates.append(Condition("Ready", "False", phase, "the pipeline is running" if phase != "Pending" else "starting"))
 
+    updates += kstatus_conditions(phase, updates)
     conditions = set_conditions(conditions_before, updates, generation, now)
     serving_status = {
         "endpoint": endpoint(model, settings),
@@ -304,6 +309,20 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     return Decision(ensure, status, _events(conditions_before, conditions), digest)
 
 
+def kstatus_conditions(phase: str, updates: list[Condition]) -> list[Condition]:
+    """kstatus' abnormal-true conditions, so Flux (and `kstatus`) read the status as-is:
+    Reconciling=True while work is in flight, Stalled=True when it cannot progress."""
+    ready = next((c for c in reversed(updates) if c.type == "Ready"), None)
+    reason = ready.reason if ready is not None else phase
+    message = ready.message if ready is not None else ""
+    reconciling = phase in ("Pending", "Exporting", "Quantizing", "Evaluating", "Deploying")
+    stalled = phase == "Failed"
+    return [
+        Condition("Reconciling", "True", reason, message) if reconciling else Condition("Reconciling", "False", "Idle", ""),
+        Condition("Stalled", "True", reason, message) if stalled else Condition("Stalled", "False", "Progressing", ""),
+    ]
+
+
 def _progress_message(progress: dict[str, Any] | None) -> str:
     if not progress:
         return "quantize Job running"
@@ -319,6 +338,8 @@ def _progress_message(progress: dict[str, Any] | None) -> str:
 def _events(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[Event]:
     events = []
     for condition in changed(before, after):
+        if condition["type"] in ("Reconciling", "Stalled"):
+            continue  # mirrors of Ready for kstatus: their changes are already announced
         kind = "Warning" if condition["status"] == "False" and condition["type"] != "Available" else "Normal"
         if condition["type"] == "Available" and find(before, "Available") is None and condition["status"] == "False":
             continue  # "not deployed yet" is not news

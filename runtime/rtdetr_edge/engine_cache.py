@@ -48,6 +48,8 @@ class EngineKey:
     max_batch_size: int
     device_identity: DeviceIdentity
     versions: tuple[tuple[str, str], ...] = field(default=())
+    variant: str = ""
+    """Anything else that changes the built predictor (e.g. the CPU INT8 kernel choice)."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -60,6 +62,7 @@ class EngineKey:
             "max_batch_size": self.max_batch_size,
             "device_identity": self.device_identity.to_dict(),
             "versions": dict(self.versions),
+            "variant": self.variant,
         }
 
 

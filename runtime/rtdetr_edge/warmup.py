@@ -135,6 +135,11 @@ def warm_up(
     shape_file, shape_collection = _ensure_shape_file(model, digest, settings, cache, shape_seed)
     timings["shape_ranges"] = time.perf_counter() - mark
 
+    identity = detect_device_identity(settings)
+    variant = ""
+    if settings.device == "cpu" and settings.precision == "int8":
+        variant = f"cpu-int8-{settings.cpu_int8}"
+        log.info("INT8 on CPU: %s kernels (--cpu-int8)", "oneDNN INT8" if settings.cpu_int8 == "onednn" else "FP32 (QDQ graph)")
     key = EngineKey(
         model_digest=digest,
         shape_file_digest="sha256:" + file_sha256(shape_file),
@@ -142,8 +147,9 @@ def warm_up(
         device=settings.device,
         precision=settings.precision,
         max_batch_size=settings.max_batch_size,
-        device_identity=detect_device_identity(settings),
+        device_identity=identity,
         versions=tuple(sorted(software_versions(settings).items())),
+        variant=variant,
     )
     key_name = engine_cache_key(key)
     mark = time.perf_counter()

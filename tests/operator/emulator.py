@@ -62,6 +62,7 @@ BUILTIN = [
     ResourceInfo("", "v1", "pods", "Pod", True, ("status", "log"), ("po",)),
     ResourceInfo("", "v1", "services", "Service", True, ("status",), ("svc",)),
     ResourceInfo("", "v1", "configmaps", "ConfigMap", True, (), ("cm",)),
+    ResourceInfo("", "v1", "secrets", "Secret", True),  # Helm's release storage
     ResourceInfo("", "v1", "events", "Event", True, (), ("ev",)),
     ResourceInfo("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", True, ("status",), ("pvc",)),
     ResourceInfo("", "v1", "serviceaccounts", "ServiceAccount", True, (), ("sa",)),
@@ -69,6 +70,14 @@ BUILTIN = [
     ResourceInfo("batch", "v1", "jobs", "Job", True, ("status",), ()),
     ResourceInfo("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", False, ("status",), ("crd",)),
     ResourceInfo("events.k8s.io", "v1", "events", "Event", True, (), ()),
+    # What the Helm chart installs besides the operator's own kinds.
+    ResourceInfo("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", False),
+    ResourceInfo("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", False),
+    ResourceInfo("rbac.authorization.k8s.io", "v1", "roles", "Role", True),
+    ResourceInfo("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", True),
+    ResourceInfo("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", True, ("status",), ("pdb",)),
+    ResourceInfo("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, (), ("netpol",)),
+    ResourceInfo("monitoring.coreos.com", "v1", "servicemonitors", "ServiceMonitor", True),
 ]
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
@@ -277,6 +286,9 @@ class KubernetesApiEmulator:
                 return await self._watch(request, info, namespace)
             if request.method == "GET" and name is None:
                 return web.json_response(self._list(info, namespace, request.query.get("labelSelector")))
+            if "protobuf" in request.headers.get("Content-Type", "") or "cbor" in request.headers.get("Content-Type", ""):
+                # JSON only; client-go then retries the request as JSON (as with servers lacking protobuf).
+                raise ApiError(415, "UnsupportedMediaType", "only application/json is supported")
             if request.method == "POST" and name is None:
                 body = await request.json()
                 created = self._create(info, namespace, body)
@@ -302,6 +314,8 @@ class KubernetesApiEmulator:
 
     def _discovery(self, path: str) -> dict[str, Any] | None:
         path = path.rstrip("/")
+        if path == "/openapi/v3":
+            return {"paths": {}}  # no published schemas: clients skip client-side validation
         if path == "/version":
             return {"major": "1", "minor": "37", "gitVersion": "v1.37.0-emulator", "platform": "linux/amd64"}
         if path == "/api":

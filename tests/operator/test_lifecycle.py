@@ -83,6 +83,7 @@ def test_full_lifecycle_with_kubectl(cluster: Cluster, operator: OperatorLaunche
     assert {"name": "engine-cache", "hostPath": {"path": "/var/cache/rtdetr-edge", "type": "DirectoryOrCreate"}} in template["spec"]["volumes"]
     ready = cluster.wait_condition(NS, NAME, "Ready", "False", "RollingOut")
     assert "0/2" in ready["message"]
+    assert cluster.condition(NS, NAME, "Reconciling")["status"] == "True"  # type: ignore[index]  # kstatus: InProgress
     assert cluster.model(NS, NAME)["status"]["phase"] == "Deploying"
 
     cluster.set_deployment_ready(NS, NAME)
@@ -100,9 +101,10 @@ def test_full_lifecycle_with_kubectl(cluster: Cluster, operator: OperatorLaunche
     reasons = {e["reason"] for e in cluster.events(NS)}
     assert {"JobCreated", "JobSucceeded", "WithinBudget", "Serving"} <= reasons
 
-    # kstatus: Ready + observedGeneration == generation is what Flux waits for.
+    # kstatus (what Flux uses): Current = observedGeneration == generation, no abnormal-true condition.
     model = cluster.model(NS, NAME)
     assert model["metadata"]["generation"] == model["status"]["observedGeneration"]
+    assert conditions["Reconciling"]["status"] == "False" and conditions["Stalled"]["status"] == "False"
 
     # Delete through kubectl: children go with it (ownerReferences).
     deleted = subprocess.run([*kubectl, "delete", "-f", str(REPO / "configs/samples/rtdetr-r50.yaml")],
@@ -183,6 +185,9 @@ def test_job_failure_reports_the_cause(cluster: Cluster, operator: OperatorLaunc
     assert "out of GPU memory" in quantized["message"] and "MemoryError" in quantized["message"]
     ready = cluster.wait_condition(NS, NAME, "Ready", "False", "QuantizationFailed")
     assert "out of GPU memory" in ready["message"]
+    stalled = cluster.wait_condition(NS, NAME, "Stalled", "True", "QuantizationFailed")  # kstatus: Failed
+    assert "out of GPU memory" in stalled["message"]
+    assert cluster.condition(NS, NAME, "Reconciling")["status"] == "False"  # type: ignore[index]
     assert cluster.model(NS, NAME)["status"]["phase"] == "Failed"
     time.sleep(1.0)
     assert len(cluster.jobs(NS)) == 1, "a failed Job is not retried by the operator"
@@ -221,6 +226,16 @@ def test_operator_restart_mid_job_does_not_duplicate(cluster: Cluster, operator:
     cluster.finish_job(NS, job["metadata"]["name"], True, summary(digest))
     cluster.wait(lambda: cluster.deployment(NS, NAME), what="deployment after restart")
     assert "resume" in second.log() or "Resuming" in second.log() or "created Deployment" in second.log()
+
+
+def test_lost_pods_are_reported(cluster: Cluster, operator: OperatorLauncher) -> None:
+    bring_to_ready(cluster, operator)
+    cluster.set_deployment_ready(NS, NAME, ready=0)  # every serving pod died
+    available = cluster.wait_condition(NS, NAME, "Available", "False", "ReplicasLost")
+    assert "no model is being served" in available["message"]
+    cluster.wait_condition(NS, NAME, "Ready", "False", "RollingOut")
+    cluster.set_deployment_ready(NS, NAME)
+    cluster.wait_condition(NS, NAME, "Available", "True", "MinimumReplicasAvailable")
 
 
 def test_drift_is_repaired(cluster: Cluster, operator: OperatorLauncher) -> None:

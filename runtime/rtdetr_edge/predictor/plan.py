@@ -136,8 +136,9 @@ def plan_predictor(
             _call("enable_mkldnn"),
             _call("set_mkldnn_cache_capacity", settings.max_batch_size * MKLDNN_CACHE_CAPACITY_PER_BATCH),
         ]
-        if settings.precision == "int8":
+        if settings.precision == "int8" and settings.cpu_int8 == "onednn":
             calls.append(_call("enable_mkldnn_int8", set(CPU_INT8_OPS)))
+        # Otherwise ("simulated") the QDQ graph runs as is: quantize/dequantize ops in FP32.
         calls.append(_call("disable_glog_info"))
         return PaddlePlan(calls=tuple(calls))
     if shape_file is None:

@@ -137,7 +137,9 @@ class ModelService:
         self.metrics.ready.set(1)
         log.info("model %s is ready (%s)", self.options.model_name, warmed.report.model_digest)
         if self._on_ready is not None:
-            self._on_ready(warmed)
+            # Its own thread: a hook may call this very server (the demo does), which must not
+            # wait on the event loop that is running the hook.
+            threading.Thread(target=self._on_ready, args=(warmed,), name="on-ready", daemon=True).start()
 
     def _fail(self, message: str) -> None:
         self.state = "failed"

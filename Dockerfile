@@ -1,0 +1,97 @@
+# syntax=docker/dockerfile:1.7
+# rtdetr-edge images (named targets):
+#   operator     slim, no Paddle: the kopf control plane            docker build --target operator .
+#   runtime-cpu  Paddle 2.6.2 CPU (oneDNN) + PaddleSlim: Jobs and serving on CPU nodes
+#   runtime-gpu  CUDA 11.8 + cuDNN 8.6 + TensorRT 8.5.3 + paddlepaddle-gpu 2.6.2 (the combination
+#                that wheel was built with): quantize Jobs and TensorRT serving on GPU nodes
+#   exporter     runtime-gpu + PaddleDetection at a pinned tag, for source.checkpoint exports
+# Versions shared with the Python project are checked by tests/test_packaging.py.
+ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04
+
+FROM ${PYTHON_IMAGE} AS python-base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    RTDETR_CONFIG_DIR=/opt/rtdetr-edge/configs
+RUN groupadd --gid 10001 rtdetr \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin rtdetr
+WORKDIR /opt/rtdetr-edge
+COPY pyproject.toml README.md ./
+COPY requirements/ requirements/
+COPY runtime/ runtime/
+COPY operator/ operator/
+COPY configs/ configs/
+
+# Every image installs exact pins from requirements/*.txt (make lock), then the project --no-deps.
+FROM python-base AS operator
+RUN pip install --no-cache-dir --requirement requirements/operator.txt \
+    && pip install --no-cache-dir --no-deps .
+USER 10001:10001
+ENTRYPOINT ["rtdetr-operator"]
+
+FROM python-base AS runtime-cpu
+ARG PADDLESLIM_VERSION=2.6.0
+# libgomp: OpenMP runtime that Paddle's CPU kernels link against.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
+    && rm -rf /var/lib/apt/lists/*
+# PaddleSlim's metadata pins opencv-python==4.6.0.66 and swig, which it does not use:
+# install it without dependencies; its real imports are in the `runtime` extra.
+RUN pip install --no-cache-dir --requirement requirements/runtime-cpu.txt \
+    && pip install --no-cache-dir --no-deps . "paddleslim==${PADDLESLIM_VERSION}"
+USER 10001:10001
+ENTRYPOINT ["rtdetr-edge"]
+
+FROM ${CUDA_IMAGE} AS runtime-gpu
+ARG PADDLE_VERSION=2.6.2
+ARG PADDLESLIM_VERSION=2.6.0
+ARG PYTHON_VERSION=3.11.10
+ARG UV_VERSION=0.5.11
+# paddlepaddle-gpu 2.6.2 is built against CUDA 11.8, cuDNN 8.6 and TensorRT 8.5.3;
+# RT-DETR's grid_sample needs TensorRT >= 8.5.1.
+ARG CUDNN_VERSION=8.6.0.163-1+cuda11.8
+ARG TENSORRT_VERSION=8.5.3-1+cuda11.8
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    RTDETR_CONFIG_DIR=/opt/rtdetr-edge/configs \
+    UV_PYTHON_INSTALL_DIR=/opt/python \
+    PATH=/opt/venv/bin:${PATH}
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends --allow-downgrades --allow-change-held-packages \
+        "libcudnn8=${CUDNN_VERSION}" "libnvinfer8=${TENSORRT_VERSION}" "libnvinfer-plugin8=${TENSORRT_VERSION}" \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 rtdetr \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin rtdetr
+# Ubuntu 22.04 ships Python 3.10; a pinned standalone CPython 3.11 (glibc 2.17-compatible) via uv.
+COPY --from=ghcr.io/astral-sh/uv:0.5.11 /uv /usr/local/bin/uv
+RUN uv python install "${PYTHON_VERSION}" && uv venv --python "${PYTHON_VERSION}" /opt/venv
+WORKDIR /opt/rtdetr-edge
+COPY pyproject.toml README.md ./
+COPY requirements/ requirements/
+COPY runtime/ runtime/
+COPY operator/ operator/
+COPY configs/ configs/
+RUN uv pip install --python /opt/venv --no-cache --requirement requirements/runtime-gpu.txt "paddlepaddle-gpu==${PADDLE_VERSION}" \
+    && uv pip install --python /opt/venv --no-cache --no-deps . "paddleslim==${PADDLESLIM_VERSION}"
+USER 10001:10001
+ENTRYPOINT ["rtdetr-edge"]
+
+FROM runtime-gpu AS exporter
+# PaddleDetection's RT-DETR export (tools/export_model.py ... trt=True). The PyPI `paddledet`
+# predates RT-DETR and cannot install, so use the source at a pinned tag.
+ARG PADDLEDETECTION_REF=v2.8.0
+USER 0
+ADD https://github.com/PaddlePaddle/PaddleDetection/archive/refs/tags/${PADDLEDETECTION_REF}.tar.gz /tmp/paddledetection.tar.gz
+RUN mkdir -p /opt/PaddleDetection \
+    && tar -xzf /tmp/paddledetection.tar.gz --strip-components=1 -C /opt/PaddleDetection \
+    && rm /tmp/paddledetection.tar.gz \
+    && uv pip install --python /opt/venv --no-cache "pandas==2.2.3" "shapely==2.0.6" "typeguard==4.4.1" \
+    && uv pip install --python /opt/venv --no-cache --no-deps "imgaug==0.4.0"
+WORKDIR /opt/PaddleDetection
+USER 10001:10001
+ENTRYPOINT ["python", "tools/export_model.py"]

@@ -1,0 +1,104 @@
+{{/* Chart name, cut to 63 characters (DNS label). */}}
+{{- define "rtdetr-edge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name, cut to 63 characters; the release name alone if it already contains the chart name. */}}
+{{- define "rtdetr-edge.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "rtdetr-edge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels: stable across upgrades (never helm.sh/chart or versions). */}}
+{{- define "rtdetr-edge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "rtdetr-edge.name" . }}-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "rtdetr-edge.labels" -}}
+helm.sh/chart: {{ include "rtdetr-edge.chart" . }}
+{{ include "rtdetr-edge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: rtdetr-edge
+{{- end }}
+
+{{- define "rtdetr-edge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "rtdetr-edge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* registry/repository:tag, with the chart's appVersion as the default tag and an optional suffix. */}}
+{{- define "rtdetr-edge.image" -}}
+{{- $image := index . 0 -}}
+{{- $root := index . 1 -}}
+{{- $suffix := index . 2 -}}
+{{- $tag := default (printf "%s%s" $root.Chart.AppVersion $suffix) $image.tag -}}
+{{- if $image.digest -}}
+{{- printf "%s%s@%s" (ternary "" (printf "%s/" $image.registry) (empty $image.registry)) $image.repository $image.digest -}}
+{{- else -}}
+{{- printf "%s%s:%s" (ternary "" (printf "%s/" $image.registry) (empty $image.registry)) $image.repository $tag -}}
+{{- end -}}
+{{- end }}
+
+{{- define "rtdetr-edge.peeringName" -}}
+{{- include "rtdetr-edge.fullname" . }}
+{{- end }}
+
+{{/* RBAC rules of the operator, each with the reason it exists (least privilege). */}}
+{{- define "rtdetr-edge.rules" }}
+# Watch RTDETRModels; patch them for kopf's finalizer and last-handled annotations.
+- apiGroups: ["rtdetr.io"]
+  resources: ["rtdetrmodels"]
+  verbs: ["get", "list", "watch", "patch"]
+# Report phase, conditions, accuracy and endpoint.
+- apiGroups: ["rtdetr.io"]
+  resources: ["rtdetrmodels/status"]
+  verbs: ["get", "patch", "update"]
+# Create quantize/export Jobs and read their outcome (deletion happens through ownerReferences).
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create"]
+# Roll out serving pods; replaced when the model or serving settings change.
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "update"]
+# The serving Service and the pipeline's stage-config ConfigMap (both only created).
+- apiGroups: [""]
+  resources: ["services", "configmaps"]
+  verbs: ["get", "create"]
+# Find a Job's pod for its termination message (the pipeline's result summary).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list"]
+# Read the last RTDETR_PROGRESS lines of a running Job's log (training progress in status).
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+# Kubernetes Events for every status transition.
+- apiGroups: ["", "events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- if gt (int .Values.operator.replicaCount) 1 }}
+# kopf peering between operator replicas (one active, others standby).
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings", "clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}

@@ -1,0 +1,62 @@
+-- Argo CD health check for rtdetr.io/RTDETRModel.
+-- Install: add to argocd-cm as resource.customizations.health.rtdetr.io_RTDETRModel (docs/gitops.md).
+-- Reads the same conditions kstatus (Flux) reads: Ready + observedGeneration.
+local health = {}
+local function condition(conditions, kind)
+  for _, c in ipairs(conditions) do
+    if c.type == kind then
+      return c
+    end
+  end
+  return nil
+end
+
+if obj.status == nil or obj.status.conditions == nil then
+  health.status = "Progressing"
+  health.message = "Waiting for the rtdetr-edge operator to pick up this model"
+  return health
+end
+
+local generation = obj.metadata.generation
+if generation ~= nil and (obj.status.observedGeneration == nil or obj.status.observedGeneration < generation) then
+  health.status = "Progressing"
+  health.message = "The operator has not observed generation " .. generation .. " yet"
+  return health
+end
+
+local ready = condition(obj.status.conditions, "Ready")
+local available = condition(obj.status.conditions, "Available")
+
+if available ~= nil and available.status == "False" and available.reason == "ReplicasLost" then
+  health.status = "Missing"
+  health.message = available.message
+  return health
+end
+
+if ready ~= nil and ready.status == "True" then
+  if ready.reason == "ScaledToZero" then
+    health.status = "Suspended"
+  else
+    health.status = "Healthy"
+  end
+  health.message = ready.message
+  return health
+end
+
+local degraded = {
+  InvalidSpec = true, QuantizationFailed = true, ExportFailed = true,
+  AccuracyGateFailed = true, ResultUnreadable = true,
+}
+if ready ~= nil and degraded[ready.reason] then
+  health.status = "Degraded"
+  health.message = ready.reason .. ": " .. (ready.message or "")
+  return health
+end
+
+health.status = "Progressing"
+if ready ~= nil then
+  health.message = ready.reason .. ": " .. (ready.message or "")
+else
+  health.message = "Reconciling"
+end
+return health

@@ -1,0 +1,67 @@
+"""The shipped Argo CD health script, run by a real Lua 5.1 interpreter (Argo CD's gopher-lua
+implements Lua 5.1) against the statuses the operator writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lupa.lua51 as lua51
+import pytest
+
+SCRIPT = (Path(__file__).resolve().parents[2] / "gitops" / "argocd" / "health.lua").read_text()
+
+
+def to_lua(runtime: Any, value: Any) -> Any:
+    if isinstance(value, dict):
+        return runtime.table_from({k: to_lua(runtime, v) for k, v in value.items()})
+    if isinstance(value, list):
+        return runtime.table_from([to_lua(runtime, v) for v in value])
+    return value
+
+
+def health(obj: dict[str, Any]) -> dict[str, Any]:
+    runtime = lua51.LuaRuntime(unpack_returned_tuples=True)
+    runtime.globals().obj = to_lua(runtime, obj)
+    result = runtime.execute(SCRIPT)
+    return {"status": result["status"], "message": result["message"]}
+
+
+def model(generation: int = 2, observed: int | None = 2, **conditions: tuple[str, str, str]) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    if observed is not None:
+        status["observedGeneration"] = observed
+    if conditions:
+        status["conditions"] = [
+            {"type": kind, "status": s, "reason": reason, "message": message}
+            for kind, (s, reason, message) in conditions.items()
+        ]
+    return {"apiVersion": "rtdetr.io/v1alpha1", "kind": "RTDETRModel",
+            "metadata": {"name": "m", "generation": generation}, "status": status or None}  # fmt: skip
+
+
+CASES = [
+    ("Progressing", model(observed=None), "Waiting for the rtdetr-edge operator"),
+    ("Progressing", model(generation=3, observed=2, Ready=("True", "Serving", "old")), "generation 3"),
+    ("Progressing", model(Quantized=("Unknown", "JobRunning", "quantize: 120/500, loss 0.0123"),
+                          Ready=("False", "Quantizing", "the pipeline is running")), "Quantizing"),
+    ("Progressing", model(Ready=("False", "RollingOut", "1/2 pods ready with this model"),
+                          Available=("True", "MinimumReplicasAvailable", "1")), "RollingOut"),
+    ("Healthy", model(Ready=("True", "Serving", "serving sha256:abc"),
+                      Available=("True", "MinimumReplicasAvailable", "2")), "serving sha256:abc"),
+    ("Degraded", model(Ready=("False", "AccuracyGateFailed",
+                              "mAP 53.1 -> 51.0 (drop 2.1 > 0.5); the previous model keeps serving"),
+                       Available=("True", "MinimumReplicasAvailable", "2")), "previous model keeps serving"),
+    ("Degraded", model(Ready=("False", "InvalidSpec", "spec.arch must be one of …")), "InvalidSpec"),
+    ("Degraded", model(Ready=("False", "QuantizationFailed", "out of GPU memory")), "out of GPU memory"),
+    ("Missing", model(Ready=("False", "RollingOut", "0/2"),
+                      Available=("False", "ReplicasLost", "every serving pod is gone")), "every serving pod is gone"),
+    ("Suspended", model(Ready=("True", "ScaledToZero", "serving.replicas is 0")), "replicas is 0"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("expected", "obj", "fragment"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_health(expected: str, obj: dict[str, Any], fragment: str) -> None:
+    result = health(obj)
+    assert result["status"] == expected, result
+    assert fragment in result["message"]
