@@ -9,6 +9,14 @@
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04
 
+# The project's files, copied once and shared by every image.
+FROM scratch AS source
+COPY pyproject.toml README.md /src/
+COPY requirements/ /src/requirements/
+COPY runtime/ /src/runtime/
+COPY operator/ /src/operator/
+COPY configs/ /src/configs/
+
 FROM ${PYTHON_IMAGE} AS python-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,11 +26,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --gid 10001 rtdetr \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin rtdetr
 WORKDIR /opt/rtdetr-edge
-COPY pyproject.toml README.md ./
-COPY requirements/ requirements/
-COPY runtime/ runtime/
-COPY operator/ operator/
-COPY configs/ configs/
+COPY --from=source /src/ ./
 
 # Every image installs exact pins from requirements/*.txt (make lock), then the project --no-deps.
 FROM python-base AS operator
@@ -71,11 +75,7 @@ RUN apt-get update \
 COPY --from=ghcr.io/astral-sh/uv:0.5.11 /uv /usr/local/bin/uv
 RUN uv python install "${PYTHON_VERSION}" && uv venv --python "${PYTHON_VERSION}" /opt/venv
 WORKDIR /opt/rtdetr-edge
-COPY pyproject.toml README.md ./
-COPY requirements/ requirements/
-COPY runtime/ runtime/
-COPY operator/ operator/
-COPY configs/ configs/
+COPY --from=source /src/ ./
 RUN uv pip install --python /opt/venv --no-cache --requirement requirements/runtime-gpu.txt "paddlepaddle-gpu==${PADDLE_VERSION}" \
     && uv pip install --python /opt/venv --no-cache --no-deps . "paddleslim==${PADDLESLIM_VERSION}"
 USER 10001:10001

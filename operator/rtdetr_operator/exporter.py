@@ -10,16 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rtdetr_edge.resource import RTDETRModel
-from rtdetr_operator.manifests import (
-    ANNOTATION_PIPELINE,
-    _claim_volumes,
-    _image_pull_secrets,
-    _pod_security_context,
-    _quantities,
-    _security_context,
-    owner_reference,
-    pvc_path,
-)
+from rtdetr_operator.manifests import _claim_volumes, _quantities, _security_context, build_job, pod_spec, pvc_path
 from rtdetr_operator.names import _fit, common_labels, pipeline_key
 from rtdetr_operator.settings import OperatorSettings
 
@@ -66,46 +57,20 @@ def build_export_job(body: dict[str, Any], model: RTDETRModel, digest: str, sett
     volumes.append({"name": "scratch", "emptyDir": {}})
     mounts.append({"name": "scratch", "mountPath": "/tmp"})
     labels = {**common_labels(model.name, "export"), "rtdetr.io/pipeline-key": pipeline_key(digest)}
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": _pod_security_context(),
-        "containers": [
-            {
-                "name": "export",
-                "image": settings.exporter_image,
-                "imagePullPolicy": settings.image_pull_policy,
-                "command": ["sh", "-c", script, "export"],
-                "args": [out_dir, weights],
-                "env": [{"name": "HOME", "value": "/tmp"}],
-                "resources": _quantities(spec.compression.resources),
-                "volumeMounts": mounts,
-                "securityContext": _security_context(),
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }
-        ],
-        "volumes": volumes,
-        **_image_pull_secrets(settings),
+    container = {
+        "name": "export",
+        "image": settings.exporter_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["sh", "-c", script, "export"],
+        "args": [out_dir, weights],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": _quantities(spec.compression.resources),
+        "volumeMounts": mounts,
+        "securityContext": _security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if spec.compression.node_selector:
-        pod_spec["nodeSelector"] = dict(spec.compression.node_selector)
-    if spec.compression.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in spec.compression.tolerations]
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": export_job_name(model.name, digest),
-            "namespace": model.namespace,
-            "labels": labels,
-            "annotations": {ANNOTATION_PIPELINE: digest},
-            "ownerReferences": [owner_reference(body)],
-        },
-        "spec": {
-            "backoffLimit": settings.job_backoff_limit,
-            "activeDeadlineSeconds": spec.compression.active_deadline_seconds,
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-        },
-    }
-
-
+    pod = pod_spec(
+        [container], volumes, settings, settings.job_service_account,
+        spec.compression.node_selector, spec.compression.tolerations, restartPolicy="Never",
+    )  # fmt: skip
+    return build_job(body, model, export_job_name(model.name, digest), digest, labels, pod, settings)

@@ -106,8 +106,56 @@ def _engine_cache_volume(model: RTDETRModel, settings: OperatorSettings) -> dict
     return {"name": "engine-cache", "emptyDir": dict(cache.get("emptyDir") or {})}
 
 
-def _image_pull_secrets(settings: OperatorSettings) -> dict[str, Any]:
-    return {"imagePullSecrets": [{"name": s} for s in settings.image_pull_secrets]} if settings.image_pull_secrets else {}
+def pod_spec(
+    containers: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    settings: OperatorSettings,
+    service_account: str,
+    node_selector: dict[str, str],
+    tolerations: tuple[dict[str, Any], ...],
+    **extra: Any,
+) -> dict[str, Any]:
+    """A pod spec for our children: hardened, no API token (none of them calls the API)."""
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": _pod_security_context(),
+        "containers": containers,
+        "volumes": volumes,
+        **extra,
+    }
+    if settings.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": secret} for secret in settings.image_pull_secrets]
+    if service_account:
+        spec["serviceAccountName"] = service_account
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
+    if tolerations:
+        spec["tolerations"] = [dict(t) for t in tolerations]
+    return spec
+
+
+def build_job(
+    body: dict[str, Any], model: RTDETRModel, name: str, digest: str, labels: dict[str, str],
+    spec: dict[str, Any], settings: OperatorSettings,
+) -> dict[str, Any]:  # fmt: skip
+    """A run-once pipeline Job (quantize or export): no retries by default, the spec's deadline."""
+    annotations = {ANNOTATION_PIPELINE: digest}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": model.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "backoffLimit": settings.job_backoff_limit,
+            "activeDeadlineSeconds": model.spec.compression.active_deadline_seconds,
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": spec},
+        },
+    }
 
 
 def build_pipeline_configmap(body: dict[str, Any], model: RTDETRModel, digest: str) -> dict[str, Any]:
@@ -165,36 +213,11 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
         # A crash before the summary is written still leaves its last log lines here.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,  # the pipeline never calls the Kubernetes API
-        "securityContext": _pod_security_context(),
-        "containers": [container],
-        "volumes": volumes,
-        **_image_pull_secrets(settings),
-    }
-    if settings.job_service_account:
-        pod_spec["serviceAccountName"] = settings.job_service_account
-    if compression.node_selector:
-        pod_spec["nodeSelector"] = dict(compression.node_selector)
-    if compression.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in compression.tolerations]
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": quantize_job_name(model.name, digest),
-            "namespace": model.namespace,
-            "labels": labels,
-            "annotations": {ANNOTATION_PIPELINE: digest},
-            "ownerReferences": [owner_reference(body)],
-        },
-        "spec": {
-            "backoffLimit": settings.job_backoff_limit,
-            "activeDeadlineSeconds": compression.active_deadline_seconds,
-            "template": {"metadata": {"labels": labels, "annotations": {ANNOTATION_PIPELINE: digest}}, "spec": pod_spec},
-        },
-    }
+    spec = pod_spec(
+        [container], volumes, settings, settings.job_service_account,
+        compression.node_selector, compression.tolerations, restartPolicy="Never",
+    )  # fmt: skip
+    return build_job(body, model, quantize_job_name(model.name, digest), digest, labels, spec, settings)
 
 
 def build_runtime_deployment(
@@ -252,21 +275,11 @@ def build_runtime_deployment(
         "volumeMounts": mounts,
         "securityContext": _security_context(),
     }
-    pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,  # serving never calls the Kubernetes API
-        "securityContext": _pod_security_context(),
-        "containers": [container],
-        "volumes": volumes,
+    spec = pod_spec(
+        [container], volumes, settings, settings.runtime_service_account, serving.node_selector, serving.tolerations,
         # SIGTERM drains in-flight requests (the server's drain timeout is 30 s).
-        "terminationGracePeriodSeconds": 45,
-        **_image_pull_secrets(settings),
-    }
-    if settings.runtime_service_account:
-        pod_spec["serviceAccountName"] = settings.runtime_service_account
-    if serving.node_selector:
-        pod_spec["nodeSelector"] = dict(serving.node_selector)
-    if serving.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in serving.tolerations]
+        terminationGracePeriodSeconds=45,
+    )  # fmt: skip
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -282,7 +295,7 @@ def build_runtime_deployment(
             "selector": {"matchLabels": {**selector_labels(model.name), "app.kubernetes.io/component": "runtime"}},
             # Never break what serves: new pods must be Ready before an old one goes.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": spec},
         },
     }
 

@@ -73,6 +73,18 @@ def test_generated_manifests_pass_official_schemas(sample: str, version: str, se
         kubernetes_validate.validate(manifest, desired_version=version, strict=True)
 
 
+def test_pipeline_jobs_share_placement_and_identity() -> None:
+    """Quantize and export Jobs get the same service account, placement and hardening."""
+    settings = SETTINGS[1]
+    jobs = [m for m in manifests_for("rtdetr-r50.yaml", settings) if m["kind"] == "Job"]
+    assert len(jobs) == 2
+    for job in jobs:
+        spec = job["spec"]["template"]["spec"]
+        assert spec["serviceAccountName"] == "rtdetr-jobs" and spec["imagePullSecrets"] == [{"name": "registry"}]
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"} and spec["restartPolicy"] == "Never"
+        assert spec["automountServiceAccountToken"] is False
+
+
 def test_validation_would_catch_a_bad_manifest() -> None:
     deployment = manifests_for("rtdetr-r50.yaml", OperatorSettings())[2]
     deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["httpGet"]["paht"] = "/typo"
