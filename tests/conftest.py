@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from rtdetr_edge.bench import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_IMAGES = sorted((REPO / "tests" / "fixtures" / "images").glob("*.jpg"))
@@ -39,12 +40,6 @@ def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from rtdetr_edge.demo import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-seed1", seed=1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -80,3 +80,16 @@ def test_readme_commands_are_what_ci_runs() -> None:
     assert any(line.startswith("make test") for line in first_lines)
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_operator_imports_without_runtime_dependencies() -> None:
+    """The operator image installs only `.[operator]`: no Paddle, NumPy, OpenCV, filelock, server stack."""
+    blocked = ["paddle", "numpy", "cv2", "filelock", "starlette", "uvicorn", "simplejpeg", "onnxruntime", "paddleslim"]
+    code = (
+        "import sys\n"
+        + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+        + "import rtdetr_operator.main, rtdetr_operator.handlers, rtdetr_operator.reconcile\n"
+        + "from rtdetr_operator.handlers import register\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
+from rtdetr_edge.resource import artifact_key
+
 MAX_NAME = 63  # DNS-1123 label: Job names become pod labels, Service names DNS labels
 MANAGED_BY = "rtdetr-edge-operator"
 
@@ -19,8 +21,8 @@ def _fit(base: str, suffix: str) -> str:
 
 
 def pipeline_key(pipeline_digest: str) -> str:
-    """The artifact directory name (same as ``rtdetr_edge.pipeline``: 16 hex digits)."""
-    return pipeline_digest.split(":", 1)[-1][:16]
+    """The artifact directory name the quantize Job writes to."""
+    return artifact_key(pipeline_digest)
 
 
 def quantize_job_name(model_name: str, pipeline_digest: str) -> str:

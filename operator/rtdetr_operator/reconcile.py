@@ -173,9 +173,10 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     status_extra: dict[str, Any] = {}
 
     dep_annotations = deployment.annotations if deployment is not None else {}
-    if dep_annotations.get(ANNOTATION_PIPELINE) == digest and dep_annotations.get(ANNOTATION_RESULT):
+    deployed = json.loads(dep_annotations[ANNOTATION_RESULT]) if dep_annotations.get(ANNOTATION_RESULT) else None
+    if deployed is not None and dep_annotations.get(ANNOTATION_PIPELINE) == digest:
         # Already serving this pipeline's model: only serving settings can have changed.
-        served = json.loads(dep_annotations[ANNOTATION_RESULT])
+        served = deployed
         updates += [
             Condition("Quantized", "True", "JobSucceeded", "the quantized model for this spec is ready"),
             Condition("AccuracyGatePassed", "True", "WithinBudget", str(served.get("gate", {}).get("message", ""))),
@@ -292,9 +293,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     serving_status = {
         "endpoint": endpoint(model, settings),
         "readyReplicas": deployment.ready_replicas if deployment else 0,
-        "servingDigest": json.loads(dep_annotations[ANNOTATION_RESULT])["model"]["digest"]
-        if dep_annotations.get(ANNOTATION_RESULT)
-        else None,
+        "servingDigest": deployed["model"]["digest"] if deployed is not None else None,
     }
     status = {
         **before,

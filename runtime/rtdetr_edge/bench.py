@@ -157,7 +157,8 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """An unused loopback port (the bench's server; also the tests')."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -165,7 +166,7 @@ def _free_port() -> int:
 
 class _Server:
     def __init__(self, model_dir: Path, cache: Path, options: BenchOptions, log_file: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             sys.executable, "-m", "rtdetr_edge.cli", "serve", "--model", str(model_dir),

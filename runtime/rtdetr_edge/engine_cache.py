@@ -28,6 +28,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from rtdetr_edge.device_identity import DeviceIdentity
+from rtdetr_edge.files import digest_hex, file_sha256
 
 ENTRY_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
@@ -71,18 +72,6 @@ def engine_cache_key(key: EngineKey) -> str:
     canonical = json.dumps(key.to_dict(), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:24]
     return f"{key.backend}-{key.device}-{key.precision}-b{key.max_batch_size}-{digest}"
-
-
-def file_sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def digest_hex(digest: str) -> str:
-    return digest.split(":", 1)[-1]
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ from typing import Any
 
 from filelock import FileLock
 
-from rtdetr_edge.coco import DatasetError, class_to_category_ids, list_images, load_ground_truth
+from rtdetr_edge.coco import class_to_category_ids, list_images, load_ground_truth
 from rtdetr_edge.errors import RtdetrEdgeError
+from rtdetr_edge.files import write_text_atomic
 from rtdetr_edge.gate import accuracy_gate
 from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.progress import ProgressReporter
-from rtdetr_edge.resource import TOOL_VERSIONS, RTDETRModel, effective_quantization, pipeline_digest, short_digest
+from rtdetr_edge.resource import TOOL_VERSIONS, RTDETRModel, artifact_key, effective_quantization, pipeline_digest
 from rtdetr_edge.storage import StorageResolver, find_model_dir
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class ArtifactPaths:
 
 def artifact_paths(model: RTDETRModel, resolver: StorageResolver) -> ArtifactPaths:
     root = resolver.local_path(model.spec.artifacts)
-    return ArtifactPaths(root / model.namespace / model.name, short_digest(pipeline_digest(model.spec), 16))
+    return ArtifactPaths(root / model.namespace / model.name, artifact_key(pipeline_digest(model.spec)))
 
 
 def read_result(paths: ArtifactPaths) -> dict[str, Any] | None:
@@ -127,10 +128,7 @@ def write_termination_log(result: dict[str, Any], path: Path | None) -> None:
 
 
 def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}")
-    staging.write_text(json.dumps(document, indent=2, sort_keys=True))
-    os.replace(staging, path)
+    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True))
 
 
 def num_model_classes(model_dir: Path) -> int:
@@ -347,5 +345,3 @@ def _run_stages(
     log.info("pipeline %s finished: %s", paths.key, paths.final)
     return result
 
-
-__all__ = ["DatasetError", "PipelineError", "artifact_paths", "read_result", "run_pipeline", "termination_summary"]

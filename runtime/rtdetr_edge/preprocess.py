@@ -177,4 +177,4 @@ def synthetic_inputs(batch_size: int, original_size: tuple[int, int] = (480, 640
     rng = np.random.default_rng(seed)
     rgb = rng.integers(0, 256, size=(*original_size, 3), dtype=np.uint8)
     one = preprocess_rgb(rgb)
-    return stack_batch([one] * batch_size) if batch_size > 1 else stack_batch([one])
+    return stack_batch([one] * batch_size)

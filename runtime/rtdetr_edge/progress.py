@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
+
+from rtdetr_edge.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 PROGRESS_PREFIX = "RTDETR_PROGRESS"
@@ -49,10 +50,7 @@ class ProgressReporter:
         print(f"{PROGRESS_PREFIX} {json.dumps(self.state, separators=(',', ':'))}", flush=True)
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        staging = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        staging.write_text(json.dumps({**self.state, "updated_unix": round(time.time(), 1)}))
-        os.replace(staging, self.path)
+        write_text_atomic(self.path, json.dumps({**self.state, "updated_unix": round(time.time(), 1)}))
 
 
 def format_eta(seconds: object) -> str:

@@ -7,6 +7,7 @@ changes require a new quantization.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from rtdetr_edge import __version__
+from rtdetr_edge.files import digest_hex
 from rtdetr_edge.storage import InvalidUriError, parse_uri
 
 API_VERSION = "rtdetr.io/v1alpha1"
@@ -310,8 +312,15 @@ def configs_dir() -> Path:
     raise FileNotFoundError(f"no configs/act directory (looked in {', '.join(map(str, candidates))}); set RTDETR_CONFIG_DIR")
 
 
+@functools.cache
+def _act_defaults_file(arch: str) -> str:
+    return (configs_dir() / "act" / f"{arch}.yaml").read_text(encoding="utf-8")
+
+
 def act_defaults(arch: str) -> dict[str, Any]:
-    return dict(yaml.safe_load((configs_dir() / "act" / f"{arch}.yaml").read_text(encoding="utf-8")))
+    """PaddleSlim ACT defaults for ``arch`` (a fresh dict; the file is read once per process,
+    since the operator computes digests on every reconcile)."""
+    return dict(yaml.safe_load(_act_defaults_file(arch)))
 
 
 def effective_quantization(arch: str, quantization: QuantizationSpec) -> dict[str, Any]:
@@ -348,4 +357,12 @@ def pipeline_digest(spec: RTDETRModelSpec) -> str:
 
 
 def short_digest(digest: str, length: int = 12) -> str:
-    return digest.split(":", 1)[-1][:length]
+    return digest_hex(digest, length)
+
+
+ARTIFACT_KEY_LENGTH = 16
+"""Hex digits of the pipeline digest that name its artifact directory (and the operator's children)."""
+
+
+def artifact_key(pipeline_digest: str) -> str:
+    return digest_hex(pipeline_digest, ARTIFACT_KEY_LENGTH)

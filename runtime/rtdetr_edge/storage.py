@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import requests
 
 from rtdetr_edge.errors import RtdetrEdgeError
+from rtdetr_edge.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,6 @@ def parse_uri(uri: str) -> StorageUri:
     if not parts.netloc:
         raise InvalidUriError(f"{uri!r}: https URIs need a host")
     return StorageUri("https", "", uri, uri)
-
-
-def file_sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(CHUNK_BYTES):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def _archive_kind(url: str) -> str | None:

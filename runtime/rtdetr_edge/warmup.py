@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from rtdetr_edge.device_identity import detect_device_identity, software_versions
-from rtdetr_edge.engine_cache import EngineCache, EngineEntry, EngineKey, digest_hex, engine_cache_key, file_sha256
+from rtdetr_edge.engine_cache import EngineCache, EngineEntry, EngineKey, engine_cache_key
+from rtdetr_edge.files import digest_hex, file_sha256
 from rtdetr_edge.errors import WarmupError
 from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor import Predictor

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import copy
 import json
-from pathlib import Path
 from typing import Any
 
 import kubernetes_validate

@@ -13,7 +13,8 @@ from pathlib import Path
 import requests
 from filelock import FileLock
 
-from rtdetr_edge.engine_cache import EngineCache, digest_hex
+from rtdetr_edge.engine_cache import EngineCache
+from rtdetr_edge.files import digest_hex
 from rtdetr_edge.model_files import ModelFiles
 
 from ..conftest import start_server
