@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | sha256sum | cut -c1-16)
 
-.PHONY: install demo test test-fast bench lock clean
+.PHONY: install cluster-tools cluster demo test test-fast bench lock clean
 
 # PaddleSlim 2.6.0's metadata pins opencv-python==4.6.0.66 and swig, which it does
 # not need, so it is installed with --no-deps; its real imports are in the runtime extra.
@@ -18,8 +18,6 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[runtime,cpu,operator,test]'
 	$(BIN)/python -m pip install --quiet --no-deps 'paddleslim==$(PADDLESLIM_VERSION)'
-	# The real Helm library for chart tests; it declares Python >= 3.12, its lint/install work on 3.11.
-	$(BIN)/python -m pip install --quiet --ignore-requires-python 'helm-sdkpy==0.1.32'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -33,13 +31,24 @@ $(SCAN_STAMP):
 
 install: $(STAMP) $(SCAN_STAMP)
 
+# The real control plane for the operator tests (etcd, kube-apiserver, controller-manager,
+# scheduler, kwok) and the helm CLI, built with Go from the pins in tests/cluster/go/*/go.mod
+# into ~/.cache/rtdetr-edge/cluster (once per machine: ~15 min on 2 cores; then seconds).
+cluster-tools: install
+	$(BIN)/python -m tests.cluster.build
+
+# A real cluster on this machine until Ctrl-C (prints the KUBECONFIG to use). Needs root
+# (pod network namespaces) and Go.
+cluster: cluster-tools
+	$(BIN)/python -m tests.cluster.controlplane
+
 demo: install
 	$(BIN)/rtdetr-edge demo
 
-test: install
+test: install cluster-tools
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install cluster-tools
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: install

@@ -84,6 +84,8 @@ def register(registry: kopf.OperatorRegistry, operator_settings: OperatorSetting
         settings.posting.level = 20  # post Normal events (INFO) too, not only warnings
         settings.watching.server_timeout = 300
         settings.persistence.finalizer = "rtdetr.io/operator"
+        # Namespaced mode runs with Roles only: no cluster-scoped CRD/namespace scans.
+        settings.scanning.disabled = bool(operator_settings.namespaces)
         try:
             config.load_incluster_config()
         except config.ConfigException:
@@ -93,8 +95,10 @@ def register(registry: kopf.OperatorRegistry, operator_settings: OperatorSetting
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # In a pod: the service account; elsewhere (and in tests): $KUBECONFIG / ~/.kube/config.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        # The kubernetes client's own discovery, as for the child-object client: in a pod the
+        # service account with KUBERNETES_SERVICE_HOST (no dependency on cluster DNS, unlike
+        # kopf's minimal login with https://kubernetes.default.svc); elsewhere $KUBECONFIG.
+        return kopf.login_via_client(**kwargs)
 
     @kopf.on.cleanup(registry=registry)
     def close(logger: kopf.Logger, **_: Any) -> None:

@@ -1,15 +1,22 @@
-"""The real kopf operator process against the API emulator, driven over HTTP like kubectl."""
+"""The real-cluster tier: upstream etcd, kube-apiserver, controller-manager, scheduler and kwok
+(tests/cluster), the chart installed by the real helm CLI, the operator running as the
+chart's Deployment (its pod executed by the test pod runner, with the chart's
+ServiceAccount token), driven with the real kubectl as a user would.
+
+One control plane per test session (~10 s to start); each test works in its own namespaces.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
+import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,61 +24,118 @@ import pytest
 import requests
 import yaml
 
-from .emulator import KubernetesApiEmulator
+from tests.cluster.build import binary
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.nodes import create_nodes
+from tests.cluster.pod_runner import RUNNER_LABEL, RUNNER_NODE, PodRunner
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "rtdetrmodels.rtdetr.io.yaml"
+CHART = REPO / "charts" / "rtdetr-edge"
 SAMPLES = REPO / "configs" / "samples"
-RESYNC_SECONDS = 0.3
 MODELS = "/apis/rtdetr.io/v1alpha1"
+OPERATOR_NAMESPACE = "rtdetr-system"
+RELEASE = "rtdetr"
+RESYNC_SECONDS = 2
+# What the chart needs to run here: the operator pod on the node whose pods really run, and
+# a fast resync so tests finish quickly. Everything else is the chart's defaults.
+TEST_VALUES: dict[str, Any] = {
+    "operator": {"nodeSelector": {RUNNER_LABEL: "true"}, "resyncSeconds": RESYNC_SECONDS, "logLevel": "DEBUG"},
+}
 
 
 def load_sample(name: str) -> dict[str, Any]:
     return dict(yaml.safe_load((SAMPLES / name).read_text()))
 
 
+@dataclass
 class Cluster:
-    """Test-side client: plays the user (kubectl-like HTTP calls), the Job controller, the
-    kubelet (pod status, logs, termination messages) and the Deployment controller."""
+    plane: ControlPlane
+    runner: PodRunner
+    workdir: Path
+    volumes_made: set[str] = field(default_factory=set)
 
-    def __init__(self, emulator: KubernetesApiEmulator) -> None:
-        self.emulator = emulator
-        self.url = emulator.url
-        self.http = requests.Session()
+    @cached_property
+    def http(self) -> requests.Session:
+        return self.plane.session()
 
-    # -- generic -------------------------------------------------------------------------------
+    # -- raw API (as cluster admin) -----------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> requests.Response:
         data = json.dumps(body) if body is not None else None
-        return self.http.request(method, self.url + path, data=data, headers={"Content-Type": content_type}, timeout=10)
+        return self.http.request(method, self.plane.server + path, data=data, headers={"Content-Type": content_type}, timeout=30)
 
     def ok(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
         response = self.request(method, path, body, content_type)
-        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text}"
+        assert response.status_code < 300, f"{method} {path}: {response.status_code} {response.text[:2000]}"
         return dict(response.json())
 
     def get(self, path: str) -> dict[str, Any] | None:
         response = self.request("GET", path)
-        return dict(response.json()) if response.status_code == 200 else None
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, f"GET {path}: {response.status_code} {response.text[:500]}"
+        return dict(response.json())
 
     def items(self, path: str, selector: str | None = None) -> list[dict[str, Any]]:
         suffix = f"?labelSelector={selector}" if selector else ""
         return list(self.ok("GET", path + suffix)["items"])
 
-    def wait(self, predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    def wait(self, predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition", interval: float = 0.5) -> Any:
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             last = predicate()
             if last:
                 return last
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {str(last)[:2000]})")
 
-    # -- RTDETRModel ---------------------------------------------------------------------------
-    def create_model(self, document: dict[str, Any]) -> dict[str, Any]:
-        namespace = document["metadata"].get("namespace", "default")
-        return self.ok("POST", f"{MODELS}/namespaces/{namespace}/rtdetrmodels", document)
+    # -- tools users run --------------------------------------------------------------------------
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        command = [str(Path(sys.executable).parent / "kubectl"), "--kubeconfig", str(self.plane.kubeconfig),
+                   "--cache-dir", str(self.workdir / "kubectl-cache"), *args]  # fmt: skip
+        result = subprocess.run(command, input=input, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert result.returncode == 0, f"kubectl {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result
 
+    def helm(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        command = [str(binary("helm")), "--kubeconfig", str(self.plane.kubeconfig), *args]
+        env = {"HOME": str(self.workdir / "helm-home"), "PATH": "/usr/bin:/bin"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        if check:
+            assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def apply(self, document: dict[str, Any], *extra: str) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-f", "-", *extra, input=yaml.safe_dump(document))
+
+    # -- namespaces and storage --------------------------------------------------------------------
+    def namespace(self, name: str | None = None, pod_security: str = "restricted") -> str:
+        """A fresh namespace enforcing a Pod Security level, as a hardened cluster would."""
+        name = name or f"t-{uuid.uuid4().hex[:8]}"
+        self.ok("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": name, "labels": {"pod-security.kubernetes.io/enforce": pod_security}}})  # fmt: skip
+        return name
+
+    def volume(self, namespace: str, claim: str, directory: Path) -> None:
+        """A PersistentVolume over ``directory`` bound to claim ``claim`` (what a storage
+        provisioner would make; the directory is world-writable like local-path-provisioner's)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o777)
+        pv = f"{namespace}-{claim}"
+        self.ok("POST", "/api/v1/persistentvolumes", {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"], "hostPath": {"path": str(directory)},
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                     "claimRef": {"namespace": namespace, "name": claim}}})  # fmt: skip
+        self.ok("POST", f"/api/v1/namespaces/{namespace}/persistentvolumeclaims", {"apiVersion": "v1",
+            "kind": "PersistentVolumeClaim", "metadata": {"name": claim},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                     "resources": {"requests": {"storage": "10Gi"}}}})  # fmt: skip
+        self.wait(lambda: (self.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}") or {})
+                  .get("status", {}).get("phase") == "Bound", 60, f"PVC {namespace}/{claim} bound")  # fmt: skip
+
+    # -- RTDETRModels and children -------------------------------------------------------------------
     def model(self, namespace: str, name: str) -> dict[str, Any]:
         found = self.get(f"{MODELS}/namespaces/{namespace}/rtdetrmodels/{name}")
         assert found is not None, f"{namespace}/{name} not found"
@@ -85,165 +149,144 @@ class Cluster:
         return next((c for c in status.get("conditions") or [] if c["type"] == condition_type), None)
 
     def wait_condition(self, namespace: str, name: str, condition_type: str, status: str, reason: str | None = None,
-                       timeout: float = 20.0) -> dict[str, Any]:  # fmt: skip
+                       timeout: float = 60.0) -> dict[str, Any]:  # fmt: skip
         def check() -> dict[str, Any] | None:
             found = self.condition(namespace, name, condition_type)
             if found and found["status"] == status and (reason is None or found["reason"] == reason):
                 return found
             return None
 
-        return dict(self.wait(check, timeout, f"{condition_type}={status} ({reason})"))
+        try:
+            return dict(self.wait(check, timeout, f"{condition_type}={status} ({reason})"))
+        except AssertionError as error:
+            raise AssertionError(f"{error}\nstatus: {json.dumps(self.model(namespace, name).get('status'), indent=1)[:4000]}") from None
 
-    # -- children ------------------------------------------------------------------------------
-    def jobs(self, namespace: str) -> list[dict[str, Any]]:
-        return self.items(f"/apis/batch/v1/namespaces/{namespace}/jobs")
+    def jobs(self, namespace: str, component: str | None = None) -> list[dict[str, Any]]:
+        selector = f"app.kubernetes.io/component={component}" if component else None
+        return self.items(f"/apis/batch/v1/namespaces/{namespace}/jobs", selector)
 
-    def wait_job(self, namespace: str, count: int = 1, component: str = "quantize") -> list[dict[str, Any]]:
-        def check() -> list[dict[str, Any]] | None:
-            jobs = [j for j in self.jobs(namespace) if j["metadata"]["labels"].get("app.kubernetes.io/component") == component]
-            return jobs if len(jobs) >= count else None
-
-        return list(self.wait(check, what=f"{count} {component} job(s)"))
+    def pods(self, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        return self.items(f"/api/v1/namespaces/{namespace}/pods", selector)
 
     def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
 
-    def run_job_pod(self, namespace: str, job_name: str, log: str = "") -> str:
-        """What the Job controller + kubelet do: a running pod for the Job, with its log."""
-        pod = self.ok("POST", f"/api/v1/namespaces/{namespace}/pods", {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"{job_name}-abcde", "labels": {"job-name": job_name}},
-            "spec": {"containers": [{"name": "pipeline", "image": "x"}], "restartPolicy": "Never"},
-        })  # fmt: skip
-        name = pod["metadata"]["name"]
-        self.ok("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}/status",
-                {"status": {"phase": "Running", "containerStatuses": [{"name": "pipeline", "ready": True,
-                 "restartCount": 0, "image": "x", "imageID": "", "state": {"running": {"startedAt": "2026-11-25T00:00:00Z"}}}]}},
-                "application/merge-patch+json")  # fmt: skip
-        self.emulator.set_log(namespace, name, log)
-        return name
-
-    def finish_job(self, namespace: str, job_name: str, succeeded: bool, termination_message: str,
-                   reason: str = "BackoffLimitExceeded", message: str = "Job has reached the specified backoff limit") -> None:  # fmt: skip
-        pods = self.items(f"/api/v1/namespaces/{namespace}/pods", f"job-name={job_name}")
-        pod_name = pods[0]["metadata"]["name"] if pods else self.run_job_pod(namespace, job_name)
-        self.ok("PATCH", f"/api/v1/namespaces/{namespace}/pods/{pod_name}/status",
-                {"status": {"phase": "Succeeded" if succeeded else "Failed", "containerStatuses": [{
-                    "name": "pipeline", "ready": False, "restartCount": 0, "image": "x", "imageID": "",
-                    "state": {"terminated": {"exitCode": 0 if succeeded else 1, "reason": "Completed" if succeeded else "Error",
-                                             "message": termination_message}}}]}},
-                "application/merge-patch+json")  # fmt: skip
-        condition = {"type": "Complete", "status": "True"} if succeeded else {"type": "Failed", "status": "True", "reason": reason, "message": message}
-        self.ok("PATCH", f"/apis/batch/v1/namespaces/{namespace}/jobs/{job_name}/status",
-                {"status": {"conditions": [condition], "succeeded" if succeeded else "failed": 1}},
-                "application/merge-patch+json")  # fmt: skip
-
-    def set_deployment_ready(self, namespace: str, name: str, ready: int | None = None) -> None:
-        """What the Deployment controller reports once the new pods are Ready."""
-        deployment = self.deployment(namespace, name)
-        assert deployment is not None
-        replicas = deployment["spec"]["replicas"] if ready is None else ready
-        self.ok("PATCH", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}/status",
-                {"status": {"observedGeneration": deployment["metadata"]["generation"], "replicas": replicas,
-                            "updatedReplicas": replicas, "readyReplicas": replicas, "availableReplicas": replicas}},
-                "application/merge-patch+json")  # fmt: skip
-
     def events(self, namespace: str) -> list[dict[str, Any]]:
         return self.items(f"/api/v1/namespaces/{namespace}/events")
 
-
-def summary(digest: str, passed: bool = True, baseline: float = 53.1, quantized: float = 53.0, key: str | None = None,
-            namespace: str = "vision", name: str = "rtdetr-r50") -> str:  # fmt: skip
-    """The one-line termination message `rtdetr-edge pipeline` writes."""
-    key = key or digest.split(":")[1][:16]
-    drop = round(baseline - quantized, 2)
-    message = f"mAP {baseline:.1f} -> {quantized:.1f} (drop {drop:.1f} {'<=' if passed else '>'} 0.5)"
-    return json.dumps({
-        "schema": "rtdetr.io/quantize-result/v1", "ok": True, "pipelineDigest": digest,
-        "model": {"digest": "sha256:" + "ab" * 32, "uri": f"pvc://rtdetr-artifacts/{namespace}/{name}/{key}/model",
-                  "sizeBytes": 48_000_000, "quantized": True, "method": "qat"},
-        "accuracy": {"baselineMap": baseline, "quantizedMap": quantized, "mapDrop": drop, "images": 500},
-        "shapeRanges": {"file": f"shapes/{'ab' * 32}-b4.pbtxt", "maxBatchSize": 4, "tensors": 1200},
-        "gate": {"passed": passed, "reason": "WithinBudget" if passed else "DropExceedsBudget", "message": message},
-        "message": message,
-    }, separators=(",", ":"))  # fmt: skip
+    def ready_endpoints(self, namespace: str, service: str) -> list[str]:
+        """``ip:port`` of the Service's ready endpoints, read from EndpointSlices as kube-proxy does."""
+        slices = self.items(f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
+                            f"kubernetes.io/service-name={service}")  # fmt: skip
+        found = []
+        for endpoint_slice in slices:
+            port = next((p["port"] for p in endpoint_slice.get("ports") or [] if p.get("name") == "http"), None)
+            for endpoint in endpoint_slice.get("endpoints") or []:
+                if port is not None and (endpoint.get("conditions") or {}).get("ready"):
+                    found += [f"{address}:{port}" for address in endpoint["addresses"]]
+        return sorted(found)
 
 
-@pytest.fixture
-def api() -> Iterator[KubernetesApiEmulator]:
-    emulator = KubernetesApiEmulator()
-    emulator.register_crd_file(CRD_FILE)
-    emulator.start()
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    plane = ControlPlane(workdir / "control-plane")
+    runner = None
     try:
-        yield emulator
+        plane.start()
+        create_nodes(plane)
+        runner = PodRunner(plane).start()
+        made = Cluster(plane, runner, workdir)
+        made.wait(lambda: (made.get(f"/api/v1/nodes/{RUNNER_NODE}") or {}).get("status", {}).get("conditions"), 30, "runner node")
+        yield made
     finally:
-        emulator.stop()
-
-
-@pytest.fixture
-def cluster(api: KubernetesApiEmulator) -> Cluster:
-    return Cluster(api)
-
-
-@pytest.fixture
-def kubeconfig(api: KubernetesApiEmulator, tmp_path: Path) -> Path:
-    path = tmp_path / "kubeconfig"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": api.url}}],
-        "users": [{"name": "tester", "user": {"token": "emulator"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": "default"}}],
-    }))  # fmt: skip
-    return path
+        if runner is not None:
+            runner.stop()
+        plane.stop()
 
 
 @dataclass
-class OperatorProcess:
-    process: subprocess.Popen[str]
-    log_file: Path
+class OperatorRelease:
+    """The chart installed with ``helm install``; its operator pod runs on the pod runner."""
+
+    cluster: Cluster
+    name: str = RELEASE
+    namespace: str = OPERATOR_NAMESPACE
+
+    def pod(self) -> dict[str, Any] | None:
+        pods = [p for p in self.cluster.pods(self.namespace, f"app.kubernetes.io/instance={self.name}")
+                if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
+        return pods[0] if pods else None
+
+    def wait_ready(self, timeout: float = 90) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            pod = self.pod()
+            conditions = {c["type"]: c["status"] for c in (pod or {}).get("status", {}).get("conditions") or []}
+            return pod if conditions.get("Ready") == "True" else None
+
+        return dict(self.cluster.wait(ready, timeout, "the operator pod Ready"))
 
     def log(self) -> str:
-        return self.log_file.read_text(errors="replace")
+        pod = self.pod()
+        assert pod is not None, "no operator pod"
+        return self.cluster.kubectl("logs", "-n", self.namespace, pod["metadata"]["name"], check=False).stdout
 
-    def stop(self, kill: bool = False) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    def install(self, values: dict[str, Any]) -> OperatorRelease:
+        values_file = self.cluster.workdir / f"values-{self.name}.yaml"
+        values_file.write_text(yaml.safe_dump(values))
+        self.cluster.helm("install", self.name, str(CHART), "--namespace", self.namespace, "--create-namespace",
+                          "--values", str(values_file), "--wait", "--timeout", "180s")  # fmt: skip
+        self.wait_ready()
+        return self
 
-
-class OperatorLauncher:
-    def __init__(self, kubeconfig: Path, tmp_path: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.tmp_path = tmp_path
-        self.started: list[OperatorProcess] = []
-
-    def start(self, *extra: str) -> OperatorProcess:
-        log_file = self.tmp_path / f"operator-{len(self.started)}.log"
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "rtdetr_operator.main", "--standalone", "--liveness", "",
-                   "--resync-seconds", str(RESYNC_SECONDS), *extra]  # fmt: skip
-        with log_file.open("w") as stream:
-            process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, text=True, env=env)
-        operator = OperatorProcess(process, log_file)
-        self.started.append(operator)
-        deadline = time.monotonic() + 30
-        while "rtdetr-edge operator started" not in operator.log():
-            assert process.poll() is None, operator.log()
-            assert time.monotonic() < deadline, operator.log()
-            time.sleep(0.05)
-        return operator
+    def uninstall(self) -> None:
+        self.cluster.helm("uninstall", self.name, "--namespace", self.namespace, "--wait", "--timeout", "120s", check=False)
 
 
-@pytest.fixture
-def operator(kubeconfig: Path, tmp_path: Path) -> Iterator[OperatorLauncher]:
-    launcher = OperatorLauncher(kubeconfig, tmp_path)
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster) -> Iterator[OperatorRelease]:
+    """The chart in cluster-wide mode, for one test module."""
+    release = OperatorRelease(cluster).install(TEST_VALUES)
     try:
-        yield launcher
+        yield release
     finally:
-        for started in launcher.started:
-            started.stop()
+        release.uninstall()
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The demo's inputs (the shipped shapes model and a generated COCO-layout dataset), made
+    once: each test namespace gets PersistentVolumes over these directories."""
+    from rtdetr_edge.demo import prepare_demo_inputs
+
+    root = tmp_path_factory.mktemp("shapes")
+    prepare_demo_inputs(root)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o777 if path.is_dir() else 0o666)
+    return {"models": root / "pvc" / "models", "datasets": root / "pvc" / "datasets"}
+
+
+def demo_namespace(cluster: Cluster, shapes_data: dict[str, Path], pod_security: str = "restricted") -> str:
+    """A namespace holding the demo sample's three claims (models, datasets, artifacts)."""
+    namespace = cluster.namespace(pod_security=pod_security)
+    cluster.volume(namespace, "models", shapes_data["models"])
+    cluster.volume(namespace, "datasets", shapes_data["datasets"])
+    artifacts = cluster.workdir / "artifacts" / namespace
+    shutil.rmtree(artifacts, ignore_errors=True)
+    cluster.volume(namespace, "rtdetr-artifacts", artifacts)
+    return namespace
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and call.when == "call" and "cluster" in getattr(item, "fixturenames", ()):
+        made: Cluster = item.funcargs["cluster"]  # type: ignore[attr-defined]
+        pods = made.kubectl("get", "pods", "-A", "-o", "wide", check=False).stdout
+        sections = [("pods", pods)]
+        if "operator" in item.funcargs:  # type: ignore[attr-defined]
+            sections.append(("operator log (tail)", "\n".join(item.funcargs["operator"].log().splitlines()[-60:])))  # type: ignore[attr-defined]
+        sections += [(f"{name} log (tail)", text) for name, text in made.plane.logs().items() if name != "etcd"]
+        for title, text in sections:
+            report.sections.append((f"cluster: {title}", text))
+    return report

@@ -19,8 +19,7 @@ from rtdetr_operator.names import MAX_NAME, quantize_job_name, runtime_name
 from rtdetr_operator.reconcile import Observed, decide
 from rtdetr_operator.settings import OperatorSettings
 
-from .conftest import CRD_FILE, REPO, SAMPLES, summary
-from .crd_validation import CrdValidator
+from .conftest import CRD_FILE, REPO, SAMPLES
 
 KUBERNETES_VERSIONS = ("1.28", "1.37")
 CLUSTER_SAMPLES = ["rtdetr-r50.yaml", "rtdetr-r18-cpu.yaml", "rtdetr-hgnetv2-l.yaml", "demo-shapes.yaml"]
@@ -29,12 +28,24 @@ CLUSTER_SAMPLES = ["rtdetr-r50.yaml", "rtdetr-r18-cpu.yaml", "rtdetr-hgnetv2-l.y
 def body_of(sample: str) -> dict[str, Any]:
     document = yaml.safe_load((SAMPLES / sample).read_text())
     document["metadata"].update(uid="1b4e28ba-2fa1-11d2-883f-0016d3cca427", generation=1)
-    return dict(CrdValidator(crd_schema()).apply_defaults(document))
+    return dict(document)
 
 
-def crd_schema() -> dict[str, Any]:
-    crd = yaml.safe_load(CRD_FILE.read_text())
-    return dict(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+def summary(digest: str, passed: bool = True, baseline: float = 53.1, quantized: float = 53.0,
+            namespace: str = "vision", name: str = "rtdetr-r50") -> str:  # fmt: skip
+    """The one-line termination message `rtdetr-edge pipeline` writes."""
+    key = digest.split(":")[1][:16]
+    drop = round(baseline - quantized, 2)
+    message = f"mAP {baseline:.1f} -> {quantized:.1f} (drop {drop:.1f} {'<=' if passed else '>'} 0.5)"
+    return json.dumps({
+        "schema": "rtdetr.io/quantize-result/v1", "ok": True, "pipelineDigest": digest,
+        "model": {"digest": "sha256:" + "ab" * 32, "uri": f"pvc://rtdetr-artifacts/{namespace}/{name}/{key}/model",
+                  "sizeBytes": 48_000_000, "quantized": True, "method": "qat"},
+        "accuracy": {"baselineMap": baseline, "quantizedMap": quantized, "mapDrop": drop, "images": 500},
+        "shapeRanges": {"file": f"shapes/{'ab' * 32}-b4.pbtxt", "maxBatchSize": 4, "tensors": 1200},
+        "gate": {"passed": passed, "reason": "WithinBudget" if passed else "DropExceedsBudget", "message": message},
+        "message": message,
+    }, separators=(",", ":"))  # fmt: skip
 
 
 def manifests_for(sample: str, settings: OperatorSettings) -> list[dict[str, Any]]:
@@ -94,35 +105,6 @@ def test_validation_would_catch_a_bad_manifest() -> None:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_the_crd_passes_official_schemas(version: str) -> None:
     kubernetes_validate.validate(yaml.safe_load(CRD_FILE.read_text()), desired_version=version, strict=True)
-
-
-@pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("*.yaml")))
-def test_samples_pass_the_crd_schema_and_cel_rules(sample: str) -> None:
-    validator = CrdValidator(crd_schema())
-    document = validator.apply_defaults(yaml.safe_load((SAMPLES / sample).read_text()))
-    assert validator.validate(document) == []
-    parse_resource(document)  # and the operator's own parser agrees
-
-
-@pytest.mark.parametrize(
-    ("patch", "message"),
-    [
-        ({"source": {"inferenceModel": "pvc://m/x", "checkpoint": "pvc://m/y"}}, "exactly one of inferenceModel"),
-        ({"source": {}}, "exactly one of inferenceModel"),
-        ({"quantization": {"method": "none"}}, "int8 needs quantization.method"),
-        ({"quantization": {"method": "none"}, "serving": {"precision": "fp16", "device": "cpu"}}, "fp16 needs serving.device gpu"),
-        ({"serving": {"precision": "fp32"}}, "serves the FP32 model"),
-        ({"serving": {"engineCache": {}}}, "exactly one of hostPath"),
-        ({"serving": {"engineCache": {"hostPath": "/a", "pvcName": "b"}}}, "exactly one of hostPath"),
-    ],
-)  # fmt: skip
-def test_each_cel_rule(patch: dict[str, Any], message: str) -> None:
-    validator = CrdValidator(crd_schema())
-    document = yaml.safe_load((SAMPLES / "rtdetr-r50.yaml").read_text())
-    for key, value in patch.items():
-        document["spec"][key] = {**document["spec"].get(key, {}), **value} if key != "source" else value
-    causes = validator.validate(validator.apply_defaults(document))
-    assert any(message in cause["message"] for cause in causes), causes
 
 
 def test_crd_printer_columns_and_shape() -> None:

@@ -67,6 +67,12 @@ app.kubernetes.io/part-of: rtdetr-edge
 - apiGroups: ["rtdetr.io"]
   resources: ["rtdetrmodels"]
   verbs: ["get", "list", "watch", "patch"]
+# Children carry ownerReferences with blockOwnerDeletion (garbage collection waits for them):
+# clusters enforcing OwnerReferencesPermissionEnforcement (OpenShift, hardened clusters) require
+# update on the owner's finalizers subresource for that.
+- apiGroups: ["rtdetr.io"]
+  resources: ["rtdetrmodels/finalizers"]
+  verbs: ["update"]
 # Report phase, conditions, accuracy and endpoint.
 - apiGroups: ["rtdetr.io"]
   resources: ["rtdetrmodels/status"]

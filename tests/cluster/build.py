@@ -1,0 +1,183 @@
+"""Build the real control plane's binaries from their Go modules, once per machine.
+
+Each component is a small Go module of ours under ``tests/cluster/go/<component>/`` whose
+go.mod pins the upstream version exactly (the one source of truth for versions). The built
+binaries land in a cache outside the repository, in a directory named by a hash of
+everything that determines them (go.mod, go.sum, our Go files, link flags, Go version), so a
+machine that built them once reuses them, and a pin change rebuilds. Go's own module and
+build caches (``go env GOMODCACHE GOCACHE``) make a rebuild after a pin bump incremental.
+
+    python -m tests.cluster.build        # build what is missing, print the binaries
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+GO_MODULES = Path(__file__).resolve().parent / "go"
+
+
+def cache_root() -> Path:
+    """``$RTDETR_CLUSTER_CACHE``, else ``~/.cache/rtdetr-edge/cluster`` (never inside the repo)."""
+    configured = os.environ.get("RTDETR_CLUSTER_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "rtdetr-edge" / "cluster"
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    """Directory under tests/cluster/go/."""
+    module: str
+    """The upstream module whose pinned version names the build (read from go.mod)."""
+    binaries: dict[str, str]
+    """Binary name → Go package to build."""
+
+    @property
+    def directory(self) -> Path:
+        return GO_MODULES / self.name
+
+    def version(self) -> str:
+        match = re.search(rf"^\s*(?:require\s+)?{re.escape(self.module)}\s+(v\S+)", (self.directory / "go.mod").read_text(), re.M)
+        if match is None:
+            raise RuntimeError(f"{self.directory}/go.mod does not require {self.module}")
+        return match.group(1)
+
+    def ldflags(self) -> str:
+        flags = ["-s", "-w"]
+        if self.module == "k8s.io/kubernetes":
+            # What Kubernetes' own build stamps: servers report their real version (Helm's
+            # kubeVersion checks and kubectl's skew warning read it).
+            version = self.version()
+            major, minor = version.lstrip("v").split(".")[:2]
+            for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+                flags += [f"-X {package}.gitVersion={version}", f"-X {package}.gitMajor={major}",
+                          f"-X {package}.gitMinor={minor}", f"-X {package}.gitTreeState=clean"]  # fmt: skip
+        if self.module == "helm.sh/helm/v4":
+            flags.append(f"-X helm.sh/helm/v4/internal/version.version={self.version()}")
+        return " ".join(flags)
+
+
+COMPONENTS = (
+    Component("etcd", "go.etcd.io/etcd/server/v3", {"etcd": "."}),
+    Component(
+        "kubernetes",
+        "k8s.io/kubernetes",
+        {
+            "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+        },
+    ),
+    Component("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
+    Component("helm", "helm.sh/helm/v4", {"helm": "helm.sh/helm/v4/cmd/helm"}),
+)
+
+
+def go_version() -> str:
+    try:
+        return subprocess.run(["go", "version"], capture_output=True, text=True, check=True).stdout.strip()
+    except FileNotFoundError:
+        raise RuntimeError(
+            "Go is not on the PATH: the real-cluster test tier builds kube-apiserver, etcd and kwok "
+            "from their Go modules (Go >= 1.26; see README 'Development')"
+        ) from None
+
+
+def build_key(component: Component, go: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(component.directory.iterdir()):
+        if path.suffix in (".mod", ".sum", ".go"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(component.ldflags().encode() + b"\0" + go.encode())
+    return digest.hexdigest()[:12]
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One build at a time per machine (two test runs must not build the same thing twice)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_component(component: Component, go: str, log: bool = True) -> Path:
+    """The directory holding ``component``'s binaries, built now if missing."""
+    target = cache_root() / f"{component.name}-{component.version()}-{build_key(component, go)}"
+    if all((target / binary).is_file() for binary in component.binaries):
+        return target
+    with _locked(cache_root() / ".build.lock"):
+        if all((target / binary).is_file() for binary in component.binaries):
+            return target  # another process built it while we waited
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        started = time.monotonic()
+        if log:
+            print(f"building {', '.join(component.binaries)} {component.version()} (first time on this machine: "
+                  f"several minutes on 2 cores) -> {target}", file=sys.stderr, flush=True)  # fmt: skip
+        command = ["go", "build", "-trimpath", f"-ldflags={component.ldflags()}", "-o", str(partial) + "/"]
+        if len(component.binaries) == 1:
+            (binary, package), = component.binaries.items()
+            command[-1] = str(partial / binary)
+            command.append(package)
+        else:
+            command += list(component.binaries.values())
+        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "local"}
+        result = subprocess.run(command, cwd=component.directory, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise RuntimeError(f"go build of {component.module} {component.version()} failed:\n{result.stderr[-4000:]}")
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)  # published whole: a killed build never leaves half a directory
+        if log:
+            print(f"built {component.name} in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+    return target
+
+
+def ensure_binaries(log: bool = True) -> dict[str, Path]:
+    """Binary name → path for every control-plane component (building what is missing)."""
+    go = go_version()
+    paths: dict[str, Path] = {}
+    for component in COMPONENTS:
+        directory = ensure_component(component, go, log)
+        paths.update({binary: directory / binary for binary in component.binaries})
+    return paths
+
+
+def binary(name: str) -> Path:
+    """One binary (building only its component if missing), e.g. ``binary("helm")``."""
+    component = next(c for c in COMPONENTS if name in c.binaries)
+    return ensure_component(component, go_version()) / name
+
+
+def module_dir(component: str, module: str) -> Path:
+    """Where Go unpacked ``module`` (as pinned by our ``component`` go.mod): for data files it ships."""
+    result = subprocess.run(["go", "list", "-m", "-f", "{{.Dir}}", module], cwd=GO_MODULES / component,
+                            capture_output=True, text=True, env={**os.environ, "GOFLAGS": "-mod=readonly"})  # fmt: skip
+    if result.returncode != 0 or not result.stdout.strip():
+        raise RuntimeError(f"go list -m {module}: {result.stderr.strip()}")
+    return Path(result.stdout.strip())
+
+
+def versions() -> dict[str, str]:
+    return {component.module: component.version() for component in COMPONENTS}
+
+
+if __name__ == "__main__":
+    for name, path in ensure_binaries().items():
+        print(f"{name}\t{path}")

@@ -1,0 +1,93 @@
+"""The CRD on the real kube-apiserver: it installs (structural schema, CEL rules within the
+cost budget), defaults what users leave out, accepts every sample, and rejects the invalid
+resources users will write with messages they can act on — exactly what `kubectl apply`
+prints."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from rtdetr_edge.resource import parse_resource
+
+from .conftest import CRD_FILE, SAMPLES, Cluster, load_sample
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> str:
+    """The CRD applied as a user would (server-side), established; returns a test namespace."""
+    cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/rtdetrmodels.rtdetr.io", "--timeout=60s")
+    return cluster.namespace(pod_security="baseline")
+
+
+def dry_run(cluster: Cluster, namespace: str, document: dict[str, Any]) -> tuple[bool, str, dict[str, Any] | None]:
+    """``kubectl create --dry-run=server``: full admission (defaulting, schema, CEL), nothing stored."""
+    document = copy.deepcopy(document)
+    document["metadata"]["namespace"] = namespace
+    result = cluster.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=yaml.safe_dump(document), check=False)
+    created = json.loads(result.stdout) if result.returncode == 0 else None
+    return result.returncode == 0, result.stderr, created
+
+
+def test_crd_is_established_with_its_printer_columns(cluster: Cluster, crd: str) -> None:
+    established = cluster.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/rtdetrmodels.rtdetr.io")
+    assert established is not None
+    conditions = {c["type"]: c["status"] for c in established["status"]["conditions"]}
+    assert conditions["Established"] == "True" and conditions["NamesAccepted"] == "True"
+    assert "NonStructuralSchema" not in conditions
+    assert established["status"]["acceptedNames"]["shortNames"] == ["rtdetr"]
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("*.yaml")))
+def test_every_sample_is_accepted_and_parses_after_defaulting(cluster: Cluster, crd: str, sample: str) -> None:
+    accepted, message, created = dry_run(cluster, crd, load_sample(sample))
+    assert accepted, message
+    assert created is not None
+    parse_resource(created)  # the operator reads what the server stored
+
+
+def test_server_fills_the_documented_defaults(cluster: Cluster, crd: str) -> None:
+    minimal = {
+        "apiVersion": "rtdetr.io/v1alpha1", "kind": "RTDETRModel", "metadata": {"name": "minimal"},
+        "spec": {"arch": "r18vd", "source": {"inferenceModel": "pvc://models/r18"}, "dataset": {"uri": "pvc://datasets/coco"},
+                 "storage": {"artifacts": "pvc://rtdetr-artifacts"}},
+    }  # fmt: skip
+    accepted, message, created = dry_run(cluster, crd, minimal)
+    assert accepted and created is not None, message
+    spec = created["spec"]
+    assert spec["quantization"]["method"] == "qat" and spec["quantization"]["maxMapDrop"] == 0.5
+    assert spec["serving"]["replicas"] == 2 and spec["serving"]["device"] == "gpu" and spec["serving"]["precision"] == "int8"
+    assert spec["serving"]["maxBatchSize"] == 4 and spec["compression"]["activeDeadlineSeconds"] == 7200
+
+
+INVALID: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
+    ("two sources", lambda s: s["source"].update(checkpoint="pvc://models/x.pdparams"), "exactly one of inferenceModel"),
+    ("no source", lambda s: s.update(source={}), "exactly one of inferenceModel"),
+    ("int8 without quantization", lambda s: s["quantization"].update(method="none"), "int8 needs quantization.method"),
+    ("fp16 on cpu", lambda s: (s["serving"].update(precision="fp16", device="cpu"), s["quantization"].update(method="none")),
+     "fp16 needs serving.device gpu"),
+    ("fp16 with quantization", lambda s: s["serving"].update(precision="fp16"), "serves the FP32 model"),
+    ("two engine caches", lambda s: s["serving"].update(engineCache={"hostPath": "/a", "emptyDir": {}}), "exactly one of hostPath"),
+    ("no engine cache kind", lambda s: s["serving"].update(engineCache={}), "exactly one of hostPath"),
+    ("s3 URI", lambda s: s["source"].update(inferenceModel="s3://bucket/model"), "spec.source.inferenceModel"),
+    ("unknown arch", lambda s: s.update(arch="yolov8"), 'Unsupported value: "yolov8"'),
+    ("batch too large", lambda s: s["serving"].update(maxBatchSize=128), "should be less than or equal to 64"),
+    ("https artifacts", lambda s: s["storage"].update(artifacts="https://example.com/x"), "spec.storage.artifacts"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("mutate", "message"), [(m, msg) for _, m, msg in INVALID], ids=[i for i, _, _ in INVALID])
+def test_invalid_resources_are_rejected_with_a_readable_message(
+    cluster: Cluster, crd: str, mutate: Callable[[dict[str, Any]], Any], message: str
+) -> None:
+    document = load_sample("rtdetr-r50.yaml")
+    mutate(document["spec"])
+    accepted, stderr, _ = dry_run(cluster, crd, document)
+    assert not accepted, "the API server accepted an invalid resource"
+    assert 'The RTDETRModel "rtdetr-r50" is invalid' in stderr and message in stderr, stderr
