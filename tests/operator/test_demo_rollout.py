@@ -81,3 +81,130 @@ def test_apply_quantize_gate_and_serve(demo: Demo) -> None:
     answer = detect(endpoints[0])
     assert answer["model"] == NAME and answer["digest"] == status["model"]["digest"]
     assert isinstance(answer["detections"], list)
+
+
+class LoadGenerator:
+    """A bounded load on the Service, routed as kube-proxy would: to the ready endpoints of its
+    EndpointSlices, re-read every 250 ms. Counts every request's outcome and the digest that
+    answered it."""
+
+    def __init__(self, cluster: Cluster, namespace: str, service: str, workers: int = 2) -> None:
+        self.cluster, self.namespace, self.service = cluster, namespace, service
+        self.endpoints: list[str] = cluster.ready_endpoints(namespace, service)
+        self.stop = threading.Event()
+        self.outcomes: Counter[str] = Counter()
+        self.failures: list[str] = []
+        self.digests: list[tuple[float, str]] = []  # (time, digest) of each success
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._route, daemon=True)]
+        self.threads += [threading.Thread(target=self._send, args=(i,), daemon=True) for i in range(workers)]
+        self.image = FIXTURE_IMAGE.read_bytes()
+
+    def _route(self) -> None:
+        while not self.stop.wait(0.25):
+            try:
+                self.endpoints = self.cluster.ready_endpoints(self.namespace, self.service)
+            except (AssertionError, requests.RequestException):
+                pass  # keep the last routing table, as kube-proxy does when the API is slow
+
+    def _send(self, index: int) -> None:
+        session = requests.Session()
+        sent = 0
+        while not self.stop.is_set():
+            endpoints = self.endpoints
+            if not endpoints:
+                with self.lock:
+                    self.outcomes["no ready endpoint"] += 1
+                time.sleep(0.05)
+                continue
+            endpoint = endpoints[(index + sent) % len(endpoints)]
+            sent += 1
+            try:
+                response = session.post(f"http://{endpoint}/v1/detect", data=self.image,
+                                        headers={"Content-Type": "image/jpeg"}, timeout=30)  # fmt: skip
+                outcome = str(response.status_code)
+                if response.status_code == 200:
+                    with self.lock:
+                        self.digests.append((time.monotonic(), str(response.json()["digest"])))
+                else:
+                    self.failures.append(f"{endpoint}: {response.status_code} {response.text[:200]}")
+            except requests.RequestException as error:
+                outcome = type(error).__name__
+                self.failures.append(f"{endpoint}: {error}")
+            with self.lock:
+                self.outcomes[outcome] += 1
+
+    def __enter__(self) -> LoadGenerator:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+    @property
+    def failed(self) -> int:
+        return sum(count for outcome, count in self.outcomes.items() if outcome != "200")
+
+
+def test_serving_only_edit_rolls_out_without_quantizing(demo: Demo) -> None:
+    cluster, namespace = demo.cluster, demo.namespace
+    jobs_before = [j["metadata"]["name"] for j in cluster.jobs(namespace)]
+    generation = cluster.patch_model(namespace, NAME, {"spec": {"serving": {"scoreThreshold": 0.25}}})["metadata"]["generation"]
+    cluster.wait(lambda: "0.25" in cluster.deployment(namespace, NAME)["spec"]["template"]["spec"]["containers"][0]["args"],  # type: ignore[index]
+                 60, "the new score threshold in the Deployment")  # fmt: skip
+    cluster.wait(lambda: cluster.model(namespace, NAME)["status"].get("observedGeneration") == generation
+                 and cluster.condition(namespace, NAME, "Ready")["status"] == "True", 180, "Ready on the new generation")  # type: ignore[index]  # fmt: skip
+    assert [j["metadata"]["name"] for j in cluster.jobs(namespace)] == jobs_before, "a serving-only edit never quantizes"
+
+
+def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
+    """A new model (a quantization change → a new pipeline digest) replaces the served one while
+    clients keep sending detections: the old pods serve until the new ones are Ready."""
+    cluster, namespace = demo.cluster, demo.namespace
+    old_digest = cluster.model(namespace, NAME)["status"]["model"]["digest"]
+    with LoadGenerator(cluster, namespace, NAME) as load:
+        time.sleep(2)
+        patched = time.monotonic()
+        cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"maxMapDrop": 2.5}}})
+        cluster.wait(lambda: cluster.model(namespace, NAME)["status"]["model"]["digest"] != old_digest
+                     and cluster.condition(namespace, NAME, "Ready")["status"] == "True", PIPELINE_TIMEOUT,  # type: ignore[index]
+                     "the new model Ready")  # fmt: skip
+        ready = time.monotonic()
+        cluster.wait(lambda: len(cluster.pods(namespace, "app.kubernetes.io/component=runtime")) == 1, 120, "the old pod gone")
+        time.sleep(2)
+    new_digest = cluster.model(namespace, NAME)["status"]["model"]["digest"]
+    first_new = next((t for t, digest in load.digests if digest == new_digest), None)
+    last_old = max((t for t, digest in load.digests if digest == old_digest), default=None)
+    demo.timings.update({"swap: patch to new model Ready": ready - patched,
+                         "swap: patch to first answer of the new model": (first_new or ready) - patched,
+                         "swap: both models answering": (last_old or 0) - (first_new or 0)})  # fmt: skip
+    print(f"\nmodel swap under load: {dict(load.outcomes)}; " + ", ".join(f"{k} {v:.1f}s" for k, v in demo.timings.items()))
+    assert first_new is not None, f"no request reached the new model: {dict(load.outcomes)}"
+    assert sum(load.outcomes.values()) > 50, f"the load generator barely ran: {dict(load.outcomes)}"
+    assert load.failed == 0, f"{load.failed} failed requests during the swap: {load.failures[:5]}"
+
+
+def test_failed_gate_keeps_the_served_model(demo: Demo) -> None:
+    cluster, namespace = demo.cluster, demo.namespace
+    served = cluster.model(namespace, NAME)["status"]["model"]["digest"]
+    cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"maxMapDrop": 0.0}}})
+    ready = cluster.wait_condition(namespace, NAME, "Ready", "False", "AccuracyGateFailed", timeout=PIPELINE_TIMEOUT)
+    assert "previous model keeps serving" in ready["message"]
+    assert cluster.condition(namespace, NAME, "Available")["status"] == "True"  # type: ignore[index]
+    assert cluster.condition(namespace, NAME, "Stalled")["status"] == "True"  # type: ignore[index]
+    assert detect(cluster.ready_endpoints(namespace, NAME)[0])["digest"] == served
+    warnings = [e for e in cluster.events(namespace) if e["reason"] == "AccuracyGateFailed"]
+    assert warnings and warnings[0]["type"] == "Warning"
+
+
+def test_delete_removes_every_child_through_the_garbage_collector(demo: Demo) -> None:
+    cluster, namespace = demo.cluster, demo.namespace
+    cluster.kubectl("delete", "rtdetr", NAME, "-n", namespace, "--timeout=60s")
+    cluster.wait(lambda: not cluster.jobs(namespace) and cluster.deployment(namespace, NAME) is None
+                 and cluster.get(f"/api/v1/namespaces/{namespace}/services/{NAME}") is None
+                 and not cluster.items(f"/api/v1/namespaces/{namespace}/configmaps", "app.kubernetes.io/managed-by=rtdetr-edge-operator"),
+                 90, "children garbage-collected")  # fmt: skip
+    cluster.wait(lambda: not cluster.pods(namespace, "app.kubernetes.io/name=rtdetr-edge"), 90, "pods gone")
