@@ -20,6 +20,27 @@ def _json(response: Any) -> dict[str, Any]:
     return dict(json.loads(response.data))
 
 
+# Why a pod is not running, as `kubectl describe` shows it: reasons that will not fix
+# themselves quickly and that a user must hear about.
+STUCK_CONTAINER_REASONS = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
+    "CrashLoopBackOff", "RunContainerError",
+})  # fmt: skip
+
+
+def pod_waiting_reason(pod: dict[str, Any]) -> tuple[str, str]:
+    """(reason, message) when ``pod`` cannot start or keeps failing; ("", "") otherwise."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return str(condition.get("reason") or "Unschedulable"), str(condition.get("message") or "")
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_CONTAINER_REASONS:
+            return str(waiting["reason"]), str(waiting.get("message") or "")
+    return "", ""
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api_client = api_client
@@ -49,6 +70,9 @@ class Kube:
         pod = self._latest_pod(namespace, name)
         termination = None
         progress = None
+        waiting: tuple[str, str] = ("", "")
+        if pod is not None and not finished:
+            waiting = pod_waiting_reason(pod)
         if pod is not None:
             for container in (pod.get("status") or {}).get("containerStatuses") or []:
                 terminated = (container.get("state") or {}).get("terminated") or {}
@@ -64,6 +88,8 @@ class Kube:
             failure_message=str(failed.get("message", "")) if failed else "",
             termination_message=termination,
             progress=progress,
+            waiting_reason=waiting[0],
+            waiting_message=waiting[1],
         )
 
     def _latest_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:

@@ -47,6 +47,8 @@ class JobObservation:
     failure_message: str = ""
     termination_message: str | None = None  # the pod's: our JSON summary, or the log tail of a crash
     progress: dict[str, Any] | None = None  # last RTDETR_PROGRESS line of the pod log
+    waiting_reason: str = ""  # why its pod cannot run: Unschedulable, ImagePullBackOff, CrashLoopBackOff, ...
+    waiting_message: str = ""  # the scheduler's or kubelet's own words
 
     @property
     def summary(self) -> dict[str, Any] | None:
@@ -245,6 +247,13 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
                     Condition("Quantized", "False", reason, cause),
                     Condition("Ready", "False", "QuantizationFailed", cause),
                 ]
+            elif job.waiting_reason:
+                phase = "Pending"
+                message = f"the quantize Job's pod cannot run: {job.waiting_reason}: {job.waiting_message}".rstrip(": ")
+                updates += [
+                    Condition("Quantized", "Unknown", job.waiting_reason, message),
+                    Condition("Ready", "False", job.waiting_reason, message),
+                ]
             else:
                 progress = job.progress
                 phase = "Quantizing"
@@ -285,7 +294,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
             updates.append(
                 Condition("Ready", "False", "RollingOut", f"{ready}/{model.spec.serving.replicas} pods ready with this model")
             )
-    elif phase in ("Pending", "Quantizing", "Evaluating", "Exporting"):
+    elif phase in ("Pending", "Quantizing", "Evaluating", "Exporting") and not any(c.type == "Ready" for c in updates):
         updates.append(Condition("Ready", "False", phase, "the pipeline is running" if phase != "Pending" else "starting"))
 
     updates += kstatus_conditions(phase, updates)

@@ -140,6 +140,12 @@ class ControlPlane:
             f"--kubelet-client-certificate={pki_dir / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={pki_dir / 'apiserver-kubelet-client.key'}",
             "--kubelet-preferred-address-types=InternalIP",
+            # The aggregation layer's front proxy, as kubeadm configures it.
+            f"--requestheader-client-ca-file={self.ca.cert_file}", "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki_dir / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki_dir / 'front-proxy-client.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={self.sa_keys.cert}", f"--service-account-signing-key-file={self.sa_keys.key}",
             "--allow-privileged=false", "--profiling=false", "--event-ttl=1h", "--v=1",
@@ -188,6 +194,7 @@ class ControlPlane:
         self.ca.issue("apiserver", "kube-apiserver", server=True,
                       hosts=(host, "127.0.0.1", "localhost", "10.96.0.1", "kubernetes", "kubernetes.default",
                              "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"))  # fmt: skip
+        self.ca.issue("front-proxy-client", "front-proxy-client")
         self.ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("kubeadm:cluster-admins",))
         self.admin = self.ca.issue("admin", "kubernetes-admin", ("system:masters",))
         self.component_certs = {

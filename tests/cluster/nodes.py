@@ -17,7 +17,7 @@ GPU_LABEL = "nvidia.com/gpu.present"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
-def gpu_node(name: str = GPU_NODE, gpus: int = 1) -> dict[str, Any]:
+def gpu_node(name: str = GPU_NODE, gpus: int = 8) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -35,8 +35,8 @@ def gpu_node(name: str = GPU_NODE, gpus: int = 1) -> dict[str, Any]:
         },
         "spec": {"taints": [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]},
         "status": {
-            "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", GPU_RESOURCE: str(gpus)},
-            "allocatable": {"cpu": "8", "memory": "32Gi", "pods": "110", GPU_RESOURCE: str(gpus)},
+            "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110", GPU_RESOURCE: str(gpus)},
+            "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110", GPU_RESOURCE: str(gpus)},
         },
     }
 

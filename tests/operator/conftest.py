@@ -286,7 +286,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         sections = [("pods", pods)]
         if "operator" in item.funcargs:  # type: ignore[attr-defined]
             sections.append(("operator log (tail)", "\n".join(item.funcargs["operator"].log().splitlines()[-60:])))  # type: ignore[attr-defined]
-        sections += [(f"{name} log (tail)", text) for name, text in made.plane.logs().items() if name != "etcd"]
+        sections += [(f"{name} log (tail)", "\n".join(text.splitlines()[-15:])) for name, text in made.plane.logs().items()
+                     if name in ("kube-controller-manager", "kube-scheduler")]
         for title, text in sections:
             report.sections.append((f"cluster: {title}", text))
     return report

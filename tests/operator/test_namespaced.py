@@ -1,0 +1,53 @@
+"""The chart in namespaced mode (``watchNamespaces``): Roles and RoleBindings only, and the
+operator reconciles exactly the listed namespaces."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from .conftest import TEST_VALUES, Cluster, OperatorRelease, load_sample
+
+STATUS_WITHIN = 60
+
+
+@pytest.fixture(scope="module")
+def watched(cluster: Cluster) -> Iterator[tuple[OperatorRelease, str, str]]:
+    inside, outside = cluster.namespace(pod_security="baseline"), cluster.namespace(pod_security="baseline")
+    for namespace in (inside, outside):
+        for claim in ("models", "datasets", "rtdetr-artifacts"):
+            cluster.volume(namespace, claim, cluster.workdir / "namespaced" / namespace / claim)
+    release = OperatorRelease(cluster, name="scoped", namespace="rtdetr-scoped")
+    release.install({**TEST_VALUES, "watchNamespaces": [inside]})
+    try:
+        yield release, inside, outside
+    finally:
+        release.uninstall()
+
+
+def test_only_the_watched_namespace_is_reconciled(cluster: Cluster, watched: tuple[OperatorRelease, str, str]) -> None:
+    release, inside, outside = watched
+    for namespace in (inside, outside):
+        document = load_sample("rtdetr-r50.yaml")
+        document["metadata"]["namespace"] = namespace
+        cluster.apply(document)
+    cluster.wait_condition(inside, "rtdetr-r50", "Quantized", "Unknown", "JobRunning", timeout=STATUS_WITHIN)
+    time.sleep(5)
+    assert cluster.model(outside, "rtdetr-r50").get("status") is None, "an unwatched namespace is left alone"
+    assert not cluster.jobs(outside)
+    log = release.log()
+    assert "forbidden" not in log.lower(), [line for line in log.splitlines() if "orbidden" in line][:3]
+
+
+def test_namespaced_mode_grants_no_cluster_role(cluster: Cluster, watched: tuple[OperatorRelease, str, str]) -> None:
+    release, inside, outside = watched
+    account = f"system:serviceaccount:{release.namespace}:{release.name}-rtdetr-edge"
+    can = lambda verb, resource, namespace: cluster.kubectl(  # noqa: E731
+        "auth", "can-i", verb, resource, "-n", namespace, "--as", account, check=False).stdout.strip()  # fmt: skip
+    assert can("create", "jobs.batch", inside) == "yes"
+    assert can("create", "jobs.batch", outside) == "no"
+    assert can("list", "rtdetrmodels.rtdetr.io", outside) == "no"
+    bindings = cluster.items("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", f"app.kubernetes.io/instance={release.name}")
+    assert bindings == []
