@@ -1,92 +1,111 @@
-"""Operator scale benchmark (not a test): N resources created at once → time until all N
-quantize Jobs exist, and the operator process's peak RSS.
+"""Operator scale and API-load benchmark on the real control plane (not a test).
 
-    .venv/bin/python -m tests.operator.bench_scale --resources 100
+1. N RTDETRModels applied at once → time until all N quantize Jobs exist, and the operator
+   process's peak RSS (its pod runs on the pod runner, so /proc shows it).
+2. Steady-state API load of an idle operator holding N resources: the API server's own
+   ``apiserver_request_total``, counted over a window with the operator running minus the
+   same window with it scaled to zero (the rest of the cluster's traffic, side by side).
+
+    .venv/bin/python -m tests.operator.bench_scale --resources 100 --window 60
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import os
-import signal
+import re
 import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import requests
-import yaml
+from tests.cluster.controlplane import ControlPlane
+from tests.cluster.nodes import create_nodes
+from tests.cluster.pod_runner import PodRunner
+from tests.operator.conftest import TEST_VALUES, Cluster, OperatorRelease, load_sample
 
-from .conftest import CRD_FILE, MODELS, load_sample
-from .emulator import KubernetesApiEmulator
+SAMPLE = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
 
 
-def peak_rss_mb(pid: int) -> float:
+def request_total(cluster: Cluster) -> float:
+    text = cluster.request("GET", "/metrics").text
+    return sum(float(m.group("value")) for line in text.splitlines() if (m := SAMPLE.match(line)))
+
+
+def requests_per_second(cluster: Cluster, window: float) -> float:
+    before = request_total(cluster)
+    time.sleep(window)
+    return (request_total(cluster) - before - 1) / window  # the /metrics scrape itself counts once
+
+
+def operator_pid(runner: PodRunner, release: OperatorRelease) -> int:
+    pod = release.pod()
+    assert pod is not None
+    worker = runner.find(release.namespace, pod["metadata"]["name"])
+    assert worker is not None and worker.containers[0].process is not None
+    return worker.containers[0].process.pid
+
+
+def rss_mb(pid: int, field: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resources", type=int, default=100)
-    parser.add_argument("--resync-seconds", type=float, default=10.0)
+    parser.add_argument("--resync-seconds", type=float, default=10.0, help="the chart's default")
+    parser.add_argument("--window", type=float, default=60.0, help="seconds per API-load window")
     args = parser.parse_args()
-
-    emulator = KubernetesApiEmulator()
-    emulator.register_crd_file(CRD_FILE)
-    url = emulator.start()
-    work = Path(tempfile.mkdtemp(prefix="rtdetr-bench-"))
-    kubeconfig = work / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "e",
-        "clusters": [{"name": "e", "cluster": {"server": url}}], "users": [{"name": "u", "user": {"token": "x"}}],
-        "contexts": [{"name": "e", "context": {"cluster": "e", "user": "u"}}],
-    }))  # fmt: skip
-    log_file = work / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
-    with log_file.open("w") as stream:
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "rtdetr_operator.main", "--standalone", "--liveness", "", "--log-level", "WARNING",
-             "--resync-seconds", str(args.resync_seconds)],
-            stdout=stream, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    time.sleep(3)  # operator start-up
-    base = load_sample("rtdetr-r50.yaml")
-    session = requests.Session()
-
-    def create(index: int) -> None:
-        document = copy.deepcopy(base)
-        document["metadata"] = {"name": f"model-{index:03d}", "namespace": "bench"}
-        response = session.post(f"{url}{MODELS}/namespaces/bench/rtdetrmodels", json=document, timeout=30)
-        assert response.status_code == 201, response.text
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(16) as pool:
-        list(pool.map(create, range(args.resources)))
-    created = time.perf_counter() - started
-    jobs = 0
-    while time.perf_counter() - started < 120:
-        jobs = len(emulator.list_objects("batch", "v1", "jobs", "bench"))
-        if jobs >= args.resources:
-            break
-        time.sleep(0.1)
-    all_jobs = time.perf_counter() - started
-    time.sleep(2)  # let status patches and events settle, then read the peak
-    rss = peak_rss_mb(operator.pid)
-    duplicates = len(emulator.list_objects("batch", "v1", "jobs", "bench")) - args.resources
-    operator.send_signal(signal.SIGTERM)
-    operator.wait(30)
-    emulator.stop()
-    print(f"resources: {args.resources} (created in {created:.2f} s)")
-    print(f"all {jobs} quantize Jobs exist after {all_jobs:.2f} s (target: <= 30 s); duplicate Jobs: {duplicates}")
-    print(f"operator peak RSS: {rss:.1f} MB (target: <= 150 MB)")
-    return 0 if jobs >= args.resources and all_jobs <= 30 and rss <= 150 and duplicates == 0 else 1
+    workdir = Path(tempfile.mkdtemp(prefix="rtdetr-bench-scale-"))
+    plane = ControlPlane(workdir / "control-plane")
+    runner = None
+    try:
+        plane.start()
+        create_nodes(plane)
+        runner = PodRunner(plane).start()
+        cluster = Cluster(plane, runner, workdir)
+        values = {**TEST_VALUES, "operator": {**TEST_VALUES["operator"], "resyncSeconds": args.resync_seconds, "logLevel": "INFO"}}
+        release = OperatorRelease(cluster).install(values)
+        namespace = cluster.namespace(pod_security="baseline")
+        documents = []
+        for index in range(args.resources):
+            document = load_sample("rtdetr-r50.yaml")
+            document["metadata"].update(name=f"model-{index:03d}", namespace=namespace)
+            documents.append(document)
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(cluster.apply, documents))
+        applied = time.monotonic() - started
+        cluster.wait(lambda: len(cluster.jobs(namespace, "quantize")) >= args.resources, 600, f"{args.resources} Jobs", 0.25)
+        all_jobs = time.monotonic() - started
+        pid = operator_pid(runner, release)
+        time.sleep(2 * args.resync_seconds)  # settle: every resource reconciled at least once more
+        duplicates = len(cluster.jobs(namespace, "quantize")) - args.resources
+        busy = requests_per_second(cluster, args.window)
+        rss_now, rss_peak = rss_mb(pid, "VmRSS"), rss_mb(pid, "VmHWM")
+        cluster.kubectl("scale", "deployment", "-n", release.namespace, "rtdetr-rtdetr-edge", "--replicas=0")
+        cluster.wait(lambda: release.pod() is None, 60, "the operator scaled to zero")
+        baseline = requests_per_second(cluster, args.window)
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+        flags = next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), [])
+        shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+        print(f"CPU: {model} ({' '.join(shown)}); {args.resources} RTDETRModels, resync {args.resync_seconds:.0f} s, kube-apiserver "
+              f"{cluster.get('/version')['gitVersion']}")  # type: ignore[index]  # fmt: skip
+        print(f"applied in {applied:.1f} s; all {args.resources} Jobs after {all_jobs:.1f} s "
+              f"({args.resources / all_jobs:.1f} Jobs/s); duplicates: {duplicates}")  # fmt: skip
+        print(f"operator RSS {rss_now:.0f} MB now, {rss_peak:.0f} MB peak")
+        print(f"API requests/s over {args.window:.0f} s: cluster with the idle operator {busy:.1f}, without it {baseline:.1f} "
+              f"-> operator {busy - baseline:.1f}/s ({(busy - baseline) / args.resources:.2f}/s per resource)")  # fmt: skip
+    finally:
+        if runner is not None:
+            runner.stop()
+        plane.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,0 +1,106 @@
+"""The reconcile decision as a table (pure: no API server). Branches the real-cluster tier
+cannot reach cheaply — a Job killed at its deadline after hours, serving pods lost with
+their node, an export that finished — are pinned here with the observations a cluster
+would give."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from rtdetr_edge.resource import parse_resource, pipeline_digest
+from rtdetr_operator.conditions import find
+from rtdetr_operator.reconcile import DeploymentObservation, JobObservation, Observed, decide
+from rtdetr_operator.settings import OperatorSettings
+
+from .test_manifests import body_of, summary
+
+NOW = "2026-12-02T00:00:00Z"
+LATER = "2026-12-02T01:00:00Z"
+
+
+def r50() -> dict[str, Any]:
+    return body_of("rtdetr-r50.yaml")
+
+
+def digest_of(body: dict[str, Any]) -> str:
+    return pipeline_digest(parse_resource(body).spec)
+
+
+def condition(status: dict[str, Any], condition_type: str) -> dict[str, Any]:
+    found = find(status["conditions"], condition_type)
+    assert found is not None, f"no {condition_type} condition in {status['conditions']}"
+    return found
+
+
+def serving(body: dict[str, Any], available: int) -> tuple[dict[str, Any], Observed]:
+    """A resource already serving its model, with ``available`` pods left."""
+    digest = digest_of(body)
+    first = decide(body, OperatorSettings(), Observed(quantize_job=JobObservation(succeeded=True,
+                   termination_message=summary(digest))), NOW)  # fmt: skip
+    deployment = next(m for m in first.ensure if m["kind"] == "Deployment")
+    annotations = deployment["metadata"]["annotations"]
+    live = DeploymentObservation(annotations=annotations, replicas=2, generation=1, observed_generation=1,
+                                 updated_replicas=2, ready_replicas=2, available_replicas=2)  # fmt: skip
+    ready = decide({**body, "status": first.status}, OperatorSettings(), Observed(deployment=live, service_exists=True), NOW)
+    assert condition(ready.status, "Ready")["reason"] == "Serving"
+    lost = DeploymentObservation(annotations=annotations, replicas=2, generation=1, observed_generation=1,
+                                 updated_replicas=2, ready_replicas=available, available_replicas=available)  # fmt: skip
+    return {**body, "status": ready.status}, Observed(deployment=lost, service_exists=True)
+
+
+@pytest.mark.parametrize(
+    ("job", "quantized_reason", "ready_reason", "fragment"),
+    [
+        (JobObservation(failed=True, failure_reason="DeadlineExceeded", termination_message="quantize: iteration 310/500"),
+         "DeadlineExceeded", "QuantizationFailed", "exceeded compression.activeDeadlineSeconds; last output: quantize: iteration 310/500"),
+        (JobObservation(failed=True, failure_reason="BackoffLimitExceeded",
+                        termination_message=json.dumps({"ok": False, "reason": "DatasetFailed", "message": "corrupt JPEG: x.jpg"})),
+         "JobFailed", "QuantizationFailed", "corrupt JPEG: x.jpg"),
+        (JobObservation(failed=True, termination_message="Traceback\nMemoryError\nerror: out of GPU memory"),
+         "JobFailed", "QuantizationFailed", "MemoryError | error: out of GPU memory"),
+        (JobObservation(succeeded=True, termination_message="not json"), "ResultUnreadable", "QuantizationFailed", "unreadable"),
+        (JobObservation(active=True, waiting_reason="ImagePullBackOff", waiting_message='Back-off pulling image "x"'),
+         "ImagePullBackOff", "ImagePullBackOff", 'Back-off pulling image "x"'),
+        (JobObservation(active=True, waiting_reason="Unschedulable", waiting_message="0/3 nodes are available: 3 Insufficient nvidia.com/gpu."),
+         "Unschedulable", "Unschedulable", "Insufficient nvidia.com/gpu"),
+        (JobObservation(active=True, progress={"stage": "quantize", "done": 120, "total": 500, "loss": 0.0123, "eta_s": 4560}),
+         "JobRunning", "Quantizing", "120/500, loss 0.0123, ETA 4560s"),
+    ],
+    ids=["deadline", "structured-failure", "crash-log-tail", "unreadable-result", "image-pull", "unschedulable", "progress"],
+)  # fmt: skip
+def test_quantize_job_outcomes(job: JobObservation, quantized_reason: str, ready_reason: str, fragment: str) -> None:
+    decision = decide(r50(), OperatorSettings(), Observed(quantize_job=job), NOW)
+    quantized = condition(decision.status, "Quantized")
+    assert quantized["reason"] == quantized_reason and fragment in quantized["message"], quantized
+    assert condition(decision.status, "Ready")["reason"] == ready_reason
+    assert decision.ensure == [], "an existing Job is never re-created"
+
+
+def test_serving_pods_lost_with_their_node_are_reported() -> None:
+    body, observed = serving(r50(), available=0)
+    decision = decide(body, OperatorSettings(), observed, LATER)
+    available = condition(decision.status, "Available")
+    assert available["reason"] == "ReplicasLost" and "no model is being served" in available["message"]
+    assert condition(decision.status, "Ready")["reason"] == "RollingOut"
+
+
+def test_transition_time_moves_only_when_status_flips() -> None:
+    body, observed = serving(r50(), available=2)
+    again = decide(body, OperatorSettings(), observed, LATER)
+    assert condition(again.status, "Ready") == condition(body["status"], "Ready")
+    assert again.events == []
+
+
+def test_checkpoint_source_exports_first_then_quantizes_the_export() -> None:
+    body = r50()
+    body["spec"]["source"] = {"checkpoint": "pvc://models/rtdetr_r50vd_6x_coco.pdparams"}
+    first = decide(body, OperatorSettings(), Observed(), NOW)
+    assert [m["kind"] for m in first.ensure] == ["Job"] and first.status["phase"] == "Exporting"
+    assert "trt=True" in first.ensure[0]["spec"]["template"]["spec"]["containers"][0]["command"][2]
+    after = decide(body, OperatorSettings(), Observed(export_job=JobObservation(succeeded=True)), NOW)
+    configmap, job = after.ensure
+    assert job["metadata"]["annotations"]["rtdetr.io/pipeline-digest"] == first.ensure[0]["metadata"]["annotations"]["rtdetr.io/pipeline-digest"]
+    assert "inferenceModel: pvc://rtdetr-artifacts/vision/rtdetr-r50/export-" in configmap["data"]["resource.yaml"]
