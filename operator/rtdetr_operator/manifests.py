@@ -30,6 +30,11 @@ RUNTIME_USER = 10001
 ANNOTATION_PIPELINE = "rtdetr.io/pipeline-digest"
 ANNOTATION_MODEL = "rtdetr.io/model-digest"
 CONTAINER_PORT = 8080
+# A terminating serving pod keeps answering (not ready) while kube-proxies and load balancers
+# drop it from their endpoints, then drains in-flight requests; the grace period covers both.
+SHUTDOWN_DELAY_SECONDS = 5
+DRAIN_SECONDS = 30
+TERMINATION_GRACE_SECONDS = SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 10
 
 
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +264,8 @@ def build_runtime_deployment(
             "--cache-dir", ENGINE_CACHE_MOUNT,
             "--host", "0.0.0.0",
             "--port", str(CONTAINER_PORT),
+            "--shutdown-delay-seconds", str(SHUTDOWN_DELAY_SECONDS),
+            "--drain-seconds", str(DRAIN_SECONDS),
         ],  # fmt: skip
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
@@ -277,8 +284,7 @@ def build_runtime_deployment(
     }
     spec = pod_spec(
         [container], volumes, settings, settings.runtime_service_account, serving.node_selector, serving.tolerations,
-        # SIGTERM drains in-flight requests (the server's drain timeout is 30 s).
-        terminationGracePeriodSeconds=45,
+        terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
     )  # fmt: skip
     return {
         "apiVersion": "apps/v1",

@@ -75,6 +75,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-pixels", type=int, default=int(env("MAX_IMAGE_PIXELS", "40000000") or 0))
     parser.add_argument("--drain-seconds", type=float, default=float(env("DRAIN_SECONDS", "30") or 30))
     parser.add_argument(
+        "--shutdown-delay-seconds", type=float, default=float(env("SHUTDOWN_DELAY_SECONDS", "0") or 0),
+        help="on SIGTERM, report not-ready and keep serving this long before draining (Kubernetes pods: 5)",
+    )  # fmt: skip
+    parser.add_argument(
         "--shape-ranges", type=Path, default=env("SHAPE_RANGES"),
         help="shape-range file collected by the quantize Job for this model (skips collection)",
     )  # fmt: skip
@@ -103,7 +107,8 @@ def serve_options(args: argparse.Namespace, model_dir: Path):  # type: ignore[no
 def cmd_serve(args: argparse.Namespace) -> int:
     from rtdetr_edge.server.run import run_server
 
-    return run_server(serve_options(args, args.model), args.host, args.port, args.drain_seconds)
+    return run_server(serve_options(args, args.model), args.host, args.port, args.drain_seconds,
+                      shutdown_delay=args.shutdown_delay_seconds)  # fmt: skip
 
 
 def cmd_warmup(args: argparse.Namespace) -> int:

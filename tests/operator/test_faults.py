@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 from tests.cluster.nodes import GPU_NODE, gpu_node
 
 from .conftest import Cluster, OperatorRelease, demo_namespace, load_sample
@@ -117,6 +120,31 @@ def test_operator_restart_mid_pipeline_keeps_one_job(cluster: Cluster, operator:
     assert "resume" in operator.log() or "Handler 'resume'" in operator.log(), new_pod["metadata"]["name"]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 9: a name valid for an RTDETRModel but not for a Service (DNS-1035) is "
+                   "accepted, quantized for real, then the Service create fails with 422 and status freezes")  # fmt: skip
+def test_a_name_valid_only_for_the_resource_is_rejected_or_served(
+    cluster: Cluster, operator: OperatorRelease, shapes_data: dict[str, Path]
+) -> None:
+    namespace = demo_namespace(cluster, shapes_data)
+    document = load_sample("demo-shapes.yaml")
+    document["metadata"].update(namespace=namespace, name="2024-shapes.v2")
+    applied = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(document), check=False)
+    if applied.returncode != 0:
+        assert "2024-shapes.v2" in applied.stderr and "name" in applied.stderr, applied.stderr
+        return  # rejected at admission with a message: fine
+    cluster.wait_condition(namespace, "2024-shapes.v2", "Quantized", "True", timeout=300)
+    cluster.wait_condition(namespace, "2024-shapes.v2", "Ready", "True", timeout=STATUS_WITHIN)
+
+
+def test_operator_log_shows_no_permission_problem(cluster: Cluster, operator: OperatorRelease) -> None:
+    """Everything above ran with the chart's ServiceAccount: a missing RBAC rule shows up here.
+    (Before the API server restart below: a restarting API server answers 403 until its RBAC
+    caches are filled, which kopf retries.)"""
+    log = operator.log()
+    for symptom in ("Forbidden", "forbidden", "not enough permissions", "(403)"):
+        assert symptom not in log, [line for line in log.splitlines() if symptom in line][:3]
+
+
 def test_api_server_and_etcd_killed_mid_reconcile(cluster: Cluster, operator: OperatorRelease) -> None:
     namespace = r50_namespace(cluster)
     apply_r50(cluster, namespace)
@@ -131,10 +159,3 @@ def test_api_server_and_etcd_killed_mid_reconcile(cluster: Cluster, operator: Op
     time.sleep(2 * 2 + 1)
     assert len(cluster.jobs(namespace, "quantize")) == 1, "no duplicate Job after the control plane came back"
     assert len(cluster.items(f"/api/v1/namespaces/{namespace}/configmaps", "app.kubernetes.io/component=pipeline")) == 1
-
-
-def test_operator_log_shows_no_permission_problem(cluster: Cluster, operator: OperatorRelease) -> None:
-    """Everything above ran with the chart's ServiceAccount: a missing RBAC rule shows up here."""
-    log = operator.log()
-    for symptom in ("Forbidden", "forbidden", "not enough permissions", "(403)"):
-        assert symptom not in log, [line for line in log.splitlines() if symptom in line][:3]

@@ -20,7 +20,10 @@ def watched(cluster: Cluster) -> Iterator[tuple[OperatorRelease, str, str]]:
         for claim in ("models", "datasets", "rtdetr-artifacts"):
             cluster.volume(namespace, claim, cluster.workdir / "namespaced" / namespace / claim)
     release = OperatorRelease(cluster, name="scoped", namespace="rtdetr-scoped")
-    release.install({**TEST_VALUES, "watchNamespaces": [inside]})
+    # Its CPU images come from a registry that does not resolve: pulls fail as on an air-gapped
+    # node without the mirror.
+    release.install({**TEST_VALUES, "watchNamespaces": [inside],
+                     "images": {"runtimeCpu": {"registry": "registry.invalid"}}})  # fmt: skip
     try:
         yield release, inside, outside
     finally:
@@ -51,3 +54,14 @@ def test_namespaced_mode_grants_no_cluster_role(cluster: Cluster, watched: tuple
     assert can("list", "rtdetrmodels.rtdetr.io", outside) == "no"
     bindings = cluster.items("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", f"app.kubernetes.io/instance={release.name}")
     assert bindings == []
+
+
+def test_image_pull_failure_is_reported(cluster: Cluster, watched: tuple[OperatorRelease, str, str]) -> None:
+    _, inside, _ = watched
+    document = load_sample("demo-shapes.yaml")
+    document["metadata"]["namespace"] = inside
+    cluster.apply(document)
+    quantized = cluster.wait(lambda: (c := cluster.condition(inside, "shapes-demo", "Quantized")) and
+                             c["reason"] in ("ErrImagePull", "ImagePullBackOff") and c, STATUS_WITHIN, "the pull failure in status")  # fmt: skip
+    assert 'failed to pull image "registry.invalid/' in quantized["message"], quantized["message"]
+    assert cluster.condition(inside, "shapes-demo", "Ready")["status"] == "False"  # type: ignore[index]

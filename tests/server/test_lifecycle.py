@@ -119,3 +119,27 @@ def test_failed_warm_up_exits_with_the_cause(tiny_model_dir: Path, tmp_path: Pat
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("error: precision int8 needs a quantized model"), result.stderr
+
+
+def test_sigterm_with_a_shutdown_delay_keeps_serving_while_not_ready(
+    tiny_model_dir: Path, tmp_path: Path, fixture_images: list[Path]
+) -> None:
+    """What pods get: new connections are still answered for the delay (endpoints are being
+    updated everywhere), readiness already says no, then a clean exit."""
+    server = start_server(tiny_model_dir, tmp_path / "cache", tmp_path, "--shutdown-delay-seconds", "3")
+    server.wait_ready()
+    data = fixture_images[0].read_bytes()
+    server.process.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    time.sleep(0.3)
+    assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 503
+    assert requests.get(f"{server.url}/v2/health/live", timeout=5).status_code == 200
+    answered = 0
+    while time.monotonic() - signalled < 2.5:
+        response = requests.post(f"{server.url}/v1/detect", data=data, headers={"Content-Type": "image/jpeg"}, timeout=10)
+        assert response.status_code == 200, response.text
+        answered += 1
+    assert answered >= 3
+    server.process.wait(30)
+    assert server.process.returncode == 0, server.log()
+    assert 2.9 < time.monotonic() - signalled, "the listener stayed open for the whole delay"

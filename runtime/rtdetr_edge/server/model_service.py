@@ -65,6 +65,7 @@ class ModelService:
         self.metrics = metrics
         self.labels = self._labels(options)
         self.state = "loading"
+        self.terminating = False  # SIGTERM received: still serving, but no longer ready
         self.error: str | None = None
         self.warmed: WarmedModel | None = None
         self._on_fatal = on_fatal
@@ -87,7 +88,13 @@ class ModelService:
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        """What readiness probes see; requests are still served while terminating."""
+        return self.state == "ready" and not self.terminating
+
+    def begin_termination(self) -> None:
+        """Report not-ready so load balancers stop routing here; keep answering meanwhile."""
+        self.terminating = True
+        self.metrics.ready.set(0)
 
     @property
     def digest(self) -> str:

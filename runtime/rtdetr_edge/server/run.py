@@ -7,7 +7,9 @@ import ctypes.util
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
+from types import FrameType
 
 import cv2
 import uvicorn
@@ -59,14 +61,45 @@ def tune_malloc() -> bool:
     return ok
 
 
+class DelayedShutdownServer(uvicorn.Server):
+    """uvicorn, except that SIGTERM first turns readiness off and keeps serving for
+    ``shutdown_delay`` seconds before it stops accepting connections.
+
+    Kubernetes sends SIGTERM at the same moment it removes the pod from the Service's
+    endpoints; kube-proxies, ingress controllers and client-side balancers learn that a
+    moment later. Closing the listener at once refuses the requests still routed here
+    (measured on the real-cluster tier: 111 of 994 requests refused during a model swap).
+    SIGINT (Ctrl-C) stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, shutdown_delay: float, on_terminating: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.shutdown_delay = shutdown_delay
+        self.on_terminating = on_terminating
+        self._delayed: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self.shutdown_delay > 0 and self._delayed is None and not self.should_exit:
+            log.info("SIGTERM: not ready any more; serving %.0f s longer while endpoints update, then draining",
+                     self.shutdown_delay)  # fmt: skip
+            self.on_terminating()
+            self._delayed = threading.Timer(self.shutdown_delay, super().handle_exit, (sig, frame))
+            self._delayed.daemon = True
+            self._delayed.start()
+            return
+        super().handle_exit(sig, frame)
+
+
 def run_server(
     options: ServeOptions,
     host: str,
     port: int,
     drain_seconds: float,
     on_ready: Callable[[WarmedModel], None] | None = None,
+    shutdown_delay: float = 0.0,
 ) -> int:
-    """Serve until SIGTERM/SIGINT (draining in-flight requests). Returns the exit code.
+    """Serve until SIGTERM/SIGINT (after ``shutdown_delay`` on SIGTERM, draining in-flight
+    requests). Returns the exit code.
 
     A failed warm-up stops the server with exit code 1 and the cause as the last
     line of stderr, so Kubernetes shows it in the pod's termination message.
@@ -100,7 +133,7 @@ def run_server(
         log_config=None,
         timeout_graceful_shutdown=int(drain_seconds),
     )
-    server = uvicorn.Server(config)
+    server = DelayedShutdownServer(config, shutdown_delay, service.begin_termination)
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler that was
     # installed before it; make that one ours so a clean drain exits 0, not -15.
     terminated: list[int] = []
