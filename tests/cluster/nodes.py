@@ -1,7 +1,8 @@
 """The test cluster's simulated nodes (kwok plays them; nothing runs on them).
 
 - ``gpu-0``: an NVIDIA GPU node as the device plugin and GPU operator present one: capacity
-  ``nvidia.com/gpu``, label ``nvidia.com/gpu.present=true``, taint ``nvidia.com/gpu:NoSchedule``.
+  ``nvidia.com/gpu`` (8, with 64 CPUs and 512 GiB: several tests' Jobs share it), label
+  ``nvidia.com/gpu.present=true``, taint ``nvidia.com/gpu:NoSchedule``.
 
 The one CPU node whose pods really run, ``runner-0``, registers itself (tests/cluster/pod_runner.py).
 """
@@ -47,7 +48,3 @@ def create_nodes(plane: ControlPlane, gpu: bool = True) -> None:
         response = session.post(f"{plane.server}/api/v1/nodes", json=gpu_node(), timeout=10)
         if response.status_code not in (201, 409):
             raise RuntimeError(f"creating node {GPU_NODE}: {response.status_code} {response.text}")
-
-
-def delete_node(plane: ControlPlane, name: str) -> None:
-    plane.session().delete(f"{plane.server}/api/v1/nodes/{name}", timeout=10)

@@ -27,8 +27,9 @@ Not emulated (say so rather than pretend): resource limits and cgroups (so no OO
 no CPU throttling), init and sidecar containers, exec probes, image pulls (any image runs
 this machine's Python environment; images on a ``*.invalid`` registry fail to pull, to
 exercise ``ErrImagePull``/``ImagePullBackOff``), ``$(VAR)`` expansion, service-link
-environment variables other than ``KUBERNETES_SERVICE_*``, kube-proxy (clients use
-EndpointSlices and pod IPs), node-pressure eviction.
+environment variables other than ``KUBERNETES_SERVICE_*``, kube-proxy and cluster DNS
+(clients use EndpointSlices and pod IPs), node-pressure eviction, a ``mountPath`` that would
+be a new top-level directory.
 """
 
 from __future__ import annotations

@@ -187,19 +187,6 @@ def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
     assert load.failed == 0, f"{load.failed} failed requests during the swap: {load.failures[:5]}"
 
 
-def test_failed_gate_keeps_the_served_model(demo: Demo) -> None:
-    cluster, namespace = demo.cluster, demo.namespace
-    served = cluster.model(namespace, NAME)["status"]["model"]["digest"]
-    cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"maxMapDrop": 0.0}}})
-    ready = cluster.wait_condition(namespace, NAME, "Ready", "False", "AccuracyGateFailed", timeout=PIPELINE_TIMEOUT)
-    assert "previous model keeps serving" in ready["message"]
-    assert cluster.condition(namespace, NAME, "Available")["status"] == "True"  # type: ignore[index]
-    assert cluster.condition(namespace, NAME, "Stalled")["status"] == "True"  # type: ignore[index]
-    assert detect(cluster.ready_endpoints(namespace, NAME)[0])["digest"] == served
-    warnings = [e for e in cluster.events(namespace) if e["reason"] == "AccuracyGateFailed"]
-    assert warnings and warnings[0]["type"] == "Warning"
-
-
 def test_deleted_deployment_is_recreated(demo: Demo) -> None:
     cluster, namespace = demo.cluster, demo.namespace
     old_uid = cluster.deployment(namespace, NAME)["metadata"]["uid"]  # type: ignore[index]
@@ -214,14 +201,39 @@ def test_deleted_deployment_is_recreated(demo: Demo) -> None:
 def test_edited_deployment_is_reverted(demo: Demo) -> None:
     cluster, namespace = demo.cluster, demo.namespace
     cluster.kubectl("scale", "deployment", NAME, "-n", namespace, "--replicas=3")
-    cluster.wait(lambda: cluster.deployment(namespace, NAME)["spec"]["replicas"] == 1, 30, "replicas reverted to the spec's 1")  # type: ignore[index]
+    try:
+        cluster.wait(lambda: cluster.deployment(namespace, NAME)["spec"]["replicas"] == 1, 30, "replicas reverted to the spec's 1")  # type: ignore[index]
+    finally:
+        cluster.kubectl("scale", "deployment", NAME, "-n", namespace, "--replicas=1")
+
+
+def test_failed_gate_keeps_the_served_model(demo: Demo) -> None:
+    cluster, namespace = demo.cluster, demo.namespace
+    served = cluster.model(namespace, NAME)["status"]["model"]["digest"]
+    cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"maxMapDrop": 0.0}}})
+    ready = cluster.wait_condition(namespace, NAME, "Ready", "False", "AccuracyGateFailed", timeout=PIPELINE_TIMEOUT)
+    assert "previous model keeps serving" in ready["message"]
+    assert cluster.condition(namespace, NAME, "Available")["status"] == "True"  # type: ignore[index]
+    assert cluster.condition(namespace, NAME, "Stalled")["status"] == "True"  # type: ignore[index]
+    assert detect(cluster.ready_endpoints(namespace, NAME)[0])["digest"] == served
+    warnings = [e for e in cluster.events(namespace) if e["reason"] == "AccuracyGateFailed"]
+    assert warnings and warnings[0]["type"] == "Warning"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: the served model is remembered only in the Deployment's "
+                   "annotation; after a failed gate, a deleted Deployment is not re-created and nothing serves")  # fmt: skip
+def test_deleted_deployment_after_a_failed_gate_comes_back_with_the_served_model(demo: Demo) -> None:
+    cluster, namespace = demo.cluster, demo.namespace
+    served = cluster.model(namespace, NAME)["status"]["serving"]["servingDigest"]
+    cluster.kubectl("delete", "deployment", NAME, "-n", namespace)
+    deployment = cluster.wait(lambda: cluster.deployment(namespace, NAME), 60, "the Deployment re-created")
+    assert deployment["metadata"]["annotations"]["rtdetr.io/model-digest"] == served
 
 
 @pytest.mark.xfail(strict=True, reason="issue 9: the default hostPath engine cache is created root-owned 0755 by the "
                    "kubelet, so serving pods (uid 10001) crash in warm-up, and serving-pod failures never reach status")  # fmt: skip
 def test_hostpath_engine_cache_runs_as_shipped(demo: Demo) -> None:
     cluster, namespace = demo.cluster, demo.namespace
-    cluster.kubectl("scale", "deployment", NAME, "-n", namespace, "--replicas=1")
     cluster.kubectl("label", "namespace", namespace, "--overwrite", "pod-security.kubernetes.io/enforce=privileged")
     cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"maxMapDrop": 2.5},
                                                    "serving": {"engineCache": {"emptyDir": None, "hostPath": "/var/cache/rtdetr-edge"}}}})  # fmt: skip

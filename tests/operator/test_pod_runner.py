@@ -1,0 +1,84 @@
+"""The test pod runner behaves as a kubelet would where the operator depends on it: the pod's
+user, its volumes' ownership and modes, a read-only root, the termination message, restart
+back-off, its own IP, and logs through the API server. (If the stand-in drifts from a real
+kubelet, the operator tier proves less; these pin what it must do.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from .conftest import Cluster
+
+RUNNER = {"rtdetr.io/pod-runner": "true"}
+
+
+def pod(name: str, script: str, restart: str = "Never", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": RUNNER, "restartPolicy": restart,
+            "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001, "runAsNonRoot": True,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "main", "image": "python", "command": ["python", "-c", script],
+                            "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                                                "capabilities": {"drop": ["ALL"]}},
+                            "volumeMounts": spec.pop("mounts", [])}],
+            **spec,
+        },
+    }  # fmt: skip
+
+
+def finished(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    def state() -> dict[str, Any] | None:
+        found = cluster.get(f"/api/v1/namespaces/{namespace}/pods/{name}") or {}
+        return found if found.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
+
+    return dict(cluster.wait(state, 60, f"pod {name} finished"))
+
+
+def test_user_volumes_and_read_only_root(cluster: Cluster) -> None:
+    namespace = cluster.namespace(pod_security="privileged")  # hostPath is forbidden from "baseline" up
+    script = "\n".join([
+        "import os, socket, stat",
+        "def mode(p): s = os.stat(p); return f'{p} {s.st_uid}:{s.st_gid} {stat.S_IMODE(s.st_mode):o}'",
+        "print('user', os.getuid(), os.getgid(), sorted(os.getgroups()))",
+        "print('hostname', socket.gethostname())",
+        "for p in ('/var/cache/rtdetr-edge', '/tmp'): print('mode', mode(p))",
+        "open('/tmp/ok', 'w').write('1')",
+        "for p in ('/var/cache/rtdetr-edge/x', '/usr/x'):",
+        "    try: open(p, 'w')",
+        "    except OSError as e: print('denied', p, e.strerror)",
+        "open('/dev/termination-log', 'w').write('the end')",
+        "raise SystemExit(3)",
+    ])  # fmt: skip
+    document = pod("probe-fs", script, mounts=[{"name": "cache", "mountPath": "/var/cache/rtdetr-edge"},
+                                                {"name": "scratch", "mountPath": "/tmp"}],
+                   volumes=[{"name": "cache", "hostPath": {"path": "/var/cache/rtdetr-edge-runner-test", "type": "DirectoryOrCreate"}},
+                            {"name": "scratch", "emptyDir": {}}])  # fmt: skip
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(document))
+    done = finished(cluster, namespace, "probe-fs")
+    terminated = done["status"]["containerStatuses"][0]["state"]["terminated"]
+    log = cluster.kubectl("logs", "-n", namespace, "probe-fs").stdout
+    assert done["status"]["phase"] == "Failed" and terminated["exitCode"] == 3 and terminated["message"] == "the end", log
+    assert not done["status"]["podIP"].startswith("127.")
+    assert "user 10001 10001 [10001]" in log and "hostname probe-fs" in log, log
+    assert "mode /var/cache/rtdetr-edge 0:0 755" in log, "hostPath DirectoryOrCreate: root-owned 0755, as the kubelet makes it"
+    assert "mode /tmp 0:10001 777" in log, "emptyDir: world-writable, fsGroup-owned"
+    assert "denied /var/cache/rtdetr-edge/x Permission denied" in log and "denied /usr/x Read-only file system" in log, log
+
+
+def test_crash_loop_back_off_and_previous_logs(cluster: Cluster) -> None:
+    namespace = cluster.namespace(pod_security="baseline")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(pod("crasher", "print('boom'); raise SystemExit(1)", "Always")))
+
+    def backing_off() -> dict[str, Any] | None:
+        found = cluster.get(f"/api/v1/namespaces/{namespace}/pods/crasher") or {}
+        statuses = found.get("status", {}).get("containerStatuses") or [{}]
+        waiting = statuses[0].get("state", {}).get("waiting", {})
+        return statuses[0] if waiting.get("reason") == "CrashLoopBackOff" and statuses[0].get("restartCount", 0) >= 1 else None
+
+    status = cluster.wait(backing_off, 60, "CrashLoopBackOff after a restart")
+    assert status["lastState"]["terminated"]["exitCode"] == 1
+    assert "boom" in cluster.kubectl("logs", "-n", namespace, "crasher", "--previous").stdout
