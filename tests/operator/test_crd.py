@@ -82,6 +82,16 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize("name", ["2024-r50.v2", "r50.v2"])
+def test_names_that_cannot_name_a_service_are_rejected(cluster: Cluster, crd: str, name: str) -> None:
+    """A valid name for the resource but not for its Service: refused at admission, not after
+    hours of quantization."""
+    document = load_sample("demo-shapes.yaml")
+    document["metadata"]["name"] = name
+    accepted, stderr, _ = dry_run(cluster, crd, document)
+    assert not accepted and "it also names the model's Service" in stderr, stderr
+
+
 @pytest.mark.parametrize(("mutate", "message"), [(m, msg) for _, m, msg in INVALID], ids=[i for i, _, _ in INVALID])
 def test_invalid_resources_are_rejected_with_a_readable_message(
     cluster: Cluster, crd: str, mutate: Callable[[dict[str, Any]], Any], message: str

