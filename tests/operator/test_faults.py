@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from tests.cluster.nodes import GPU_NODE, gpu_node
 
 from .conftest import Cluster, OperatorRelease, demo_namespace, load_sample
