@@ -59,7 +59,6 @@ class Reconciler:
             quantize_job=quantize,
             export_job=export,
             deployment=self.kube.observe_deployment(namespace, runtime_name(name)),
-            service_exists=self.kube.service_exists(namespace, runtime_name(name)),
         )
 
     def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: Any) -> None:
@@ -67,7 +66,8 @@ class Reconciler:
             decision = decide(body, self.settings, self.observe(body), now_iso())
             for manifest in decision.ensure:
                 outcome = self.kube.ensure(manifest)
-                logger.info("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
+                log = logger.debug if outcome == "unchanged" else logger.info
+                log("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
             for event in decision.events:
                 kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
             changes = status_patch(dict(body.get("status") or {}), decision.status)

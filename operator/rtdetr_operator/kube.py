@@ -14,6 +14,8 @@ from rtdetr_operator.reconcile import DeploymentObservation, JobObservation
 
 log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
+FIELD_MANAGER = "rtdetr-edge-operator"
+APPLIED_KINDS = frozenset({"Deployment", "Service"})
 
 
 def _json(response: Any) -> dict[str, Any]:
@@ -47,6 +49,7 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self._applied_versions: dict[tuple[str, str, str], str] = {}  # what our last apply left
 
     def close(self) -> None:
         self.api_client.close()
@@ -122,6 +125,7 @@ class Kube:
         return DeploymentObservation(
             annotations=dict(deployment["metadata"].get("annotations") or {}),
             replicas=int(deployment["spec"].get("replicas", 1)),
+            current_replicas=int(status.get("replicas", 0)),
             generation=int(deployment["metadata"].get("generation", 0)),
             observed_generation=int(status.get("observedGeneration", 0)),
             updated_replicas=int(status.get("updatedReplicas", 0)),
@@ -131,17 +135,26 @@ class Kube:
 
     # -- writing ---------------------------------------------------------------------------
     def ensure(self, manifest: dict[str, Any]) -> str:
-        """Create; an existing Deployment is replaced (so removed fields really go away), other
-        kinds are left alone (Jobs and ConfigMaps are digest-named and immutable in effect)."""
+        """Make ``manifest`` true on the server; returns what happened (created, configured,
+        unchanged, exists).
+
+        Deployments and Services are server-side applied with our field manager, forcing
+        ownership of the fields we set: a `kubectl edit`/`scale` of them is reverted at the next
+        reconcile, fields others own (an HPA's, a mesh's annotations) are left alone. Jobs and
+        ConfigMaps are named by the pipeline digest and immutable in effect: created once.
+        """
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
-        create = {
-            "Job": self.batch.create_namespaced_job,
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Deployment": self.apps.create_namespaced_deployment,
-            "Service": self.core.create_namespaced_service,
-        }[kind]
+        if kind in APPLIED_KINDS:
+            patch = {"Deployment": self.apps.patch_namespaced_deployment, "Service": self.core.patch_namespaced_service}[kind]
+            applied = _json(patch(name, namespace, manifest, field_manager=FIELD_MANAGER, force=True,
+                                  _content_type="application/apply-patch+yaml", _preload_content=False))  # fmt: skip
+            version = applied["metadata"]["resourceVersion"]
+            previous = self._applied_versions.get((kind, namespace, name))
+            self._applied_versions[(kind, namespace, name)] = version
+            return "unchanged" if previous == version else "configured" if previous else "applied"
+        create = {"Job": self.batch.create_namespaced_job, "ConfigMap": self.core.create_namespaced_config_map}[kind]
         try:
             create(namespace, manifest, _preload_content=False)
             log.info("created %s %s/%s", kind, namespace, name)
@@ -149,15 +162,4 @@ class Kube:
         except ApiException as error:
             if error.status != 409:
                 raise
-        if kind != "Deployment":
-            return "exists"
-        live = self._read(self.apps.read_namespaced_deployment, name, namespace)
-        if live is None:
-            return "gone"  # deleted meanwhile; the next reconcile creates it
-        replacement = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": live["metadata"]["resourceVersion"]}}
-        self.apps.replace_namespaced_deployment(name, namespace, replacement, _preload_content=False)
-        log.info("updated Deployment %s/%s", namespace, name)
-        return "replaced"
-
-    def service_exists(self, namespace: str, name: str) -> bool:
-        return self._read(self.core.read_namespaced_service, name, namespace) is not None
+        return "exists"

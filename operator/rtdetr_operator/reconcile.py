@@ -64,7 +64,8 @@ class JobObservation:
 @dataclass(frozen=True)
 class DeploymentObservation:
     annotations: dict[str, str] = field(default_factory=dict)
-    replicas: int = 0
+    replicas: int = 0  # spec.replicas
+    current_replicas: int = 0  # status.replicas: pods of every ReplicaSet, old ones included
     generation: int = 0
     observed_generation: int = 0
     updated_replicas: int = 0
@@ -77,7 +78,6 @@ class Observed:
     quantize_job: JobObservation | None = None
     export_job: JobObservation | None = None
     deployment: DeploymentObservation | None = None
-    service_exists: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,11 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
 
     dep_annotations = deployment.annotations if deployment is not None else {}
     deployed = json.loads(dep_annotations[ANNOTATION_RESULT]) if dep_annotations.get(ANNOTATION_RESULT) else None
-    if deployed is not None and dep_annotations.get(ANNOTATION_PIPELINE) == digest:
+    if deployed is None and deployment is None and isinstance(before.get("served"), dict):
+        # The Deployment is gone (deleted by hand, lost with a namespace restore): the model it
+        # served is remembered in status, so it comes back even if a newer candidate failed.
+        deployed = dict(before["served"])
+    if deployed is not None and deployed.get("pipelineDigest") == digest:
         # Already serving this pipeline's model: only serving settings can have changed.
         served = deployed
         updates += [
@@ -263,24 +267,31 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
                     phase = "Evaluating"
                 updates.append(Condition("Quantized", "Unknown", "JobRunning", _progress_message(progress)))
 
-    if served is not None:
-        desired = build_runtime_deployment(body, model, settings, served)
-        desired["metadata"]["annotations"][ANNOTATION_RESULT] = json.dumps(served, sort_keys=True, separators=(",", ":"))
+    # What the pods should serve: this spec's model once it passed its gate, else the one that
+    # already serves (a running or failed candidate never takes it down).
+    serve = served if served is not None else deployed
+    spec_hash = ""
+    if serve is not None:
+        desired = build_runtime_deployment(body, model, settings, serve)
+        desired["metadata"]["annotations"][ANNOTATION_RESULT] = json.dumps(serve, sort_keys=True, separators=(",", ":"))
         spec_hash = runtime_spec_hash(desired)
         desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = spec_hash
-        if deployment is None or deployment.annotations.get(ANNOTATION_SPEC_HASH) != spec_hash:
-            ensure.append(desired)  # new model or new serving settings: a rolling update
-        if not observed.service_exists:
-            ensure.append(build_service(body, model, settings))
+        # Applied at every reconcile: a new model or serving setting rolls out, drift is reverted.
+        ensure += [desired, build_service(body, model, settings)]
+        status_extra["served"] = serve
+    if served is not None:
         status_extra["model"] = served["model"]
         status_extra["accuracy"] = served.get("accuracy") or status_extra.get("accuracy")
+        # `kubectl rollout status` semantics: every pod is of the new template and available;
+        # old pods still counted (available or not) mean the rollout is not done.
         rolled_out = (
             deployment is not None
             and deployment.annotations.get(ANNOTATION_SPEC_HASH) == spec_hash
             and deployment.observed_generation >= deployment.generation
-            and deployment.updated_replicas >= model.spec.serving.replicas
-            and deployment.available_replicas >= model.spec.serving.replicas
             and deployment.replicas == model.spec.serving.replicas
+            and deployment.updated_replicas >= model.spec.serving.replicas
+            and deployment.current_replicas == deployment.updated_replicas
+            and deployment.available_replicas >= deployment.updated_replicas
         )
         if rolled_out and model.spec.serving.replicas == 0:
             phase = "Ready"
@@ -302,7 +313,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     serving_status = {
         "endpoint": endpoint(model, settings),
         "readyReplicas": deployment.ready_replicas if deployment else 0,
-        "servingDigest": deployed["model"]["digest"] if deployed is not None else None,
+        "servingDigest": serve["model"]["digest"] if serve is not None else None,
     }
     status = {
         **before,

@@ -42,13 +42,14 @@ def serving(body: dict[str, Any], available: int) -> tuple[dict[str, Any], Obser
                    termination_message=summary(digest))), NOW)  # fmt: skip
     deployment = next(m for m in first.ensure if m["kind"] == "Deployment")
     annotations = deployment["metadata"]["annotations"]
-    live = DeploymentObservation(annotations=annotations, replicas=2, generation=1, observed_generation=1,
-                                 updated_replicas=2, ready_replicas=2, available_replicas=2)  # fmt: skip
-    ready = decide({**body, "status": first.status}, OperatorSettings(), Observed(deployment=live, service_exists=True), NOW)
+    n = int(body["spec"]["serving"]["replicas"])
+    live = DeploymentObservation(annotations=annotations, replicas=n, current_replicas=n, generation=1, observed_generation=1,
+                                 updated_replicas=n, ready_replicas=n, available_replicas=n)  # fmt: skip
+    ready = decide({**body, "status": first.status}, OperatorSettings(), Observed(deployment=live), NOW)
     assert condition(ready.status, "Ready")["reason"] == "Serving"
-    lost = DeploymentObservation(annotations=annotations, replicas=2, generation=1, observed_generation=1,
-                                 updated_replicas=2, ready_replicas=available, available_replicas=available)  # fmt: skip
-    return {**body, "status": ready.status}, Observed(deployment=lost, service_exists=True)
+    lost = DeploymentObservation(annotations=annotations, replicas=n, current_replicas=n, generation=1, observed_generation=1,
+                                 updated_replicas=n, ready_replicas=available, available_replicas=available)  # fmt: skip
+    return {**body, "status": ready.status}, Observed(deployment=lost)
 
 
 @pytest.mark.parametrize(
@@ -104,3 +105,31 @@ def test_checkpoint_source_exports_first_then_quantizes_the_export() -> None:
     configmap, job = after.ensure
     assert job["metadata"]["annotations"]["rtdetr.io/pipeline-digest"] == first.ensure[0]["metadata"]["annotations"]["rtdetr.io/pipeline-digest"]
     assert "inferenceModel: pvc://rtdetr-artifacts/vision/rtdetr-r50/export-" in configmap["data"]["resource.yaml"]
+
+
+def test_a_lost_deployment_comes_back_with_the_served_model_after_a_failed_gate() -> None:
+    body, _ = serving(r50(), available=2)
+    served = body["status"]["served"]
+    body["spec"]["quantization"]["maxMapDrop"] = 0.01  # a new candidate...
+    new_digest = digest_of(body)
+    failed = JobObservation(succeeded=True, termination_message=summary(new_digest, passed=False, quantized=51.0))
+    decision = decide(body, OperatorSettings(), Observed(quantize_job=failed), LATER)  # ...fails; the Deployment is gone
+    deployments = [m for m in decision.ensure if m["kind"] == "Deployment"]
+    assert len(deployments) == 1, "the model that served comes back"
+    assert deployments[0]["metadata"]["annotations"]["rtdetr.io/pipeline-digest"] == served["pipelineDigest"] != new_digest
+    assert condition(decision.status, "Ready")["reason"] == "AccuracyGateFailed"
+    assert decision.status["served"] == served
+
+
+def test_a_rollout_whose_new_pods_never_become_available_is_not_ready() -> None:
+    """One old pod still serves, the new template's pod crash-loops: not rolled out (counting
+    available pods alone would say it is)."""
+    body = r50()
+    body["spec"]["serving"]["replicas"] = 1
+    body, observed = serving(body, available=1)
+    assert observed.deployment is not None
+    stuck = DeploymentObservation(annotations=observed.deployment.annotations, replicas=1, current_replicas=2,
+                                  generation=2, observed_generation=2, updated_replicas=1, ready_replicas=1,
+                                  available_replicas=1)  # fmt: skip
+    decision = decide(body, OperatorSettings(), Observed(deployment=stuck), LATER)
+    assert condition(decision.status, "Ready")["reason"] == "RollingOut"

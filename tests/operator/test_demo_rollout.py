@@ -196,8 +196,6 @@ def test_deleted_deployment_is_recreated(demo: Demo) -> None:
     cluster.wait_condition(namespace, NAME, "Available", "True", timeout=120)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: drift of an owned field is not repaired (the operator compares only "
-                   "its own spec-hash annotation, not the live spec)")  # fmt: skip
 def test_edited_deployment_is_reverted(demo: Demo) -> None:
     cluster, namespace = demo.cluster, demo.namespace
     cluster.kubectl("scale", "deployment", NAME, "-n", namespace, "--replicas=3")
@@ -220,8 +218,6 @@ def test_failed_gate_keeps_the_served_model(demo: Demo) -> None:
     assert warnings and warnings[0]["type"] == "Warning"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: the served model is remembered only in the Deployment's "
-                   "annotation; after a failed gate, a deleted Deployment is not re-created and nothing serves")  # fmt: skip
 def test_deleted_deployment_after_a_failed_gate_comes_back_with_the_served_model(demo: Demo) -> None:
     cluster, namespace = demo.cluster, demo.namespace
     served = cluster.model(namespace, NAME)["status"]["serving"]["servingDigest"]
@@ -241,6 +237,8 @@ def test_hostpath_engine_cache_runs_as_shipped(demo: Demo) -> None:
     while time.monotonic() < deadline:
         ready = cluster.condition(namespace, NAME, "Ready")
         if ready and ready["status"] == "True" and ready["observedGeneration"] == cluster.model(namespace, NAME)["metadata"]["generation"]:
+            pods = cluster.pods(namespace, "app.kubernetes.io/component=runtime")
+            assert all(c["ready"] for p in pods for c in p["status"].get("containerStatuses") or []), "Ready while pods are not"
             return  # the new pods warmed up in the hostPath cache and serve
         if ready and ready["status"] == "False" and ready["reason"] == "CrashLoopBackOff":
             break  # at least the failure reached status

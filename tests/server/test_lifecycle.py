@@ -138,6 +138,7 @@ def test_sigterm_with_a_shutdown_delay_keeps_serving_while_not_ready(
     while time.monotonic() - signalled < 2.5:
         response = requests.post(f"{server.url}/v1/detect", data=data, headers={"Content-Type": "image/jpeg"}, timeout=10)
         assert response.status_code == 200, response.text
+        assert response.headers["connection"] == "close", "keep-alive clients must reconnect (to another pod)"
         answered += 1
     assert answered >= 3
     server.process.wait(30)

@@ -81,13 +81,18 @@ app.kubernetes.io/part-of: rtdetr-edge
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create"]
-# Roll out serving pods; replaced when the model or serving settings change.
+# Serving pods and their Service: server-side applied (patch) at every reconcile, which rolls
+# out new models and settings and reverts hand edits of the fields the operator owns.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "update"]
-# The serving Service and the pipeline's stage-config ConfigMap (both only created).
+  verbs: ["get", "list", "watch", "create", "patch"]
+# (the Service in front of them, applied the same way)
 - apiGroups: [""]
-  resources: ["services", "configmaps"]
+  resources: ["services"]
+  verbs: ["get", "create", "patch"]
+# The pipeline's stage-config ConfigMap (named by the pipeline digest: only created).
+- apiGroups: [""]
+  resources: ["configmaps"]
   verbs: ["get", "create"]
 # Find a Job's pod for its termination message (the pipeline's result summary).
 - apiGroups: [""]

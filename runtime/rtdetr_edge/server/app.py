@@ -127,6 +127,10 @@ def create_app(service: ModelService) -> Starlette:
                 log.exception("unexpected error on %s %s", request.method, request.url.path)
                 response = error_response(500, "internal_error", "internal error; see the server log")
             metrics.requests.labels(route, str(response.status_code)).observe(time.perf_counter() - started)
+            if service.terminating:
+                # Kube-proxy only steers new connections: a client's keep-alive connection would
+                # keep coming here until the listener closes under it. Make it reconnect now.
+                response.headers["Connection"] = "close"
             return response
 
         return wrapped
