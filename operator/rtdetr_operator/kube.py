@@ -10,6 +10,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from rtdetr_edge.progress import PROGRESS_PREFIX
+from rtdetr_operator.pod_status import deployment_stalled, pod_problem
 from rtdetr_operator.reconcile import DeploymentObservation, JobObservation
 
 log = logging.getLogger(__name__)
@@ -20,27 +21,6 @@ APPLIED_KINDS = frozenset({"Deployment", "Service"})
 
 def _json(response: Any) -> dict[str, Any]:
     return dict(json.loads(response.data))
-
-
-# Why a pod is not running, as `kubectl describe` shows it: reasons that will not fix
-# themselves quickly and that a user must hear about.
-STUCK_CONTAINER_REASONS = frozenset({
-    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
-    "CrashLoopBackOff", "RunContainerError",
-})  # fmt: skip
-
-
-def pod_waiting_reason(pod: dict[str, Any]) -> tuple[str, str]:
-    """(reason, message) when ``pod`` cannot start or keeps failing; ("", "") otherwise."""
-    status = pod.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
-            return str(condition.get("reason") or "Unschedulable"), str(condition.get("message") or "")
-    for container in status.get("containerStatuses") or []:
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in STUCK_CONTAINER_REASONS:
-            return str(waiting["reason"]), str(waiting.get("message") or "")
-    return "", ""
 
 
 class Kube:
@@ -75,7 +55,7 @@ class Kube:
         progress = None
         waiting: tuple[str, str] = ("", "")
         if pod is not None and not finished:
-            waiting = pod_waiting_reason(pod)
+            waiting = pod_problem(pod)
         if pod is not None:
             for container in (pod.get("status") or {}).get("containerStatuses") or []:
                 terminated = (container.get("state") or {}).get("terminated") or {}
@@ -122,15 +102,27 @@ class Kube:
         if deployment is None:
             return None
         status = deployment.get("status") or {}
+        replicas = int(deployment["spec"].get("replicas", 1))
+        problem = ("", "")
+        settled = (int(status.get("availableReplicas", 0)) >= replicas and int(status.get("updatedReplicas", 0)) >= replicas
+                   and int(status.get("replicas", 0)) == int(status.get("updatedReplicas", 0)))  # fmt: skip
+        if not settled:  # only then: why are pods missing? (no extra request on the steady path)
+            selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+            pods = _json(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))["items"]
+            problem = next((p for p in map(pod_problem, pods) if p[0]), ("", ""))
+        stalled = deployment_stalled(deployment)
         return DeploymentObservation(
             annotations=dict(deployment["metadata"].get("annotations") or {}),
-            replicas=int(deployment["spec"].get("replicas", 1)),
+            replicas=replicas,
             current_replicas=int(status.get("replicas", 0)),
             generation=int(deployment["metadata"].get("generation", 0)),
             observed_generation=int(status.get("observedGeneration", 0)),
             updated_replicas=int(status.get("updatedReplicas", 0)),
             ready_replicas=int(status.get("readyReplicas", 0)),
             available_replicas=int(status.get("availableReplicas", 0)),
+            pod_problem_reason=problem[0],
+            pod_problem_message=problem[1],
+            stalled_message=stalled,
         )
 
     # -- writing ---------------------------------------------------------------------------

@@ -281,6 +281,8 @@ def build_runtime_deployment(
         "resources": _quantities(serving.resources),
         "volumeMounts": mounts,
         "securityContext": _security_context(),
+        # A failed warm-up prints its cause last: it becomes the crash's termination message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     spec = pod_spec(
         [container], volumes, settings, settings.runtime_service_account, serving.node_selector, serving.tolerations,

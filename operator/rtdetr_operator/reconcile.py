@@ -71,6 +71,9 @@ class DeploymentObservation:
     updated_replicas: int = 0
     ready_replicas: int = 0
     available_replicas: int = 0
+    pod_problem_reason: str = ""  # why a serving pod cannot run: CrashLoopBackOff, ImagePullBackOff, Unschedulable, ...
+    pod_problem_message: str = ""
+    stalled_message: str = ""  # the Deployment's ProgressDeadlineExceeded message, if any
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,15 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         elif rolled_out:
             phase = "Ready"
             updates.append(Condition("Ready", "True", "Serving", f"serving {served['model']['digest'][:19]}"))
+        elif deployment is not None and deployment.stalled_message:
+            phase = "Failed"  # kstatus Stalled: it will not progress without a change
+            cause = f"{deployment.pod_problem_reason}: {deployment.pod_problem_message}" if deployment.pod_problem_reason else ""
+            updates.append(Condition("Ready", "False", "ProgressDeadlineExceeded",
+                                     "; ".join(p for p in (deployment.stalled_message, cause) if p)))  # fmt: skip
+        elif deployment is not None and deployment.pod_problem_reason:
+            phase = "Deploying"
+            updates.append(Condition("Ready", "False", deployment.pod_problem_reason,
+                                     f"serving {deployment.pod_problem_message}"))  # fmt: skip
         else:
             phase = "Deploying"
             ready = deployment.available_replicas if deployment else 0

@@ -6,12 +6,14 @@ would give."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from rtdetr_edge.resource import parse_resource, pipeline_digest
 from rtdetr_operator.conditions import find
+from rtdetr_operator.pod_status import pod_problem
 from rtdetr_operator.reconcile import DeploymentObservation, JobObservation, Observed, decide
 from rtdetr_operator.settings import OperatorSettings
 
@@ -133,3 +135,46 @@ def test_a_rollout_whose_new_pods_never_become_available_is_not_ready() -> None:
                                   available_replicas=1)  # fmt: skip
     decision = decide(body, OperatorSettings(), Observed(deployment=stuck), LATER)
     assert condition(decision.status, "Ready")["reason"] == "RollingOut"
+
+
+CRASHING_POD = {
+    "metadata": {"name": "rtdetr-r50-7d9f-abcde"},
+    "status": {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}], "containerStatuses": [{
+        "name": "runtime", "ready": False, "restartCount": 3,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container=runtime"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                                     "message": "Traceback ...\\nPermissionError: [Errno 13] Permission denied: '/var/cache/rtdetr-edge/shapes'\\nerror: warm-up failed"}},
+    }]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("pod", "reason", "fragment"),
+    [
+        (CRASHING_POD, "CrashLoopBackOff", "last exit 1 (Error): "),
+        ({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                     "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}, "Unschedulable", "Insufficient nvidia.com/gpu"),
+        ({"status": {"phase": "Pending", "containerStatuses": [{"name": "runtime", "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": 'Back-off pulling image "mirror.local/rtdetr:0.1.0"'}}}]}},
+         "ImagePullBackOff", "mirror.local/rtdetr"),
+        ({"status": {"phase": "Running", "containerStatuses": [{"name": "runtime", "state": {"running": {}}}]}}, "", ""),
+    ],
+    ids=["crash-loop", "unschedulable", "image-pull", "running"],
+)  # fmt: skip
+def test_pod_problem(pod: dict[str, Any], reason: str, fragment: str) -> None:
+    found = pod_problem(pod)
+    assert found[0] == reason and fragment in found[1], found
+
+
+def test_crash_looping_serving_pods_reach_ready_with_the_cause() -> None:
+    body, observed = serving(r50(), available=2)
+    assert observed.deployment is not None
+    reason, message = pod_problem(CRASHING_POD)
+    crashing = replace(observed.deployment, generation=2, observed_generation=2, current_replicas=3, updated_replicas=1,
+                       pod_problem_reason=reason, pod_problem_message=message)  # fmt: skip
+    ready = condition(decide(body, OperatorSettings(), Observed(deployment=crashing), LATER).status, "Ready")
+    assert ready["reason"] == "CrashLoopBackOff" and "Permission denied: '/var/cache/rtdetr-edge/shapes'" in ready["message"]
+    stalled = replace(crashing, stalled_message='ReplicaSet "rtdetr-r50-7d9f" has timed out progressing.')
+    status = decide(body, OperatorSettings(), Observed(deployment=stalled), LATER).status
+    assert condition(status, "Ready")["reason"] == "ProgressDeadlineExceeded"
+    assert condition(status, "Stalled")["status"] == "True" and "timed out progressing" in condition(status, "Stalled")["message"]
