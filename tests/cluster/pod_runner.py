@@ -23,8 +23,12 @@ it, for real:
   ``/containerLogs`` endpoint;
 - deletion: SIGTERM, the grace period, SIGKILL, then the final delete, as a kubelet does.
 
+Init containers run one after the other to success before the containers; a root
+container keeps only the capabilities its securityContext leaves (the runtime default set,
+``drop``/``add``).
+
 Not emulated (say so rather than pretend): resource limits and cgroups (so no OOMKilled,
-no CPU throttling), init and sidecar containers, exec probes, image pulls (any image runs
+no CPU throttling), sidecar (restartable init) containers, exec probes, image pulls (any image runs
 this machine's Python environment; images on a ``*.invalid`` registry fail to pull, to
 exercise ``ErrImagePull``/``ImagePullBackOff``), ``$(VAR)`` expansion, service-link
 environment variables other than ``KUBERNETES_SERVICE_*``, kube-proxy and cluster DNS
@@ -65,6 +69,11 @@ SANDBOX = Path(__file__).resolve().parent / "sandbox.py"
 REPO = Path(__file__).resolve().parents[2]
 BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_RESET = 10.0, 300.0, 600.0
 TICK = 0.2
+# What containerd/Docker grant a container by default (before securityContext drop/add).
+DEFAULT_CAPABILITIES = frozenset({
+    "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP",
+    "NET_BIND_SERVICE", "SYS_CHROOT", "KILL", "AUDIT_WRITE",
+})  # fmt: skip
 MAX_TERMINATION_MESSAGE = 4096
 FALLBACK_LOG_LINES, FALLBACK_LOG_BYTES = 80, 2048
 
@@ -120,6 +129,11 @@ class ContainerState:
     probe_counts: dict[str, tuple[int, int]] = field(default_factory=dict)  # kind → (successes, failures)
     exited_for_good: bool = False
     pull_failures: int = 0
+    init: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exited_for_good and self.state.get("terminated", {}).get("exitCode") == 0
 
     @property
     def name(self) -> str:
@@ -135,6 +149,7 @@ class PodWorker(threading.Thread):
         self.namespace = pod["metadata"]["namespace"]
         self.pod_name = pod["metadata"]["name"]
         self.directory = runner.state_dir / "pods" / self.uid
+        self.init_containers = [ContainerState(c, init=True) for c in pod["spec"].get("initContainers") or []]
         self.containers = [ContainerState(c) for c in pod["spec"]["containers"]]
         self.pod_ip = ""
         self.netns = ""
@@ -161,8 +176,6 @@ class PodWorker(threading.Thread):
 
     def _run(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        for init in self.pod["spec"].get("initContainers") or []:
-            self.problem = ("CreateContainerConfigError", f"init container {init['name']!r}: not supported by the test pod runner")
         self.netns, self.pod_ip = self.runner.network.attach(self.uid)
         while not self.stopping.is_set() and not self.gone.is_set():
             if self.problem is None or self.problem[0] in ("ContainerCreating", "FailedMount"):
@@ -175,8 +188,7 @@ class PodWorker(threading.Thread):
                 except ApiError as error:
                     self.problem = ("ContainerCreating", f"MountVolume.SetUp failed: {error}")
             if self.problem is None:
-                for container in self.containers:
-                    self._step(container)
+                self._step_pod()
             self._report()
             if self._finished():
                 break
@@ -202,7 +214,23 @@ class PodWorker(threading.Thread):
         self.runner.forget(self.uid)
 
     def _finished(self) -> bool:
-        return self.problem is None and all(c.exited_for_good for c in self.containers)
+        return self.problem is None and (self._init_failed() or all(c.exited_for_good for c in self.containers))
+
+    def _init_failed(self) -> bool:
+        return any(c.exited_for_good and not c.succeeded for c in self.init_containers)
+
+    def _init_containers_done(self) -> bool:
+        return all(c.succeeded for c in self.init_containers)
+
+    def _step_pod(self) -> None:
+        """Init containers one after the other, each to success; then the containers."""
+        pending = next((c for c in self.init_containers if not c.succeeded), None)
+        if pending is not None:
+            if not pending.exited_for_good:
+                self._step(pending)
+            return
+        for container in self.containers:
+            self._step(container)
 
     # -- containers -----------------------------------------------------------------------------
     def _step(self, container: ContainerState) -> None:
@@ -278,7 +306,8 @@ class PodWorker(threading.Thread):
         container.process = None
         container.ready = False
         policy = self.pod["spec"].get("restartPolicy", "Always")
-        if policy == "Never" or (policy == "OnFailure" and exit_code == 0) or self.stopping.is_set():
+        done = container.init and exit_code == 0  # an init container that succeeded never runs again
+        if done or policy == "Never" or (policy == "OnFailure" and exit_code == 0) or self.stopping.is_set():
             container.state = {"terminated": terminated}
             container.exited_for_good = True
             return
@@ -291,7 +320,7 @@ class PodWorker(threading.Thread):
         container.backoff = min(container.backoff * 2, BACKOFF_MAX)
 
     def _kill_all(self, grace: float) -> None:
-        live = [c for c in self.containers if c.process is not None and c.process.poll() is None]
+        live = [c for c in self.init_containers + self.containers if c.process is not None and c.process.poll() is None]
         for container in live:
             assert container.process is not None
             container.process.send_signal(signal.SIGTERM if grace > 0 else signal.SIGKILL)
@@ -540,12 +569,18 @@ class PodWorker(threading.Thread):
             if mount.get("subPath"):
                 source = source / mount["subPath"]
             mounts.append({"source": str(source), "target": mount["mountPath"], "readOnly": bool(mount.get("readOnly"))})
+        capabilities = security.get("capabilities") or {}
+        dropped = {str(c).upper().removeprefix("CAP_") for c in capabilities.get("drop") or []}
+        kept = set() if "ALL" in dropped else set(DEFAULT_CAPABILITIES) - dropped
+        kept |= {str(c).upper().removeprefix("CAP_") for c in capabilities.get("add") or []}
         mounts.append({"source": str(self._termination_file(container.name)),
                        "target": spec.get("terminationMessagePath", "/dev/termination-log"), "readOnly": False})  # fmt: skip
         return {
             "image_paths": sorted({sys.prefix, sys.base_prefix, str(REPO)}),
             "mounts": mounts,
             "read_only_root": bool(security.get("readOnlyRootFilesystem")),
+            "capabilities": sorted(kept),
+            "no_new_privileges": security.get("allowPrivilegeEscalation") is False,
             "uid": None if uid is None else int(uid),
             "gid": None if uid is None else int(gid if gid is not None else uid),
             "groups": groups,
@@ -562,7 +597,7 @@ class PodWorker(threading.Thread):
         return self.directory / f"{container}.termination-log"
 
     def read_log(self, container: str, previous: bool) -> bytes:
-        state = next((c for c in self.containers if c.name == container), None)
+        state = next((c for c in self.init_containers + self.containers if c.name == container), None)
         if state is None:
             raise KeyError(container)
         restart = state.restart_count - (1 if previous else 0)
@@ -570,9 +605,9 @@ class PodWorker(threading.Thread):
         return path.read_bytes() if restart >= 0 and path.exists() else b""
 
     # -- status -----------------------------------------------------------------------------------
-    def _report(self) -> None:
+    def _statuses(self, containers: list[ContainerState]) -> list[dict[str, Any]]:
         statuses = []
-        for container in self.containers:
+        for container in containers:
             status = {"name": container.name, "image": container.spec.get("image", ""), "imageID": "",
                       "ready": container.ready, "started": container.process is not None and container.started,
                       "restartCount": container.restart_count, "state": container.state}  # fmt: skip
@@ -582,9 +617,20 @@ class PodWorker(threading.Thread):
                 status["lastState"] = container.last_state
             if self.problem is not None and container.process is None and not container.exited_for_good:
                 status["state"] = {"waiting": {"reason": self.problem[0], "message": self.problem[1]}}
+            elif not container.init and not self._init_containers_done() and container.process is None:
+                status["state"] = {"waiting": {"reason": "PodInitializing"}}
             statuses.append(status)
+        return statuses
+
+    def _report(self) -> None:
+        statuses = self._statuses(self.containers)
         terminated = [c.state.get("terminated") for c in self.containers]
-        if all(terminated):
+        initialized = self._init_containers_done()
+        if self._init_failed():
+            phase = "Failed"
+        elif not initialized:
+            phase = "Pending"
+        elif all(terminated):
             phase = "Succeeded" if all(t["exitCode"] == 0 for t in terminated if t) else "Failed"
         elif any(c.process is not None for c in self.containers) or any(c.restart_count for c in self.containers):
             phase = "Running"
@@ -594,7 +640,8 @@ class PodWorker(threading.Thread):
         condition_time = now()
         conditions = [
             {"type": "PodReadyToStartContainers", "status": "True" if self.pod_ip else "False"},
-            {"type": "Initialized", "status": "True"},
+            {"type": "Initialized", "status": "True" if initialized else "False",
+             **({} if initialized else {"reason": "ContainersNotInitialized"})},
             {"type": "ContainersReady", "status": "True" if ready else "False",
              **({} if ready else {"reason": "ContainersNotReady"})},
             {"type": "Ready", "status": "True" if ready else "False", **({} if ready else {"reason": "ContainersNotReady"})},
@@ -603,6 +650,8 @@ class PodWorker(threading.Thread):
             "phase": phase, "podIP": self.pod_ip, "podIPs": [{"ip": self.pod_ip}], "hostIP": self.runner.host_ip,
             "hostIPs": [{"ip": self.runner.host_ip}], "startTime": self.start_time, "containerStatuses": statuses,
         }  # fmt: skip
+        if self.init_containers:
+            status["initContainerStatuses"] = self._statuses(self.init_containers)
         comparable = json.dumps([status, conditions], sort_keys=True)
         if comparable == self.last_status:
             return

@@ -34,6 +34,32 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+# linux/capability.h numbers of the capabilities pod specs name (without the CAP_ prefix).
+CAPABILITIES = {
+    "CHOWN": 0, "DAC_OVERRIDE": 1, "DAC_READ_SEARCH": 2, "FOWNER": 3, "FSETID": 4, "KILL": 5, "SETGID": 6, "SETUID": 7,
+    "SETPCAP": 8, "LINUX_IMMUTABLE": 9, "NET_BIND_SERVICE": 10, "NET_BROADCAST": 11, "NET_ADMIN": 12, "NET_RAW": 13,
+    "IPC_LOCK": 14, "IPC_OWNER": 15, "SYS_MODULE": 16, "SYS_RAWIO": 17, "SYS_CHROOT": 18, "SYS_PTRACE": 19,
+    "SYS_PACCT": 20, "SYS_ADMIN": 21, "SYS_BOOT": 22, "SYS_NICE": 23, "SYS_RESOURCE": 24, "SYS_TIME": 25,
+    "SYS_TTY_CONFIG": 26, "MKNOD": 27, "LEASE": 28, "AUDIT_WRITE": 29, "AUDIT_CONTROL": 30, "SETFCAP": 31,
+    "MAC_OVERRIDE": 32, "MAC_ADMIN": 33, "SYSLOG": 34, "WAKE_ALARM": 35, "BLOCK_SUSPEND": 36, "AUDIT_READ": 37,
+    "PERFMON": 38, "BPF": 39, "CHECKPOINT_RESTORE": 40,
+}  # fmt: skip
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+
+
+def limit_privileges(keep: list[str], no_new_privileges: bool) -> None:
+    """What a container runtime does before exec: a bounding set of only ``keep`` (a root
+    process then holds just those), and no_new_privs for allowPrivilegeEscalation: false."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for name, number in CAPABILITIES.items():
+        if name not in keep and libc.prctl(PR_CAPBSET_DROP, number, 0, 0, 0) != 0 and ctypes.get_errno() != 22:
+            raise OSError(ctypes.get_errno(), f"dropping CAP_{name}")
+    if no_new_privileges and libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "setting no_new_privs")
+
+
 def mount(*args: str) -> None:
     # --no-canonicalize: a /proc/<pid>/fd/<n> source must not be resolved back to a covered path.
     result = subprocess.run(["mount", "--no-canonicalize", *args], capture_output=True, text=True)
@@ -141,6 +167,7 @@ def main() -> None:
     if plan["read_only_root"]:
         filesystem.seal_root()
     socket.sethostname(plan["hostname"])  # its own UTS namespace: the pod's name, as in a container
+    limit_privileges(plan["capabilities"], plan["no_new_privileges"])
     if plan["gid"] is not None:
         os.setgroups(plan["groups"])
         os.setgid(plan["gid"])

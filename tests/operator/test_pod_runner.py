@@ -82,3 +82,33 @@ def test_crash_loop_back_off_and_previous_logs(cluster: Cluster) -> None:
     status = cluster.wait(backing_off, 60, "CrashLoopBackOff after a restart")
     assert status["lastState"]["terminated"]["exitCode"] == 1
     assert "boom" in cluster.kubectl("logs", "-n", namespace, "crasher", "--previous").stdout
+
+
+def test_init_container_runs_first_as_root_with_only_its_capabilities(cluster: Cluster) -> None:
+    """The hostPath engine-cache pattern: a root init container with CAP_CHOWN only hands the
+    directory to the serving user; then the container runs as that user."""
+    namespace = cluster.namespace(pod_security="privileged")
+    document = pod("with-init", "import os; open('/var/cache/rtdetr-edge/ok', 'w').write('1'); print('main wrote', os.getuid())",
+                   mounts=[{"name": "cache", "mountPath": "/var/cache/rtdetr-edge"}],
+                   volumes=[{"name": "cache", "hostPath": {"path": "/var/cache/rtdetr-edge-init-test", "type": "DirectoryOrCreate"}}])  # fmt: skip
+    script = "\n".join([
+        "import os",
+        "os.chown('/var/cache/rtdetr-edge', 10001, 10001)",
+        "try: os.chmod('/var/cache/rtdetr-edge', 0o700)  # now 10001's: needs CAP_FOWNER",
+        "except OSError as e: print('chmod', e.strerror)",
+        "print('init ran as', os.getuid())",
+    ])  # fmt: skip
+    document["spec"]["initContainers"] = [{
+        "name": "owner", "image": "python", "command": ["python", "-c", script],
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": False, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]}},
+        "volumeMounts": [{"name": "cache", "mountPath": "/var/cache/rtdetr-edge"}],
+    }]  # fmt: skip
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(document))
+    done = finished(cluster, namespace, "with-init")
+    init_log = cluster.kubectl("logs", "-n", namespace, "with-init", "-c", "owner").stdout
+    main_log = cluster.kubectl("logs", "-n", namespace, "with-init", "-c", "main").stdout
+    assert done["status"]["phase"] == "Succeeded", (init_log, main_log)
+    assert "init ran as 0" in init_log and "chmod Operation not permitted" in init_log, "root without CAP_FOWNER"
+    assert "main wrote 10001" in main_log
+    assert done["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
