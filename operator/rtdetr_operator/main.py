@@ -6,10 +6,11 @@ import argparse
 import json
 import logging
 import os
+import posixpath
 import sys
 from collections.abc import Sequence
 
-from rtdetr_operator.settings import OperatorSettings
+from rtdetr_operator.settings import OperatorSettings, host_path_problem
 
 
 def _env(name: str, default: str = "") -> str:
@@ -35,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pvc-mount-root", default=_env("PVC_MOUNT_ROOT", defaults.pvc_mount_root))
     parser.add_argument(
         "--default-engine-cache", default=_env("DEFAULT_ENGINE_CACHE", json.dumps(defaults.default_engine_cache)),
-        help='JSON, e.g. {"hostPath": "/var/cache/rtdetr-edge"} or {"emptyDir": {}}',
+        help='JSON, e.g. {"emptyDir": {}} or {"pvcName": "engine-cache"} or {"hostPath": "/var/cache/rtdetr-edge"}',
+    )  # fmt: skip
+    parser.add_argument(
+        "--host-path-prefix", action="append", default=[p for p in _env("HOST_PATH_PREFIXES").split(",") if p],
+        help="allow serving.engineCache.hostPath under this host directory (repeatable); default: no hostPath",
     )  # fmt: skip
     parser.add_argument("--resync-seconds", type=float, default=float(_env("RESYNC_SECONDS", str(defaults.resync_seconds))))
     parser.add_argument("--job-backoff-limit", type=int, default=int(_env("JOB_BACKOFF_LIMIT", str(defaults.job_backoff_limit))))
@@ -55,6 +60,13 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         engine_cache = json.loads(args.default_engine_cache)
     except ValueError:
         raise SystemExit(f"error: --default-engine-cache is not JSON: {args.default_engine_cache!r}") from None
+    prefixes = tuple(args.host_path_prefix)
+    for prefix in prefixes:
+        if not prefix.startswith("/") or posixpath.normpath(prefix) == "/":
+            raise SystemExit(f"error: --host-path-prefix {prefix!r} must be an absolute directory other than /")
+    problem = host_path_problem(engine_cache, prefixes)
+    if problem:
+        raise SystemExit(f"error: --default-engine-cache: {problem}")
     return OperatorSettings(
         namespaces=tuple(args.namespace),
         runtime_image_gpu=args.runtime_image_gpu,
@@ -66,6 +78,7 @@ def settings_from(args: argparse.Namespace) -> OperatorSettings:
         image_pull_secrets=tuple(args.image_pull_secret),
         pvc_mount_root=args.pvc_mount_root,
         default_engine_cache=engine_cache,
+        host_path_prefixes=prefixes,
         resync_seconds=args.resync_seconds,
         job_backoff_limit=args.job_backoff_limit,
         job_service_account=args.job_service_account,

@@ -6,6 +6,7 @@ Every manifest passes ``kubernetes-validate --strict`` for Kubernetes 1.28 and 1
 
 from __future__ import annotations
 
+import posixpath
 from typing import Any
 
 import yaml
@@ -105,10 +106,34 @@ def _claim_volumes(model: RTDETRModel, settings: OperatorSettings) -> tuple[list
 def _engine_cache_volume(model: RTDETRModel, settings: OperatorSettings) -> dict[str, Any]:
     cache = model.spec.serving.engine_cache or settings.default_engine_cache
     if "hostPath" in cache:
-        return {"name": "engine-cache", "hostPath": {"path": cache["hostPath"], "type": "DirectoryOrCreate"}}
+        path = posixpath.normpath(cache["hostPath"])  # the path the allow-list checked
+        return {"name": "engine-cache", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
     if "pvcName" in cache:
         return {"name": "engine-cache", "persistentVolumeClaim": {"claimName": cache["pvcName"]}}
     return {"name": "engine-cache", "emptyDir": dict(cache.get("emptyDir") or {})}
+
+
+def _engine_cache_owner(image: str, settings: OperatorSettings) -> dict[str, Any]:
+    """For a hostPath cache: the kubelet creates the directory root-owned 0755 (fsGroup does not
+    apply to hostPath), so serving pods could not write their engines. This init container
+    hands it to the serving user, as root with CAP_CHOWN and nothing else."""
+    script = f"import os; os.chown({ENGINE_CACHE_MOUNT!r}, {RUNTIME_USER}, {RUNTIME_USER})"
+    return {
+        "name": "engine-cache-owner",
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python", "-c", script],
+        "volumeMounts": [{"name": "engine-cache", "mountPath": ENGINE_CACHE_MOUNT}],
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}},
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
 
 
 def pod_spec(
@@ -247,9 +272,10 @@ def build_runtime_deployment(
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
     annotations = {ANNOTATION_PIPELINE: served["pipelineDigest"], ANNOTATION_MODEL: served["model"]["digest"]}
     labels = common_labels(model.name, "runtime")
+    image = settings.runtime_image_gpu if serving.device == "gpu" else settings.runtime_image_cpu
     container = {
         "name": "runtime",
-        "image": settings.runtime_image_gpu if serving.device == "gpu" else settings.runtime_image_cpu,
+        "image": image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["rtdetr-edge", "serve"],
         "args": [
@@ -288,6 +314,8 @@ def build_runtime_deployment(
         [container], volumes, settings, settings.runtime_service_account, serving.node_selector, serving.tolerations,
         terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
     )  # fmt: skip
+    if "hostPath" in volumes[1]:
+        spec["initContainers"] = [_engine_cache_owner(image, settings)]
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -31,7 +31,7 @@ from rtdetr_operator.manifests import (
     build_service,
     endpoint,
 )
-from rtdetr_operator.settings import OperatorSettings
+from rtdetr_operator.settings import OperatorSettings, host_path_problem
 
 ANNOTATION_RESULT = "rtdetr.io/pipeline-result"
 ANNOTATION_SPEC_HASH = "rtdetr.io/runtime-spec-hash"
@@ -107,8 +107,9 @@ def _cause(job: JobObservation) -> str:
     return job.failure_message or "the Job failed without a message; see its pod's logs"
 
 
-def cluster_problems(model: RTDETRModel) -> list[str]:
-    """Rules that only apply in a cluster (``rtdetr-edge run`` accepts more)."""
+def cluster_problems(model: RTDETRModel, settings: OperatorSettings) -> list[str]:
+    """Rules that only apply in a cluster (``rtdetr-edge run`` accepts more) or that the cluster
+    admin set in the operator's settings."""
     problems = []
     spec = model.spec
     for where, uri in (("source.inferenceModel", spec.source.inference_model), ("source.checkpoint", spec.source.checkpoint),
@@ -119,6 +120,9 @@ def cluster_problems(model: RTDETRModel) -> list[str]:
         problems.append("spec.source.checkpoint: the tiny arch has no PaddleDetection config to export with")
     if spec.source.checkpoint and not spec.source.checkpoint.startswith("pvc://"):
         problems.append("spec.source.checkpoint must be a pvc:// path (the exporter reads it from a mounted claim)")
+    host_path = host_path_problem(spec.serving.engine_cache, settings.host_path_prefixes)
+    if host_path:
+        problems.append(f"spec.serving.engineCache: {host_path}")
     return problems
 
 
@@ -158,7 +162,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
 
     try:
         model = parse_resource(body)
-        problems = cluster_problems(model)
+        problems = cluster_problems(model, settings)
         if problems:
             raise SpecError(problems)
     except SpecError as error:

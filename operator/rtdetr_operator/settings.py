@@ -3,6 +3,7 @@ variables in ``main()`` (never at import time)."""
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +29,12 @@ class OperatorSettings:
     image_pull_secrets: tuple[str, ...] = ()
     pvc_mount_root: str = "/mnt/pvc"
     """Each pvc:// claim is mounted at <root>/<claim> in Jobs and serving pods."""
-    default_engine_cache: dict[str, Any] = field(default_factory=lambda: {"hostPath": "/var/cache/rtdetr-edge"})
-    """Used when a resource's serving.engineCache is absent."""
+    default_engine_cache: dict[str, Any] = field(default_factory=lambda: {"emptyDir": {}})
+    """Used when a resource's serving.engineCache is absent. emptyDir runs anywhere (writable by
+    the pod's user, allowed by Pod Security "restricted"); engines are rebuilt per pod."""
+    host_path_prefixes: tuple[str, ...] = ()
+    """Host directories a resource's serving.engineCache.hostPath may name (the directory or one
+    below it). Empty: no hostPath at all. A cluster admin's choice: a hostPath is a node's disk."""
     resync_seconds: float = 10.0
     """Level-triggered reconcile interval: children are re-read and repaired this often."""
     job_backoff_limit: int = 0
@@ -41,3 +46,19 @@ class OperatorSettings:
     """Endpoints are reported as http://<name>.<namespace>.<cluster_domain>:<port>."""
     progress_log_lines: int = 40
     """Pod log lines read to surface quantization progress."""
+
+
+def host_path_problem(engine_cache: dict[str, Any] | None, prefixes: tuple[str, ...]) -> str | None:
+    """Why an engine cache's hostPath is not allowed (None when it is, or is not a hostPath)."""
+    if not engine_cache or "hostPath" not in engine_cache:
+        return None
+    path = posixpath.normpath(str(engine_cache["hostPath"]))
+    if not prefixes:
+        return (f"hostPath {path} is not allowed: this operator allows no host directories; use emptyDir or "
+                "pvcName, or ask your cluster admin to allow one (Helm value pipeline.hostPathPrefixes)")  # fmt: skip
+    for prefix in prefixes:
+        prefix = posixpath.normpath(prefix)
+        if path == prefix or path.startswith(prefix + "/"):
+            return None
+    return (f"hostPath {path} is outside the host directories this operator allows ({', '.join(prefixes)}); "
+            "use one of them, emptyDir or pvcName")  # fmt: skip

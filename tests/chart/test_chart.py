@@ -37,8 +37,9 @@ NON_DEFAULT = {
         "pullSecrets": ["edge-registry"],
         "pullPolicy": "Always",
     },
-    # Helm merges maps: choosing another cache kind means nulling the default hostPath.
-    "pipeline": {"defaultEngineCache": {"hostPath": None, "pvcName": "engine-cache"}, "jobServiceAccount": "rtdetr-jobs"},
+    # Helm merges maps: choosing another cache kind means nulling the default emptyDir.
+    "pipeline": {"defaultEngineCache": {"emptyDir": None, "pvcName": "engine-cache"}, "jobServiceAccount": "rtdetr-jobs",
+                 "hostPathPrefixes": ["/var/cache/rtdetr-edge", "/data/engines"]},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "networkPolicy": {"enabled": True},
     "podDisruptionBudget": {"enabled": True},
@@ -107,7 +108,8 @@ def test_defaults() -> None:
     assert env["RTDETR_OPERATOR_PEERING"] == "" and env["RTDETR_OPERATOR_NAMESPACES"] == ""
     assert env["RTDETR_OPERATOR_RUNTIME_IMAGE_GPU"] == "ghcr.io/rtdetr-edge/rtdetr-edge:0.1.0-runtime-gpu"
     assert env["RTDETR_OPERATOR_EXPORTER_IMAGE"] == "ghcr.io/rtdetr-edge/rtdetr-edge:0.1.0-exporter"
-    assert json.loads(env["RTDETR_OPERATOR_DEFAULT_ENGINE_CACHE"]) == {"hostPath": "/var/cache/rtdetr-edge"}
+    assert json.loads(env["RTDETR_OPERATOR_DEFAULT_ENGINE_CACHE"]) == {"emptyDir": {}}, "runs on any node, under restricted"
+    assert env["RTDETR_OPERATOR_HOST_PATH_PREFIXES"] == "", "hostPath is an admin's opt-in"
 
 
 def test_non_defaults() -> None:
@@ -129,6 +131,7 @@ def test_non_defaults() -> None:
     assert env["RTDETR_OPERATOR_RUNTIME_IMAGE_GPU"] == "registry.edge.local:5000/rtdetr-edge/rtdetr-edge:0.1.0-runtime-gpu-custom"
     assert env["RTDETR_OPERATOR_IMAGE_PULL_SECRETS"] == "edge-registry"
     assert json.loads(env["RTDETR_OPERATOR_DEFAULT_ENGINE_CACHE"]) == {"pvcName": "engine-cache"}
+    assert env["RTDETR_OPERATOR_HOST_PATH_PREFIXES"] == "/var/cache/rtdetr-edge,/data/engines"
     rules = by_kind(documents, "Role")[0]["rules"]
     assert any("kopf.dev" in r["apiGroups"] for r in rules), "peering needs its RBAC rule"
 
@@ -156,6 +159,8 @@ def test_rbac_is_least_privilege_and_every_rule_says_why() -> None:
         ({"watchNamespaces": ["Not_A_Namespace"]}, "/watchNamespaces/0"),
         ({"pipeline": {"defaultEngineCache": {"hostPath": "/a", "emptyDir": {}}}}, "/pipeline/defaultEngineCache"),
         ({"operator": {"image": {"digest": "latest"}}}, "/operator/image/digest"),
+        ({"pipeline": {"hostPathPrefixes": ["var/cache"]}}, "/pipeline/hostPathPrefixes/0"),
+        ({"pipeline": {"hostPathPrefixes": ["/"]}}, "/pipeline/hostPathPrefixes/0"),
         ({"unknownKey": True}, "unknownKey"),
     ],
 )
@@ -163,6 +168,19 @@ def test_values_schema_rejects_bad_values(values: dict[str, Any], message: str) 
     code, output = render_text(json.dumps(values, sort_keys=True))
     assert code == 1 and "values don't meet the specifications of the schema" in output, output[-2000:]
     assert message in output
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"podDisruptionBudget": {"enabled": True}}, "minAvailable (1) must be below operator.replicaCount (1)"),
+        ({"podDisruptionBudget": {"enabled": True, "minAvailable": 3}, "operator": {"replicaCount": 3}}, "(3) must be below"),
+        ({"podDisruptionBudget": {"enabled": True, "minAvailable": "100%"}, "operator": {"replicaCount": 3}}, "block every node drain"),
+    ],
+)
+def test_a_disruption_budget_that_blocks_drains_is_refused(values: dict[str, Any], message: str) -> None:
+    code, output = render_text(json.dumps(values, sort_keys=True))
+    assert code == 1 and message in output, output[-2000:]
 
 
 def test_every_value_is_commented() -> None:

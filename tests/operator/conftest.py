@@ -41,6 +41,7 @@ RESYNC_SECONDS = 2
 # a fast resync so tests finish quickly. Everything else is the chart's defaults.
 TEST_VALUES: dict[str, Any] = {
     "operator": {"nodeSelector": {RUNNER_LABEL: "true"}, "resyncSeconds": RESYNC_SECONDS, "logLevel": "DEBUG"},
+    "pipeline": {"hostPathPrefixes": ["/var/cache/rtdetr-edge"]},
 }
 
 

@@ -70,7 +70,7 @@ SETTINGS = [
     OperatorSettings(),
     OperatorSettings(
         image_pull_secrets=("registry",), job_service_account="rtdetr-jobs", runtime_service_account="rtdetr-runtime",
-        default_engine_cache={"emptyDir": {"sizeLimit": "10Gi"}},
+        default_engine_cache={"hostPath": "/var/cache/rtdetr-edge"}, host_path_prefixes=("/var/cache/rtdetr-edge",),
     ),
 ]  # fmt: skip
 
