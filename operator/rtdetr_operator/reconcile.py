@@ -197,9 +197,32 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     else:
         source_spec = body["spec"]
         job = observed.quantize_job
+        # The verdict, once read, is kept in status.candidate: the finished Job's pod or the Job
+        # itself may be deleted (TTL, a cleanup, a human) without re-running hours of QAT.
+        remembered = before.get("candidate") if isinstance(before.get("candidate"), dict) else None
+        verdict: dict[str, Any] | None = None
+        if job is not None and job.succeeded and (job.summary or {}).get("ok"):
+            verdict = served_summary(job.summary or {})
+        elif remembered is not None and remembered.get("pipelineDigest") == digest and (job is None or job.succeeded):
+            verdict = remembered
         needs_export = model.spec.source.checkpoint is not None
         export = observed.export_job
-        if needs_export and (export is None or not export.succeeded):
+        if verdict is not None:
+            status_extra["candidate"] = verdict
+            updates.append(Condition("Quantized", "True", "JobSucceeded", "quantization finished"))
+            gate = verdict.get("gate", {})
+            if gate.get("passed"):
+                served = verdict
+                updates.append(Condition("AccuracyGatePassed", "True", "WithinBudget", str(gate.get("message", ""))))
+            else:
+                phase = "Failed"
+                updates += [
+                    Condition("AccuracyGatePassed", "False", "DropExceedsBudget", str(gate.get("message", ""))),
+                    Condition("Ready", "False", "AccuracyGateFailed",
+                              f"{gate.get('message', '')}; the previous model keeps serving"
+                              if available.status == "True" else str(gate.get("message", ""))),  # fmt: skip
+                ]
+        elif needs_export and (export is None or not export.succeeded):
             if export is None:
                 ensure.append(build_export_job(body, model, digest, settings))
                 phase = "Exporting"
@@ -224,30 +247,13 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
                 ensure += [configmap, build_quantize_job(body, model, digest, settings)]
                 phase = "Pending"
                 updates.append(Condition("Quantized", "Unknown", "JobCreated", "quantize Job created"))
-            elif job.succeeded:
-                summary = job.summary
-                if summary is None or not summary.get("ok"):
-                    phase = "Failed"
-                    updates += [
-                        Condition("Quantized", "False", "ResultUnreadable",
-                                  f"the quantize Job succeeded but its result is unreadable: {_cause(job)}"),  # fmt: skip
-                        Condition("Ready", "False", "QuantizationFailed", "no usable result"),
-                    ]
-                else:
-                    updates.append(Condition("Quantized", "True", "JobSucceeded", "quantization finished"))
-                    gate = summary.get("gate", {})
-                    status_extra["accuracy"] = summary.get("accuracy")
-                    if gate.get("passed"):
-                        served = served_summary(summary)
-                        updates.append(Condition("AccuracyGatePassed", "True", "WithinBudget", str(gate.get("message", ""))))
-                    else:
-                        phase = "Failed"
-                        updates += [
-                            Condition("AccuracyGatePassed", "False", "DropExceedsBudget", str(gate.get("message", ""))),
-                            Condition("Ready", "False", "AccuracyGateFailed",
-                                      f"{gate.get('message', '')}; the previous model keeps serving"
-                                      if available.status == "True" else str(gate.get("message", ""))),  # fmt: skip
-                        ]
+            elif job.succeeded:  # and no readable verdict, now or remembered
+                phase = "Failed"
+                updates += [
+                    Condition("Quantized", "False", "ResultUnreadable",
+                              f"the quantize Job succeeded but its result is unreadable: {_cause(job)}"),  # fmt: skip
+                    Condition("Ready", "False", "QuantizationFailed", "no usable result"),
+                ]
             elif job.failed:
                 phase = "Failed"
                 reason = "DeadlineExceeded" if job.failure_reason == "DeadlineExceeded" else "JobFailed"
@@ -286,26 +292,37 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         # Applied at every reconcile: a new model or serving setting rolls out, drift is reverted.
         ensure += [desired, build_service(body, model, settings)]
         status_extra["served"] = serve
+        status_extra["accuracy"] = serve.get("accuracy")  # kubectl's mAP/Drop columns: what serves
     if served is not None:
         status_extra["model"] = served["model"]
-        status_extra["accuracy"] = served.get("accuracy") or status_extra.get("accuracy")
-        # `kubectl rollout status` semantics: every pod is of the new template and available;
-        # old pods still counted (available or not) mean the rollout is not done.
-        rolled_out = (
+        replicas = model.spec.serving.replicas
+        # Every pod is of the current template (no old ReplicaSet's pods left): nothing to roll.
+        current = (
             deployment is not None
             and deployment.annotations.get(ANNOTATION_SPEC_HASH) == spec_hash
             and deployment.observed_generation >= deployment.generation
-            and deployment.replicas == model.spec.serving.replicas
-            and deployment.updated_replicas >= model.spec.serving.replicas
+            and deployment.replicas == replicas
+            and deployment.updated_replicas >= replicas
             and deployment.current_replicas == deployment.updated_replicas
-            and deployment.available_replicas >= deployment.updated_replicas
         )
-        if rolled_out and model.spec.serving.replicas == 0:
+        # `kubectl rollout status` semantics: and every one of them is available.
+        rolled_out = current and deployment is not None and deployment.available_replicas >= deployment.updated_replicas
+        was_serving = (find(conditions_before, "Ready") or {}).get("reason") == "Serving" and (
+            (before.get("serving") or {}).get("servingDigest") == served["model"]["digest"]
+        )
+        serving_message = f"serving {served['model']['digest'][:19]}"
+        if rolled_out and replicas == 0:
             phase = "Ready"
             updates.append(Condition("Ready", "True", "ScaledToZero", "serving.replicas is 0"))
         elif rolled_out:
             phase = "Ready"
-            updates.append(Condition("Ready", "True", "Serving", f"serving {served['model']['digest'][:19]}"))
+            updates.append(Condition("Ready", "True", "Serving", serving_message))
+        elif current and was_serving and deployment is not None and deployment.available_replicas > 0:
+            # A scale-up, or a pod being replaced: the model still serves; say how many pods do.
+            phase = "Ready"
+            problem = f"; {deployment.pod_problem_reason}: {deployment.pod_problem_message}" if deployment.pod_problem_reason else ""
+            updates.append(Condition("Ready", "True", "Serving",
+                                     f"{serving_message}; {deployment.available_replicas}/{replicas} pods available{problem}"))  # fmt: skip
         elif deployment is not None and deployment.stalled_message:
             phase = "Failed"  # kstatus Stalled: it will not progress without a change
             cause = f"{deployment.pod_problem_reason}: {deployment.pod_problem_message}" if deployment.pod_problem_reason else ""
@@ -370,13 +387,25 @@ def _progress_message(progress: dict[str, Any] | None) -> str:
     return ", ".join(parts)
 
 
+# Ready=False while work is in flight is progress, not a fault: announced as Normal events.
+PROGRESS_REASONS = frozenset({"Pending", "Exporting", "Quantizing", "Evaluating", "RollingOut", "JobCreated", "JobRunning"})
+
+
 def _events(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[Event]:
     events = []
     for condition in changed(before, after):
         if condition["type"] in ("Reconciling", "Stalled"):
             continue  # mirrors of Ready for kstatus: their changes are already announced
-        kind = "Warning" if condition["status"] == "False" and condition["type"] != "Available" else "Normal"
+        fault = condition["status"] == "False" and condition["type"] != "Available" and condition["reason"] not in PROGRESS_REASONS
+        kind = "Warning" if fault else "Normal"
         if condition["type"] == "Available" and find(before, "Available") is None and condition["status"] == "False":
             continue  # "not deployed yet" is not news
         events.append(Event(kind, condition["reason"], f"{condition['type']}={condition['status']}: {condition['message']}"))
-    return events
+    # One event per reason: a pod that cannot run sets Quantized and Ready alike; say it once,
+    # as the Warning if either is one.
+    by_reason: dict[str, Event] = {}
+    for event in events:
+        kept = by_reason.get(event.reason)
+        if kept is None or (event.type == "Warning" and kept.type != "Warning"):
+            by_reason[event.reason] = event
+    return list(by_reason.values())

@@ -178,3 +178,75 @@ def test_crash_looping_serving_pods_reach_ready_with_the_cause() -> None:
     status = decide(body, OperatorSettings(), Observed(deployment=stalled), LATER).status
     assert condition(status, "Ready")["reason"] == "ProgressDeadlineExceeded"
     assert condition(status, "Stalled")["status"] == "True" and "timed out progressing" in condition(status, "Stalled")["message"]
+
+
+def test_a_verdict_outlives_its_job_and_pod() -> None:
+    """Once read, the quantization verdict is kept in status.candidate: the finished Job's pod
+    (or the Job) deleted must neither turn it into ResultUnreadable nor re-run hours of QAT."""
+    body, _ = serving(r50(), available=2)
+    body["spec"]["quantization"]["maxMapDrop"] = 0.01
+    digest = digest_of(body)
+    failed = decide(body, OperatorSettings(), Observed(quantize_job=JobObservation(
+        succeeded=True, termination_message=summary(digest, passed=False, quantized=51.0))), LATER)  # fmt: skip
+    assert failed.status["candidate"]["pipelineDigest"] == digest and failed.status["candidate"]["gate"]["passed"] is False
+    body["status"] = failed.status
+    for job in (JobObservation(succeeded=True, termination_message=None), None):  # its pod deleted, then the Job
+        again = decide(body, OperatorSettings(), Observed(quantize_job=job), LATER)
+        assert not [m for m in again.ensure if m["kind"] in ("Job", "ConfigMap")], "no re-run of the pipeline"
+        assert condition(again.status, "Ready")["reason"] == "AccuracyGateFailed", job
+        assert condition(again.status, "Quantized")["reason"] == "JobSucceeded"
+
+
+def test_a_passed_verdict_still_deploys_after_its_job_is_gone() -> None:
+    body = r50()
+    digest = digest_of(body)
+    passed = decide(body, OperatorSettings(), Observed(quantize_job=JobObservation(succeeded=True, termination_message=summary(digest))), NOW)
+    body["status"] = {k: v for k, v in passed.status.items() if k != "served"}  # the Deployment was never created
+    again = decide(body, OperatorSettings(), Observed(), LATER)
+    assert [m["kind"] for m in again.ensure] == ["Deployment", "Service"]
+
+
+def test_status_accuracy_describes_the_served_model_and_candidate_the_new_one() -> None:
+    body, _ = serving(r50(), available=2)
+    served_accuracy = body["status"]["accuracy"]
+    body["spec"]["quantization"]["maxMapDrop"] = 0.01
+    failing = JobObservation(succeeded=True, termination_message=summary(digest_of(body), passed=False, quantized=51.0))
+    status = decide(body, OperatorSettings(), Observed(quantize_job=failing), LATER).status
+    assert status["accuracy"] == served_accuracy and status["accuracy"]["quantizedMap"] == 53.0, "kubectl's mAP column"
+    assert status["candidate"]["accuracy"]["quantizedMap"] == 51.0
+
+
+def test_a_scale_up_keeps_ready() -> None:
+    body = r50()
+    body, observed = serving(body, available=2)
+    assert observed.deployment is not None
+    body["spec"]["serving"]["replicas"] = 3
+    desired = next(m for m in decide(body, OperatorSettings(), Observed(deployment=observed.deployment), LATER).ensure
+                   if m["kind"] == "Deployment")  # fmt: skip
+    scaling = replace(observed.deployment, annotations=desired["metadata"]["annotations"], replicas=3, current_replicas=3,
+                      generation=2, observed_generation=2, updated_replicas=3, ready_replicas=2, available_replicas=2)  # fmt: skip
+    ready = condition(decide(body, OperatorSettings(), Observed(deployment=scaling), LATER).status, "Ready")
+    assert ready["status"] == "True" and "2/3" in ready["message"], ready
+    # A template change (a new model or serving setting) is a rollout: not Ready until done.
+    body["spec"]["serving"]["scoreThreshold"] = 0.3
+    rolling = replace(scaling, current_replicas=4, updated_replicas=1, available_replicas=3)
+    assert condition(decide(body, OperatorSettings(), Observed(deployment=rolling), LATER).status, "Ready")["reason"] == "RollingOut"
+
+
+@pytest.mark.parametrize(
+    ("observed", "event_type", "reason"),
+    [
+        (Observed(), "Normal", "JobCreated"),
+        (Observed(quantize_job=JobObservation(active=True)), "Normal", "JobRunning"),
+        (Observed(quantize_job=JobObservation(failed=True, failure_reason="BackoffLimitExceeded")), "Warning", "QuantizationFailed"),
+        (Observed(quantize_job=JobObservation(active=True, waiting_reason="Unschedulable", waiting_message="0/3 nodes")),
+         "Warning", "Unschedulable"),
+    ],
+    ids=["created", "running", "failed", "unschedulable"],
+)  # fmt: skip
+def test_progress_events_are_normal_and_faults_are_warnings(observed: Observed, event_type: str, reason: str) -> None:
+    events = decide(r50(), OperatorSettings(), observed, NOW).events
+    matching = [e for e in events if e.reason == reason]
+    assert matching and {e.type for e in matching} == {event_type}, events
+    if event_type == "Normal":
+        assert all(e.type == "Normal" for e in events), f"a resource making progress raises no warning: {events}"

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from .conftest import Cluster, OperatorRelease, demo_namespace, load_sample
+from rtdetr_operator.names import quantize_job_name
+
+from .conftest import RESYNC_SECONDS, Cluster, OperatorRelease, demo_namespace, load_sample
 
 NAME = "shapes-demo"
 PIPELINE_TIMEOUT = 600
@@ -216,6 +218,18 @@ def test_failed_gate_keeps_the_served_model(demo: Demo) -> None:
     assert detect(cluster.ready_endpoints(namespace, NAME)[0])["digest"] == served
     warnings = [e for e in cluster.events(namespace) if e["reason"] == "AccuracyGateFailed"]
     assert warnings and warnings[0]["type"] == "Warning"
+    status = cluster.model(namespace, NAME)["status"]
+    assert status["candidate"]["gate"]["passed"] is False and status["accuracy"] == status["served"]["accuracy"], status
+
+    # The verdict outlives its Job: deleting it must not re-run the pipeline nor lose the result.
+    jobs = {j["metadata"]["name"] for j in cluster.jobs(namespace, "quantize")}
+    failed_job = quantize_job_name(NAME, status["candidate"]["pipelineDigest"])
+    assert failed_job in jobs
+    cluster.kubectl("delete", "job", failed_job, "-n", namespace, "--cascade=foreground")
+    time.sleep(3 * RESYNC_SECONDS)
+    assert {j["metadata"]["name"] for j in cluster.jobs(namespace, "quantize")} == jobs - {failed_job}, "no re-run"
+    assert cluster.condition(namespace, NAME, "Ready")["reason"] == "AccuracyGateFailed"  # type: ignore[index]
+    assert not [e for e in cluster.events(namespace) if e["type"] == "Warning" and e["reason"] in ("JobCreated", "Pending", "RollingOut")]
 
 
 def test_deleted_deployment_after_a_failed_gate_comes_back_with_the_served_model(demo: Demo) -> None:
