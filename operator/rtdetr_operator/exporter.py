@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from rtdetr_edge.resource import RTDETRModel
-from rtdetr_operator.manifests import _claim_volumes, _quantities, _security_context, build_job, pod_spec, pvc_path
+from rtdetr_operator.manifests import (
+    _claim_volumes,
+    _security_context,
+    build_job,
+    device_env,
+    device_resources,
+    device_tolerations,
+    pod_spec,
+    pvc_path,
+)
 from rtdetr_operator.names import _fit, common_labels, pipeline_key
 from rtdetr_operator.settings import OperatorSettings
 
@@ -63,14 +72,15 @@ def build_export_job(body: dict[str, Any], model: RTDETRModel, digest: str, sett
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["sh", "-c", script, "export"],
         "args": [out_dir, weights],
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "resources": _quantities(spec.compression.resources),
+        "env": [{"name": "HOME", "value": "/tmp"}, *device_env(spec.serving.device)],
+        "resources": device_resources(spec.compression.resources, spec.serving.device),
         "volumeMounts": mounts,
         "securityContext": _security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod = pod_spec(
         [container], volumes, settings, settings.job_service_account,
-        spec.compression.node_selector, spec.compression.tolerations, restartPolicy="Never",
+        spec.compression.node_selector, device_tolerations(spec.compression.tolerations, spec.serving.device),
+        restartPolicy="Never",
     )  # fmt: skip
     return build_job(body, model, export_job_name(model.name, digest), digest, labels, pod, settings)

@@ -73,6 +73,33 @@ def _quantities(resources: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def device_resources(resources: dict[str, Any], device: str) -> dict[str, Any]:
+    """The container's resources: on ``gpu`` one GPU unless the spec names a count itself
+    (without it the NVIDIA device plugin gives the pod no GPU and Paddle finds no CUDA device)."""
+    result = _quantities(resources)
+    if device == "gpu" and not any(GPU_RESOURCE in result.get(section, {}) for section in ("limits", "requests")):
+        result.setdefault("limits", {})[GPU_RESOURCE] = "1"
+    return result
+
+
+def device_env(device: str) -> list[dict[str, str]]:
+    """On ``cpu`` the NVIDIA container runtime must not hand the pod every GPU of the node
+    (it does when NVIDIA_VISIBLE_DEVICES is unset in a CUDA image)."""
+    return [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}] if device == "cpu" else []
+
+
+def device_tolerations(tolerations: tuple[dict[str, Any], ...], device: str) -> tuple[dict[str, Any], ...]:
+    """GPU nodes are commonly tainted ``nvidia.com/gpu:NoSchedule`` (GKE, EKS, the GPU operator):
+    a ``gpu`` pod tolerates it unless the spec already says something about that taint."""
+    if device != "gpu" or any(t.get("key") == GPU_RESOURCE for t in tolerations):
+        return tolerations
+    return (*tolerations, dict(GPU_TOLERATION))
+
+
 def _security_context() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
@@ -236,8 +263,8 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
             "--download-dir", "/tmp/downloads",
             "--termination-log", "/dev/termination-log",
         ],  # fmt: skip
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
-        "resources": _quantities(compression.resources),
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *device_env(device)],
+        "resources": device_resources(compression.resources, device),
         "volumeMounts": mounts,
         "securityContext": _security_context(),
         # A crash before the summary is written still leaves its last log lines here.
@@ -245,7 +272,7 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
     }
     spec = pod_spec(
         [container], volumes, settings, settings.job_service_account,
-        compression.node_selector, compression.tolerations, restartPolicy="Never",
+        compression.node_selector, device_tolerations(compression.tolerations, device), restartPolicy="Never",
     )  # fmt: skip
     return build_job(body, model, quantize_job_name(model.name, digest), digest, labels, spec, settings)
 
@@ -293,7 +320,7 @@ def build_runtime_deployment(
             "--shutdown-delay-seconds", str(SHUTDOWN_DELAY_SECONDS),
             "--drain-seconds", str(DRAIN_SECONDS),
         ],  # fmt: skip
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *device_env(serving.device)],
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         # Warm-up (shape ranges + TensorRT engine build) can take minutes on a cold node.
         "startupProbe": {**probe, "failureThreshold": 180},
@@ -304,15 +331,15 @@ def build_runtime_deployment(
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
-        "resources": _quantities(serving.resources),
+        "resources": device_resources(serving.resources, serving.device),
         "volumeMounts": mounts,
         "securityContext": _security_context(),
         # A failed warm-up prints its cause last: it becomes the crash's termination message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     spec = pod_spec(
-        [container], volumes, settings, settings.runtime_service_account, serving.node_selector, serving.tolerations,
-        terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
+        [container], volumes, settings, settings.runtime_service_account, serving.node_selector,
+        device_tolerations(serving.tolerations, serving.device), terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
     )  # fmt: skip
     if "hostPath" in volumes[1]:
         spec["initContainers"] = [_engine_cache_owner(image, settings)]

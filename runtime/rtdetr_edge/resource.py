@@ -77,7 +77,7 @@ class ServingSpec:
     max_batch_size: int = 4
     batch_window_micros: int = 2000
     score_threshold: float = 0.5
-    engine_cache: dict[str, Any] | None = None  # None: the operator's default (a hostPath)
+    engine_cache: dict[str, Any] | None = None  # None: the operator's default (emptyDir as shipped)
     resources: dict[str, Any] = field(default_factory=dict)
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()

@@ -37,8 +37,15 @@ def job_pod(cluster: Cluster, namespace: str) -> dict[str, Any]:
 
 
 def test_gpu_job_lands_on_the_gpu_node_and_reports_running(cluster: Cluster, operator: OperatorRelease) -> None:
+    """With no placement or GPU settings at all: serving.device gpu (the default) must be
+    enough to get a GPU on the tainted GPU node."""
     namespace = r50_namespace(cluster)
-    apply_r50(cluster, namespace)
+    document = load_sample("rtdetr-r50.yaml")
+    document["metadata"]["namespace"] = namespace
+    document["spec"].pop("compression")
+    for key in ("resources", "nodeSelector", "tolerations", "device"):
+        document["spec"]["serving"].pop(key)
+    cluster.apply(document)
     pod = cluster.wait(lambda: [p for p in [job_pod(cluster, namespace)] if p["spec"].get("nodeName")], STATUS_WITHIN, "scheduled")[0]
     assert pod["spec"]["nodeName"] == GPU_NODE
     assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"

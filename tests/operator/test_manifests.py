@@ -159,3 +159,38 @@ def test_helm_chart_ships_the_same_crd_bytes() -> None:
     assert chart_crd.read_bytes() == CRD_FILE.read_bytes()
 
 
+
+
+def test_device_defaults_run_as_shipped() -> None:
+    """``gpu`` pods get one GPU and tolerate the usual GPU taint unless the spec says otherwise;
+    ``cpu`` pods get no GPU and hide the node's GPUs from the NVIDIA runtime."""
+    bare = body_of("rtdetr-r50.yaml")
+    bare["spec"]["compression"] = {}
+    for key in ("resources", "nodeSelector", "tolerations"):
+        bare["spec"]["serving"].pop(key)
+    bare["spec"]["source"] = {"checkpoint": "pvc://models/rtdetr_r50vd_6x_coco.pdparams"}
+    model = parse_resource(bare)
+    digest = pipeline_digest(model.spec)
+    served = {"pipelineDigest": digest, "model": {"uri": "pvc://a/m", "digest": "x"}, "shapeRanges": {"file": "s"}}
+    pods = [build_quantize_job(bare, model, digest, OperatorSettings())["spec"]["template"]["spec"],
+            build_export_job(bare, model, digest, OperatorSettings())["spec"]["template"]["spec"],
+            build_runtime_deployment(bare, model, OperatorSettings(), served)["spec"]["template"]["spec"]]  # fmt: skip
+    for pod in pods:
+        assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert "NVIDIA_VISIBLE_DEVICES" not in {e["name"] for e in pod["containers"][0]["env"]}
+
+    two = copy.deepcopy(bare)
+    two["spec"]["serving"]["resources"] = {"requests": {"nvidia.com/gpu": 2}}
+    two["spec"]["serving"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "a100", "effect": "NoSchedule"}]
+    pod = build_runtime_deployment(two, parse_resource(two), OperatorSettings(), served)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {"requests": {"nvidia.com/gpu": "2"}}, "the spec's own count wins"
+    assert pod["tolerations"] == two["spec"]["serving"]["tolerations"]
+
+    cpu = body_of("rtdetr-r18-cpu.yaml")
+    cpu_model = parse_resource(cpu)
+    for pod in (build_quantize_job(cpu, cpu_model, digest, OperatorSettings())["spec"]["template"]["spec"],
+                build_runtime_deployment(cpu, cpu_model, OperatorSettings(), served)["spec"]["template"]["spec"]):  # fmt: skip
+        container = pod["containers"][0]
+        assert "nvidia.com/gpu" not in json.dumps(container["resources"]) and "tolerations" not in pod
+        assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in container["env"]
