@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,8 +20,9 @@ from rtdetr_edge.resource import SpecError, parse_resource, pipeline_digest
 from rtdetr_operator import GROUP, PLURAL, VERSION
 from rtdetr_operator.exporter import export_job_name
 from rtdetr_operator.kube import Kube
-from rtdetr_operator.names import quantize_job_name, runtime_name
-from rtdetr_operator.reconcile import Observed, decide
+from rtdetr_operator.manifests import ANNOTATION_PIPELINE
+from rtdetr_operator.names import MANAGED_BY, quantize_job_name, runtime_name
+from rtdetr_operator.reconcile import JobObservation, Observed, PipelineJob, decide
 from rtdetr_operator.settings import OperatorSettings
 
 
@@ -37,42 +39,115 @@ def status_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
     return {k: v for k, v in patch.items() if not (v is None and before.get(k) is None)}
 
 
+# Children watched through kopf indexes (one watch per kind, filtered server-side by our
+# managed-by label) instead of 3-6 GETs per resource per resync.
+CHILD_KINDS = {"jobs": ("batch", "v1"), "pods": ("", "v1"), "deployments": ("apps", "v1"), "services": ("", "v1")}
+INSTANCE = "app.kubernetes.io/instance"
+COMPONENT = "app.kubernetes.io/component"
+
+
+@dataclass(frozen=True)
+class Children:
+    """What the watches hold for one resource: its Jobs, Deployment, Service and their pods."""
+
+    jobs: dict[str, dict[str, Any]]  # by name
+    deployment: dict[str, Any] | None
+    service: dict[str, Any] | None
+    pods: dict[str, list[dict[str, Any]]]  # by owner: "job/<name>" or "runtime"
+
+    @classmethod
+    def from_indexes(cls, body: dict[str, Any], indexes: dict[str, Any]) -> Children:
+        namespace, name, uid = body["metadata"]["namespace"], body["metadata"]["name"], body["metadata"]["uid"]
+
+        def owned(index_name: str) -> list[dict[str, Any]]:
+            return list(indexes[index_name].get(uid, []))
+
+        service = runtime_name(name)
+        pods: dict[str, list[dict[str, Any]]] = {}
+        for pod in indexes["rtdetr_pods"].get((namespace, name), []):
+            labels = pod["metadata"].get("labels") or {}
+            key = f"job/{labels['job-name']}" if "job-name" in labels else "runtime"
+            pods.setdefault(key, []).append(pod)
+        return cls(
+            jobs={job["metadata"]["name"]: job for job in owned("rtdetr_jobs")},
+            deployment=next((d for d in owned("rtdetr_deployments") if d["metadata"]["name"] == service), None),
+            service=next((s for s in owned("rtdetr_services") if s["metadata"]["name"] == service), None),
+            pods=pods,
+        )
+
+    def live(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        if kind == "Job":
+            return self.jobs.get(name)
+        return {"Deployment": self.deployment, "Service": self.service}.get(kind)
+
+    def pipeline_jobs(self) -> tuple[PipelineJob, ...]:
+        return tuple(
+            PipelineJob(name, str((job["metadata"].get("labels") or {}).get(COMPONENT, "")),
+                        str((job["metadata"].get("annotations") or {}).get(ANNOTATION_PIPELINE, "")),
+                        not any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
+                                for c in (job.get("status") or {}).get("conditions") or []))  # fmt: skip
+            for name, job in self.jobs.items()
+        )
+
+
 class Reconciler:
     def __init__(self, settings: OperatorSettings, kube: Kube) -> None:
         self.settings = settings
         self.kube = kube
         self._locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
-    def observe(self, body: dict[str, Any]) -> Observed:
-        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    def observe(self, body: dict[str, Any], children: Children) -> Observed:
+        name = body["metadata"]["name"]
         try:
             model = parse_resource(body)
             digest = pipeline_digest(model.spec)
         except SpecError:
             model, digest = None, None
         lines = self.settings.progress_log_lines
-        quantize = self.kube.observe_job(namespace, quantize_job_name(name, digest), lines) if digest else None
+
+        def job(job_name: str) -> JobObservation | None:
+            return self.kube.observe_job(children.jobs.get(job_name), children.pods.get(f"job/{job_name}", []), lines)
+
+        quantize = job(quantize_job_name(name, digest)) if digest else None
         export = None
         if digest and model is not None and model.spec.source.checkpoint:
-            export = self.kube.observe_job(namespace, export_job_name(name, digest), lines)
+            export = job(export_job_name(name, digest))
         return Observed(
             quantize_job=quantize,
             export_job=export,
-            deployment=self.kube.observe_deployment(namespace, runtime_name(name)),
+            deployment=self.kube.observe_deployment(children.deployment, children.pods.get("runtime", [])),
+            pipeline_jobs=children.pipeline_jobs(),
         )
 
-    def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: Any) -> None:
+    def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: Any, indexes: dict[str, Any]) -> None:
         with self._locks[body["metadata"]["uid"]]:  # timers and change handlers may overlap
-            decision = decide(body, self.settings, self.observe(body), now_iso())
+            children = Children.from_indexes(body, indexes)
+            decision = decide(body, self.settings, self.observe(body, children), now_iso())
+            namespace = body["metadata"]["namespace"]
             for manifest in decision.ensure:
-                outcome = self.kube.ensure(manifest)
-                log = logger.debug if outcome == "unchanged" else logger.info
+                outcome = self.kube.ensure(manifest, children.live(manifest))
+                log = logger.debug if outcome in ("unchanged", "exists") else logger.info
                 log("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
+            for kind, name in decision.delete:
+                if self.kube.delete(kind, namespace, name):
+                    logger.info("deleted superseded %s %s", kind, name)
             for event in decision.events:
                 kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
             changes = status_patch(dict(body.get("status") or {}), decision.status)
             if changes:
                 patch.status.update(changes)
+
+
+def index_child(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, dict[str, Any]]:
+    """Jobs, Deployments and Services by their RTDETRModel's uid; pods (owned by a Job or a
+    ReplicaSet) by (namespace, instance label)."""
+    metadata = body.get("metadata") or {}
+    if body.get("kind") == "Pod" or "containers" in (body.get("spec") or {}):
+        instance = (metadata.get("labels") or {}).get(INSTANCE)
+        return {(namespace, instance): dict(body)} if instance else {}
+    owners = [ref["uid"] for ref in metadata.get("ownerReferences") or [] if ref.get("kind") == "RTDETRModel"]
+    return {uid: dict(body) for uid in owners}
 
 
 def register(registry: kopf.OperatorRegistry, operator_settings: OperatorSettings) -> None:
@@ -86,6 +161,8 @@ def register(registry: kopf.OperatorRegistry, operator_settings: OperatorSetting
         settings.persistence.finalizer = "rtdetr.io/operator"
         # Namespaced mode runs with Roles only: no cluster-scoped CRD/namespace scans.
         settings.scanning.disabled = bool(operator_settings.namespaces)
+        for plural, (group, version) in CHILD_KINDS.items():  # watch only our children
+            settings.watching.label_selectors[group, version, plural] = f"app.kubernetes.io/managed-by={MANAGED_BY}"
         try:
             config.load_incluster_config()
         except config.ConfigException:
@@ -110,8 +187,13 @@ def register(registry: kopf.OperatorRegistry, operator_settings: OperatorSetting
     def probe(**_: Any) -> str:
         return "ready" if "reconciler" in state else "starting"
 
-    def handle(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
-        state["reconciler"].reconcile(dict(body), patch, logger)
+    for plural, (group, version) in CHILD_KINDS.items():
+        kopf.index(group, version, plural, registry=registry, id=f"rtdetr_{plural}",
+                   labels={"app.kubernetes.io/managed-by": MANAGED_BY})(index_child)  # fmt: skip
+
+    def handle(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **kwargs: Any) -> None:
+        indexes = {f"rtdetr_{plural}": kwargs[f"rtdetr_{plural}"] for plural in CHILD_KINDS}
+        state["reconciler"].reconcile(dict(body), patch, logger, indexes)
 
     kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="resume")(handle)
     kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="create")(handle)

@@ -1,4 +1,5 @@
-"""The Kubernetes adapter: read children, create-or-patch manifests. No decisions here."""
+"""The Kubernetes adapter: turn watched children into observations, create/apply/delete
+manifests. No decisions here."""
 
 from __future__ import annotations
 
@@ -10,17 +11,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from rtdetr_edge.progress import PROGRESS_PREFIX
+from rtdetr_operator.drift import drifted
 from rtdetr_operator.pod_status import deployment_stalled, pod_problem
 from rtdetr_operator.reconcile import DeploymentObservation, JobObservation
 
 log = logging.getLogger(__name__)
-MERGE_PATCH = "application/merge-patch+json"
 FIELD_MANAGER = "rtdetr-edge-operator"
 APPLIED_KINDS = frozenset({"Deployment", "Service"})
-
-
-def _json(response: Any) -> dict[str, Any]:
-    return dict(json.loads(response.data))
 
 
 class Kube:
@@ -29,28 +26,21 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
-        self._applied_versions: dict[tuple[str, str, str], str] = {}  # what our last apply left
 
     def close(self) -> None:
         self.api_client.close()
 
-    # -- reading ---------------------------------------------------------------------------
-    def _read(self, reader: Any, name: str, namespace: str) -> dict[str, Any] | None:
-        try:
-            return _json(reader(name, namespace, _preload_content=False))
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-
-    def observe_job(self, namespace: str, name: str, log_lines: int) -> JobObservation | None:
-        job = self._read(self.batch.read_namespaced_job, name, namespace)
+    # -- reading (children arrive through kopf's watch indexes; see handlers.py) --------------
+    def observe_job(self, job: dict[str, Any] | None, pods: list[dict[str, Any]], log_lines: int) -> JobObservation | None:
+        """A Job and its pods as the watch delivered them; the only request is for a running
+        pod's last log lines (training progress)."""
         if job is None:
             return None
+        namespace = job["metadata"]["namespace"]
         status = job.get("status") or {}
         finished = {c["type"]: c for c in status.get("conditions") or [] if c.get("status") == "True"}
         failed = finished.get("Failed")
-        pod = self._latest_pod(namespace, name)
+        pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp", "")) if pods else None
         termination = None
         progress = None
         waiting: tuple[str, str] = ("", "")
@@ -75,14 +65,6 @@ class Kube:
             waiting_message=waiting[1],
         )
 
-    def _latest_pod(self, namespace: str, job_name: str) -> dict[str, Any] | None:
-        pods = _json(
-            self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}", _preload_content=False)
-        ).get("items", [])
-        if not pods:
-            return None
-        return max(pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
-
     def _progress(self, namespace: str, pod_name: str, lines: int) -> dict[str, Any] | None:
         try:
             text = self.core.read_namespaced_pod_log(pod_name, namespace, tail_lines=lines, _preload_content=False).data
@@ -97,20 +79,16 @@ class Kube:
                     return None
         return None
 
-    def observe_deployment(self, namespace: str, name: str) -> DeploymentObservation | None:
-        deployment = self._read(self.apps.read_namespaced_deployment, name, namespace)
+    @staticmethod
+    def observe_deployment(deployment: dict[str, Any] | None, pods: list[dict[str, Any]]) -> DeploymentObservation | None:
         if deployment is None:
             return None
         status = deployment.get("status") or {}
         replicas = int(deployment["spec"].get("replicas", 1))
-        problem = ("", "")
         settled = (int(status.get("availableReplicas", 0)) >= replicas and int(status.get("updatedReplicas", 0)) >= replicas
                    and int(status.get("replicas", 0)) == int(status.get("updatedReplicas", 0)))  # fmt: skip
-        if not settled:  # only then: why are pods missing? (no extra request on the steady path)
-            selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
-            pods = _json(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))["items"]
-            problem = next((p for p in map(pod_problem, pods) if p[0]), ("", ""))
-        stalled = deployment_stalled(deployment)
+        # Why pods are missing, only while some are (a settled Deployment has nothing to explain).
+        problem = ("", "") if settled else next((p for p in map(pod_problem, pods) if p[0]), ("", ""))
         return DeploymentObservation(
             annotations=dict(deployment["metadata"].get("annotations") or {}),
             replicas=replicas,
@@ -122,30 +100,33 @@ class Kube:
             available_replicas=int(status.get("availableReplicas", 0)),
             pod_problem_reason=problem[0],
             pod_problem_message=problem[1],
-            stalled_message=stalled,
+            stalled_message=deployment_stalled(deployment),
         )
 
     # -- writing ---------------------------------------------------------------------------
-    def ensure(self, manifest: dict[str, Any]) -> str:
-        """Make ``manifest`` true on the server; returns what happened (created, configured,
-        unchanged, exists).
+    def ensure(self, manifest: dict[str, Any], live: dict[str, Any] | None) -> str:
+        """Make ``manifest`` true on the server, given the ``live`` object the watch last saw
+        (None: none yet); returns what happened (applied, configured, unchanged, created, exists).
 
         Deployments and Services are server-side applied with our field manager, forcing
-        ownership of the fields we set: a `kubectl edit`/`scale` of them is reverted at the next
-        reconcile, fields others own (an HPA's, a mesh's annotations) are left alone. Jobs and
-        ConfigMaps are named by the pipeline digest and immutable in effect: created once.
+        ownership of the fields we set — but only when the live object lacks one of them
+        (drift.py): an idle resource costs no request, while a `kubectl edit`/`scale` of an
+        owned field is reverted at the next reconcile. Fields others own (an HPA's, a mesh's
+        annotations) are left alone. Jobs and ConfigMaps are named by the pipeline digest and
+        immutable in effect: created once.
         """
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
         if kind in APPLIED_KINDS:
+            if not drifted(manifest, live):
+                return "unchanged"
             patch = {"Deployment": self.apps.patch_namespaced_deployment, "Service": self.core.patch_namespaced_service}[kind]
-            applied = _json(patch(name, namespace, manifest, field_manager=FIELD_MANAGER, force=True,
-                                  _content_type="application/apply-patch+yaml", _preload_content=False))  # fmt: skip
-            version = applied["metadata"]["resourceVersion"]
-            previous = self._applied_versions.get((kind, namespace, name))
-            self._applied_versions[(kind, namespace, name)] = version
-            return "unchanged" if previous == version else "configured" if previous else "applied"
+            patch(name, namespace, manifest, field_manager=FIELD_MANAGER, force=True,
+                  _content_type="application/apply-patch+yaml", _preload_content=False)  # fmt: skip
+            return "applied" if live is None else "configured"
+        if live is not None:
+            return "exists"
         create = {"Job": self.batch.create_namespaced_job, "ConfigMap": self.core.create_namespaced_config_map}[kind]
         try:
             create(namespace, manifest, _preload_content=False)
@@ -155,3 +136,14 @@ class Kube:
             if error.status != 409:
                 raise
         return "exists"
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete a superseded child (its pods follow in the background); False if gone already."""
+        remove = {"Job": self.batch.delete_namespaced_job, "ConfigMap": self.core.delete_namespaced_config_map}[kind]
+        try:
+            remove(name, namespace, propagation_policy="Background", _preload_content=False)
+            return True
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        return False

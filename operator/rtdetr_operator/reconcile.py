@@ -31,6 +31,7 @@ from rtdetr_operator.manifests import (
     build_service,
     endpoint,
 )
+from rtdetr_operator.names import pipeline_configmap_name
 from rtdetr_operator.settings import OperatorSettings, host_path_problem
 
 ANNOTATION_RESULT = "rtdetr.io/pipeline-result"
@@ -77,10 +78,21 @@ class DeploymentObservation:
 
 
 @dataclass(frozen=True)
+class PipelineJob:
+    """A quantize or export Job of this resource, whatever its pipeline digest."""
+
+    name: str
+    component: str  # quantize | export
+    pipeline_digest: str
+    active: bool
+
+
+@dataclass(frozen=True)
 class Observed:
     quantize_job: JobObservation | None = None
     export_job: JobObservation | None = None
     deployment: DeploymentObservation | None = None
+    pipeline_jobs: tuple[PipelineJob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,20 @@ class Decision:
     status: dict[str, Any]
     events: list[Event]
     pipeline_digest: str | None
+    delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name) of superseded children
+
+
+def superseded(model_name: str, jobs: tuple[PipelineJob, ...], keep: set[str]) -> list[tuple[str, str]]:
+    """Children of pipelines the spec moved on from (neither this spec's nor the served one's):
+    their Jobs go, running or not (a spec edit must not keep a GPU busy for hours on a model
+    nobody will serve), with their stage ConfigMaps. Results stay on the artifacts volume."""
+    doomed: list[tuple[str, str]] = []
+    for job in sorted(jobs, key=lambda j: j.name):
+        if job.pipeline_digest and job.pipeline_digest not in keep:
+            doomed.append(("Job", job.name))
+            if job.component == "quantize":
+                doomed.append(("ConfigMap", pipeline_configmap_name(model_name, job.pipeline_digest)))
+    return doomed
 
 
 def _cause(job: JobObservation) -> str:
@@ -358,7 +384,9 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         "serving": serving_status,
         "progress": progress,
     }
-    return Decision(ensure, status, _events(conditions_before, conditions), digest)
+    keep = {digest} | ({str(serve["pipelineDigest"])} if serve is not None else set())
+    delete = superseded(model.name, observed.pipeline_jobs, keep)
+    return Decision(ensure, status, _events(conditions_before, conditions), digest, delete)
 
 
 def kstatus_conditions(phase: str, updates: list[Condition]) -> list[Condition]:

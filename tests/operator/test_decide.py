@@ -13,6 +13,7 @@ import pytest
 
 from rtdetr_edge.resource import parse_resource, pipeline_digest
 from rtdetr_operator.conditions import find
+from rtdetr_operator.names import pipeline_configmap_name, quantize_job_name
 from rtdetr_operator.pod_status import pod_problem
 from rtdetr_operator.reconcile import DeploymentObservation, JobObservation, Observed, decide
 from rtdetr_operator.settings import OperatorSettings
@@ -250,3 +251,41 @@ def test_progress_events_are_normal_and_faults_are_warnings(observed: Observed, 
     assert matching and {e.type for e in matching} == {event_type}, events
     if event_type == "Normal":
         assert all(e.type == "Normal" for e in events), f"a resource making progress raises no warning: {events}"
+
+
+def test_drift_is_a_missing_or_changed_field_of_ours_only() -> None:
+    from rtdetr_operator.drift import drifted
+
+    body, observed = serving(r50(), available=2)
+    desired = next(m for m in decide(body, OperatorSettings(), observed, LATER).ensure if m["kind"] == "Deployment")
+    live = json.loads(json.dumps(desired))
+    live["metadata"].update(uid="u", resourceVersion="7", annotations={**live["metadata"]["annotations"], "mesh.io/inject": "true"})
+    live["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"  # a server default
+    live["status"] = {"replicas": 2}
+    assert not drifted(desired, live), "server defaults and others' fields are not drift"
+    assert drifted(desired, None)
+    scaled = json.loads(json.dumps(live))
+    scaled["spec"]["replicas"] = 5  # kubectl scale
+    assert drifted(desired, scaled)
+    edited = json.loads(json.dumps(live))
+    edited["spec"]["template"]["spec"]["containers"][0]["args"].append("--debug")  # kubectl edit
+    assert drifted(desired, edited)
+
+
+def test_jobs_of_pipelines_the_spec_moved_on_from_are_deleted() -> None:
+    from rtdetr_operator.reconcile import PipelineJob
+
+    body, observed = serving(r50(), available=2)
+    served_digest = body["status"]["served"]["pipelineDigest"]
+    body["spec"]["quantization"]["maxMapDrop"] = 0.4
+    current = digest_of(body)
+    abandoned = "sha256:" + "cd" * 32
+    jobs = (PipelineJob(quantize_job_name("rtdetr-r50", served_digest), "quantize", served_digest, False),
+            PipelineJob(quantize_job_name("rtdetr-r50", current), "quantize", current, True),
+            PipelineJob(quantize_job_name("rtdetr-r50", abandoned), "quantize", abandoned, True),
+            PipelineJob("rtdetr-r50-export-cdcdcdcdcd", "export", abandoned, False))  # fmt: skip
+    decision = decide(body, OperatorSettings(), replace(observed, pipeline_jobs=jobs), LATER)
+    assert decision.delete == [("Job", "rtdetr-r50-export-cdcdcdcdcd"), ("Job", quantize_job_name("rtdetr-r50", abandoned)),
+                               ("ConfigMap", pipeline_configmap_name("rtdetr-r50", abandoned))]  # fmt: skip
+    body["spec"]["arch"] = "no-such-arch"  # an invalid spec touches nothing, deletes included
+    assert decide(body, OperatorSettings(), replace(observed, pipeline_jobs=jobs), LATER).delete == []

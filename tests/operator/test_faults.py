@@ -124,6 +124,27 @@ def test_operator_restart_mid_pipeline_keeps_one_job(cluster: Cluster, operator:
     assert "resume" in operator.log() or "Handler 'resume'" in operator.log(), new_pod["metadata"]["name"]
 
 
+def test_a_spec_edit_stops_the_superseded_job(cluster: Cluster, operator: OperatorRelease) -> None:
+    """A running QAT Job for a spec the user has since changed is deleted (GPU freed), with its
+    stage ConfigMap; the new spec's Job takes its place."""
+    namespace = r50_namespace(cluster)
+    apply_r50(cluster, namespace)
+    old = cluster.wait(lambda: cluster.jobs(namespace, "quantize"), STATUS_WITHIN, "the quantize Job")[0]["metadata"]["name"]
+    cluster.wait_condition(namespace, R50, "Quantized", "Unknown", "JobRunning", timeout=STATUS_WITHIN)
+    cluster.patch_model(namespace, R50, {"spec": {"quantization": {"trainIter": 400}}})
+    names = cluster.wait(lambda: (n := {j["metadata"]["name"] for j in cluster.jobs(namespace, "quantize")
+                                        if not j["metadata"].get("deletionTimestamp")}) and old not in n and n,
+                         STATUS_WITHIN, "the old Job replaced")  # fmt: skip
+    assert len(names) == 1
+    configmaps = cluster.wait(lambda: [c["metadata"]["name"] for c in cluster.items(f"/api/v1/namespaces/{namespace}/configmaps",
+                                       "app.kubernetes.io/component=pipeline")] if len(cluster.items(
+                                       f"/api/v1/namespaces/{namespace}/configmaps", "app.kubernetes.io/component=pipeline")) == 1
+                              else None, STATUS_WITHIN, "one stage ConfigMap left")  # fmt: skip
+    assert configmaps[0].endswith(next(iter(names)).rsplit("-", 1)[1])
+    warnings = [e for e in cluster.events(namespace) if e["type"] == "Warning" and e["involvedObject"]["kind"] == "RTDETRModel"]
+    assert not warnings, [(e["reason"], e["message"]) for e in warnings]  # progress is Normal
+
+
 def test_operator_log_shows_no_permission_problem(cluster: Cluster, operator: OperatorRelease) -> None:
     """Everything above ran with the chart's ServiceAccount: a missing RBAC rule shows up here.
     (Before the API server restart below: a restarting API server answers 403 until its RBAC

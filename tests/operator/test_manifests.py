@@ -133,7 +133,7 @@ def test_decide_is_idempotent_and_pure() -> None:
     assert body == body_of("rtdetr-r50.yaml"), "decide must not mutate its input"
 
 
-PURE_MODULES = ["settings", "names", "conditions", "manifests", "exporter", "reconcile", "pod_status"]
+PURE_MODULES = ["settings", "names", "conditions", "manifests", "exporter", "reconcile", "pod_status", "drift"]
 EDGE_IMPORTS = {"kopf", "kubernetes", "requests", "aiohttp", "rtdetr_operator.kube", "rtdetr_operator.handlers"}
 
 

@@ -77,27 +77,32 @@ app.kubernetes.io/part-of: rtdetr-edge
 - apiGroups: ["rtdetr.io"]
   resources: ["rtdetrmodels/status"]
   verbs: ["get", "patch", "update"]
-# Create quantize/export Jobs and read their outcome (deletion happens through ownerReferences).
+# Create quantize/export Jobs and watch their outcome; delete the Jobs of a pipeline the spec
+# moved on from (a spec edit must not keep a GPU busy for hours). The rest goes with the
+# RTDETRModel through ownerReferences.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["list", "watch", "create", "delete"]
 # Serving pods and their Service: server-side applied (patch) at every reconcile, which rolls
 # out new models and settings and reverts hand edits of the fields the operator owns.
+# Watched (only objects labelled managed-by rtdetr-edge-operator) to see drift without polling.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
-# (the Service in front of them, applied the same way)
+  verbs: ["list", "watch", "create", "patch"]
+# (the Service in front of them, applied and watched the same way)
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch"]
-# The pipeline's stage-config ConfigMap (named by the pipeline digest: only created).
+  verbs: ["list", "watch", "create", "patch"]
+# The pipeline's stage-config ConfigMap (named by the pipeline digest: created once, deleted
+# with its superseded Job).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get", "create"]
-# Find a Job's pod for its termination message (the pipeline's result summary).
+  verbs: ["create", "delete"]
+# Watch our Jobs' and serving pods' states (why a pod cannot run, the pipeline's result summary
+# in its termination message).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list"]
+  verbs: ["list", "watch"]
 # Read the last RTDETR_PROGRESS lines of a running Job's log (training progress in status).
 - apiGroups: [""]
   resources: ["pods/log"]

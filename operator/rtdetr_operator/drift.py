@@ -1,0 +1,27 @@
+"""Drift (pure): does a live object still hold every field we apply?
+
+The operator server-side applies its Deployment and Service only when this says no, so an idle
+resource costs the API server nothing, while a `kubectl edit`/`scale` of a field we own is seen
+(the object arrives through the watch) and reverted at the next reconcile. Fields the server or
+other managers add (defaults, status, an HPA's or a mesh's annotations) are not drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def holds(desired: Any, live: Any) -> bool:
+    """Every field of ``desired`` is in ``live`` with the same value (lists item by item)."""
+    if isinstance(desired, dict):
+        return isinstance(live, dict) and all(key in live and holds(value, live[key]) for key, value in desired.items())
+    if isinstance(desired, list):
+        return isinstance(live, list) and len(desired) == len(live) and all(map(holds, desired, live))
+    return bool(desired == live)
+
+
+def drifted(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """True when ``desired`` must be (re-)applied: the object is missing or lost a field of ours."""
+    if live is None:
+        return True
+    return not (holds(desired["metadata"], live.get("metadata")) and holds(desired["spec"], live.get("spec")))
