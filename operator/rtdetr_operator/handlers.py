@@ -7,6 +7,7 @@ or a finished Job are all picked up at the next tick without duplicating work.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -15,14 +16,15 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from rtdetr_edge.resource import SpecError, parse_resource, pipeline_digest
 from rtdetr_operator import GROUP, PLURAL, VERSION
 from rtdetr_operator.exporter import export_job_name
-from rtdetr_operator.kube import Kube
+from rtdetr_operator.kube import ForeignObject, Kube
 from rtdetr_operator.manifests import ANNOTATION_PIPELINE
 from rtdetr_operator.names import MANAGED_BY, quantize_job_name, runtime_name
-from rtdetr_operator.reconcile import JobObservation, Observed, PipelineJob, decide
+from rtdetr_operator.reconcile import JobObservation, Observed, PipelineJob, decide, with_apply_failures
 from rtdetr_operator.settings import OperatorSettings
 
 
@@ -123,20 +125,45 @@ class Reconciler:
     def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: Any, indexes: dict[str, Any]) -> None:
         with self._locks[body["metadata"]["uid"]]:  # timers and change handlers may overlap
             children = Children.from_indexes(body, indexes)
-            decision = decide(body, self.settings, self.observe(body, children), now_iso())
+            now = now_iso()
+            decision = decide(body, self.settings, self.observe(body, children), now)
             namespace = body["metadata"]["namespace"]
+            failures = []
             for manifest in decision.ensure:
-                outcome = self.kube.ensure(manifest, children.live(manifest))
+                kind, name = manifest["kind"], manifest["metadata"]["name"]
+                try:
+                    outcome = self.kube.ensure(manifest, children.live(manifest))
+                except ApiException as error:
+                    failures.append(f"{kind} {name}: {api_message(error)}")
+                    logger.error("cannot apply %s %s: %s", kind, name, api_message(error))
+                    continue
+                except ForeignObject as error:
+                    failures.append(str(error))
+                    logger.error("%s", error)
+                    continue
                 log = logger.debug if outcome in ("unchanged", "exists") else logger.info
-                log("%s %s %s", outcome, manifest["kind"], manifest["metadata"]["name"])
+                log("%s %s %s", outcome, kind, name)
             for kind, name in decision.delete:
-                if self.kube.delete(kind, namespace, name):
-                    logger.info("deleted superseded %s %s", kind, name)
+                try:
+                    if self.kube.delete(kind, namespace, name):
+                        logger.info("deleted superseded %s %s", kind, name)
+                except ApiException as error:
+                    failures.append(f"deleting {kind} {name}: {api_message(error)}")
+            decision = with_apply_failures(body, decision, failures, now)
             for event in decision.events:
                 kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
             changes = status_patch(dict(body.get("status") or {}), decision.status)
             if changes:
                 patch.status.update(changes)
+
+
+def api_message(error: ApiException) -> str:
+    """The API server's own words (its Status message), with the HTTP status."""
+    try:
+        message = json.loads(error.body or "{}").get("message") or error.reason
+    except (ValueError, AttributeError):
+        message = error.reason
+    return f"{message} ({error.status})"
 
 
 def index_child(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, dict[str, Any]]:

@@ -12,12 +12,16 @@ from kubernetes.client.exceptions import ApiException
 
 from rtdetr_edge.progress import PROGRESS_PREFIX
 from rtdetr_operator.drift import drifted
-from rtdetr_operator.pod_status import deployment_stalled, pod_problem
+from rtdetr_operator.pod_status import deployment_stalled, pod_problem, replica_failure
 from rtdetr_operator.reconcile import DeploymentObservation, JobObservation
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "rtdetr-edge-operator"
 APPLIED_KINDS = frozenset({"Deployment", "Service"})
+
+
+class ForeignObject(Exception):
+    """A child's name is taken by an object this resource does not own."""
 
 
 class Kube:
@@ -46,6 +50,8 @@ class Kube:
         waiting: tuple[str, str] = ("", "")
         if pod is not None and not finished:
             waiting = pod_problem(pod)
+        elif pod is None and not finished:
+            waiting = self._pod_creation_failure(job)
         if pod is not None:
             for container in (pod.get("status") or {}).get("containerStatuses") or []:
                 terminated = (container.get("state") or {}).get("terminated") or {}
@@ -64,6 +70,24 @@ class Kube:
             waiting_reason=waiting[0],
             waiting_message=waiting[1],
         )
+
+    def _pod_creation_failure(self, job: dict[str, Any]) -> tuple[str, str]:
+        """A Job without a pod: the Job controller's FailedCreate event says why (quota, Pod
+        Security, an admission webhook). Read only in that state."""
+        metadata = job["metadata"]
+        try:
+            events = self.core.list_namespaced_event(
+                metadata["namespace"], field_selector=f"involvedObject.uid={metadata['uid']},reason=FailedCreate",
+                _preload_content=False,
+            )  # fmt: skip
+        except ApiException as error:
+            log.debug("no events for Job %s: %s", metadata["name"], error.reason)
+            return "", ""
+        items = json.loads(events.data).get("items") or []
+        if not items:
+            return "", ""
+        latest = max(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        return "FailedCreate", f"the Job controller cannot create its pod: {latest.get('message', '')}"
 
     def _progress(self, namespace: str, pod_name: str, lines: int) -> dict[str, Any] | None:
         try:
@@ -89,6 +113,8 @@ class Kube:
                    and int(status.get("replicas", 0)) == int(status.get("updatedReplicas", 0)))  # fmt: skip
         # Why pods are missing, only while some are (a settled Deployment has nothing to explain).
         problem = ("", "") if settled else next((p for p in map(pod_problem, pods) if p[0]), ("", ""))
+        if not problem[0] and replica_failure(deployment):
+            problem = ("FailedCreate", replica_failure(deployment))
         return DeploymentObservation(
             annotations=dict(deployment["metadata"].get("annotations") or {}),
             replicas=replicas,
@@ -121,6 +147,8 @@ class Kube:
         if kind in APPLIED_KINDS:
             if not drifted(manifest, live):
                 return "unchanged"
+            if live is None:
+                self._refuse_foreign(manifest)
             patch = {"Deployment": self.apps.patch_namespaced_deployment, "Service": self.core.patch_namespaced_service}[kind]
             patch(name, namespace, manifest, field_manager=FIELD_MANAGER, force=True,
                   _content_type="application/apply-patch+yaml", _preload_content=False)  # fmt: skip
@@ -136,6 +164,24 @@ class Kube:
             if error.status != 409:
                 raise
         return "exists"
+
+    def _refuse_foreign(self, manifest: dict[str, Any]) -> None:
+        """Before the first apply: a same-named object someone else made is never taken over
+        (a forced apply would silently adopt it). Costs one GET, only when ours is not seen."""
+        kind, metadata = manifest["kind"], manifest["metadata"]
+        read = {"Deployment": self.apps.read_namespaced_deployment, "Service": self.core.read_namespaced_service}[kind]
+        try:
+            existing = json.loads(read(metadata["name"], metadata["namespace"], _preload_content=False).data)
+        except ApiException as error:
+            if error.status == 404:
+                return
+            raise
+        ours = {ref["uid"] for ref in metadata.get("ownerReferences") or []}
+        owners = existing["metadata"].get("ownerReferences") or []
+        if not any(ref.get("uid") in ours for ref in owners):
+            owner = ", ".join(f"{ref.get('kind')} {ref.get('name')}" for ref in owners) or "nothing"
+            raise ForeignObject(f"a {kind} named {metadata['name']} already exists and is not this RTDETRModel's "
+                                f"(owned by {owner}); rename the RTDETRModel, or delete or rename that {kind}")  # fmt: skip
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete a superseded child (its pods follow in the background); False if gone already."""

@@ -33,7 +33,7 @@ ANNOTATION_MODEL = "rtdetr.io/model-digest"
 CONTAINER_PORT = 8080
 # A terminating serving pod keeps answering (not ready) while kube-proxies and load balancers
 # drop it from their endpoints, then drains in-flight requests; the grace period covers both.
-SHUTDOWN_DELAY_SECONDS = 5
+SHUTDOWN_DELAY_SECONDS = 10  # endpoint removal lags seconds on a busy control plane (5 s lost 2 requests here)
 DRAIN_SECONDS = 30
 TERMINATION_GRACE_SECONDS = SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 10
 
@@ -209,6 +209,10 @@ def build_job(
         },
         "spec": {
             "backoffLimit": settings.job_backoff_limit,
+            # A drained or preempted node (spot reclaim, eviction, node shutdown) is not the run's
+            # fault: its pod is replaced without counting against backoffLimit. The replacement
+            # starts the stage over (ACT keeps no checkpoint); the deadline still bounds it all.
+            "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
             "activeDeadlineSeconds": model.spec.compression.active_deadline_seconds,
             "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": spec},
         },

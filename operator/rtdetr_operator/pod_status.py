@@ -32,12 +32,23 @@ def pod_problem(pod: dict[str, Any]) -> tuple[str, str]:
     for condition in status.get("conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             return str(condition.get("reason") or "Unschedulable"), str(condition.get("message") or "")
-    for container in status.get("containerStatuses") or []:
+    containers = [(c, "init container ") for c in status.get("initContainerStatuses") or []]
+    containers += [(c, "") for c in status.get("containerStatuses") or []]
+    for container, kind in containers:
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK_CONTAINER_REASONS:
-            parts = [f"pod {pod.get('metadata', {}).get('name', '')}", str(waiting.get("message") or ""), _last_exit(container)]
+            where = f"pod {pod.get('metadata', {}).get('name', '')}" + (f" {kind}{container.get('name')}" if kind else "")
+            parts = [where, str(waiting.get("message") or ""), _last_exit(container)]
             return str(waiting["reason"]), "; ".join(p for p in parts if p)
     return "", ""
+
+
+def replica_failure(deployment: dict[str, Any]) -> str:
+    """Why the ReplicaSet cannot create pods (quota, Pod Security, a webhook), or ""."""
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "ReplicaFailure" and condition.get("status") == "True":
+            return str(condition.get("message") or condition.get("reason") or "the ReplicaSet cannot create pods")
+    return ""
 
 
 def deployment_stalled(deployment: dict[str, Any]) -> str:

@@ -372,8 +372,9 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     serving_status = {
         "endpoint": endpoint(model, settings),
         "readyReplicas": deployment.ready_replicas if deployment else 0,
-        "servingDigest": serve["model"]["digest"] if serve is not None else None,
     }
+    if serve is not None:  # absent rather than null: a merge patch drops nulls, and the next
+        serving_status["servingDigest"] = serve["model"]["digest"]  # compare would differ forever
     status = {
         **before,
         **{k: v for k, v in status_extra.items() if v is not None},
@@ -387,6 +388,22 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     keep = {digest} | ({str(serve["pipelineDigest"])} if serve is not None else set())
     delete = superseded(model.name, observed.pipeline_jobs, keep)
     return Decision(ensure, status, _events(conditions_before, conditions), digest, delete)
+
+
+def with_apply_failures(body: dict[str, Any], decision: Decision, failures: list[str], now: str) -> Decision:
+    """The API server refused a child (quota, admission, RBAC, an invalid field): say which and
+    why in Ready (and Stalled: it needs a person), as a Warning, on top of what was decided.
+    The next resync tries again; the status clears by itself once the cause is gone."""
+    if not failures:
+        return decision
+    message = "; ".join(failures)[:2000]
+    before = list((body.get("status") or {}).get("conditions") or [])
+    updates = [Condition("Ready", "False", "ApplyFailed", message)]
+    updates += kstatus_conditions("Failed", updates)
+    generation = int(body.get("metadata", {}).get("generation", 1))
+    conditions = set_conditions(list(decision.status.get("conditions") or []), updates, generation, now)
+    status = {**decision.status, "conditions": conditions}
+    return Decision(decision.ensure, status, _events(before, conditions), decision.pipeline_digest, decision.delete)
 
 
 def kstatus_conditions(phase: str, updates: list[Condition]) -> list[Condition]:

@@ -92,7 +92,7 @@ def test_rendered_manifests_pass_official_schemas(values: dict[str, Any], versio
 
 def test_defaults() -> None:
     documents = render({})
-    assert sorted(d["kind"] for d in documents) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "ServiceAccount"]
+    assert sorted(d["kind"] for d in documents) == ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "ServiceAccount"]
     deployment = by_kind(documents, "Deployment")[0]
     pod = deployment["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -200,7 +200,24 @@ def test_every_value_is_commented() -> None:
 
 
 def test_chart_crd_is_the_same_bytes() -> None:
-    assert (CHART / "crds" / "rtdetrmodels.rtdetr.io.yaml").read_bytes() == (REPO / "crds" / "rtdetrmodels.rtdetr.io.yaml").read_bytes()
+    assert (CHART / "files" / "rtdetrmodels.rtdetr.io.yaml").read_bytes() == (REPO / "crds" / "rtdetrmodels.rtdetr.io.yaml").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("crds", "expected"),
+    [({}, "keep"), ({"keep": False}, "no keep"), ({"enabled": False}, "absent")],
+)
+def test_the_crd_is_a_template_so_helm_upgrade_upgrades_it(crds: dict[str, Any], expected: str) -> None:
+    found = by_kind(render({"crds": crds} if crds else {}), "CustomResourceDefinition")
+    if expected == "absent":
+        assert found == []
+        return
+    (crd,) = found
+    source = yaml.safe_load((REPO / "crds" / "rtdetrmodels.rtdetr.io.yaml").read_text())
+    annotations = crd["metadata"].pop("annotations", {})
+    assert crd == source, "the rendered CRD is crds/rtdetrmodels.rtdetr.io.yaml"
+    assert (annotations.get("helm.sh/resource-policy") == "keep") == (expected == "keep")
+    assert not (CHART / "crds" / "rtdetrmodels.rtdetr.io.yaml").exists(), "Helm would install it once and never upgrade it"
 
 
 def generated_children() -> list[dict[str, Any]]:

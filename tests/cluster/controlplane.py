@@ -37,12 +37,13 @@ KWOK_LABEL = ("type", "kwok")
 # kwok plays simulated nodes with its own stage files (from the pinned kwok module): nodes
 # are initialised and heart-beaten (with Leases); their pods become Running and Ready and
 # stay so (as a long quantization would): kwok's "complete Job pods at once" stage is left out.
+# Deletion is ours (kwok/pod-terminate.yaml): killed, Failed, then gone, as a kubelet does.
 KWOK_STAGES = (
     "node/fast/node-initialize.yaml",
     "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
     "pod/fast/pod-ready.yaml",
-    "pod/fast/pod-delete.yaml",
 )
+OWN_KWOK_STAGES = (Path(__file__).resolve().parent / "kwok" / "pod-terminate.yaml",)
 
 
 def free_port(host: str) -> int:
@@ -170,7 +171,8 @@ class ControlPlane:
         ])  # fmt: skip
         stages = self.workdir / "kwok-stages.yaml"
         stage_dir = module_dir("kwok", "sigs.k8s.io/kwok") / "kustomize" / "stage"
-        stages.write_text("\n---\n".join((stage_dir / name).read_text() for name in KWOK_STAGES))
+        stages.write_text("\n---\n".join([(stage_dir / name).read_text() for name in KWOK_STAGES]
+                                          + [path.read_text() for path in OWN_KWOK_STAGES]))  # fmt: skip
         self._add("kwok", [
             str(self.binaries["kwok"]), f"--kubeconfig={component_configs['kwok']}", f"--config={stages}",
             "--manage-all-nodes=false", f"--manage-nodes-with-label-selector={KWOK_LABEL[0]}={KWOK_LABEL[1]}",

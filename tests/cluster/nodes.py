@@ -1,7 +1,7 @@
 """The test cluster's simulated nodes (kwok plays them; nothing runs on them).
 
 - ``gpu-0``: an NVIDIA GPU node as the device plugin and GPU operator present one: capacity
-  ``nvidia.com/gpu`` (8, with 64 CPUs and 512 GiB: several tests' Jobs share it), label
+  ``nvidia.com/gpu`` (16, with 64 CPUs and 512 GiB: several tests' Jobs share it), label
   ``nvidia.com/gpu.present=true``, taint ``nvidia.com/gpu:NoSchedule``.
 
 The one CPU node whose pods really run, ``runner-0``, registers itself (tests/cluster/pod_runner.py).
@@ -18,7 +18,7 @@ GPU_LABEL = "nvidia.com/gpu.present"
 GPU_RESOURCE = "nvidia.com/gpu"
 
 
-def gpu_node(name: str = GPU_NODE, gpus: int = 8) -> dict[str, Any]:
+def gpu_node(name: str = GPU_NODE, gpus: int = 16) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",

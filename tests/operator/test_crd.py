@@ -15,7 +15,7 @@ import yaml
 
 from rtdetr_edge.resource import parse_resource
 
-from .conftest import CRD_FILE, SAMPLES, Cluster, load_sample
+from .conftest import CRD_FILE, OPERATOR_NAMESPACE, RELEASE, SAMPLES, Cluster, load_sample
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +23,11 @@ def crd(cluster: Cluster) -> str:
     """The CRD applied as a user would (server-side), established; returns a test namespace."""
     cluster.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
     cluster.kubectl("wait", "--for=condition=Established", "crd/rtdetrmodels.rtdetr.io", "--timeout=60s")
+    # Adopted by the chart's release as the user guide's "Upgrading" says (the operator tests
+    # install it next: helm refuses objects it does not own).
+    cluster.kubectl("label", "crd", "rtdetrmodels.rtdetr.io", "app.kubernetes.io/managed-by=Helm")
+    cluster.kubectl("annotate", "crd", "rtdetrmodels.rtdetr.io", f"meta.helm.sh/release-name={RELEASE}",
+                    f"meta.helm.sh/release-namespace={OPERATOR_NAMESPACE}")  # fmt: skip
     return cluster.namespace(pod_security="baseline")
 
 

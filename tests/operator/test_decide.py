@@ -289,3 +289,57 @@ def test_jobs_of_pipelines_the_spec_moved_on_from_are_deleted() -> None:
                                ("ConfigMap", pipeline_configmap_name("rtdetr-r50", abandoned))]  # fmt: skip
     body["spec"]["arch"] = "no-such-arch"  # an invalid spec touches nothing, deletes included
     assert decide(body, OperatorSettings(), replace(observed, pipeline_jobs=jobs), LATER).delete == []
+
+
+def test_an_api_refusal_reaches_ready_and_clears_with_its_cause() -> None:
+    from rtdetr_operator.reconcile import with_apply_failures
+
+    body = r50()
+    decision = decide(body, OperatorSettings(), Observed(), NOW)
+    failed = with_apply_failures(body, decision, ['Job rtdetr-r50-quantize-1: jobs.batch "x" is forbidden: exceeded quota (403)'], NOW)
+    ready = condition(failed.status, "Ready")
+    assert ready["reason"] == "ApplyFailed" and "exceeded quota" in ready["message"]
+    assert condition(failed.status, "Stalled")["status"] == "True"
+    assert [(e.type, e.reason) for e in failed.events if e.reason == "ApplyFailed"] == [("Warning", "ApplyFailed")]
+    assert with_apply_failures(body, decision, [], NOW) is decision
+    later = decide({**body, "status": failed.status}, OperatorSettings(), Observed(), LATER)  # the quota was raised
+    assert condition(later.status, "Ready")["reason"] != "ApplyFailed"
+
+
+def test_pods_that_cannot_be_created_are_explained() -> None:
+    from rtdetr_operator.pod_status import replica_failure
+
+    deployment = {"status": {"conditions": [{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                  "message": 'pods "r50-7d9f-x" is forbidden: violates PodSecurity "restricted:latest": hostPath volumes'}]}}  # fmt: skip
+    assert "violates PodSecurity" in replica_failure(deployment)
+    assert replica_failure({"status": {"conditions": [{"type": "Available", "status": "True"}]}}) == ""
+    init = {"metadata": {"name": "p"}, "status": {"initContainerStatuses": [{"name": "engine-cache-owner", "state": {
+        "waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}]}}  # fmt: skip
+    assert pod_problem(init) == ("CrashLoopBackOff", "pod p init container engine-cache-owner; back-off")
+
+
+def merge_patched(document: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies a status merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(document) if isinstance(document, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patched(result.get(key), value)
+    return result
+
+
+@pytest.mark.parametrize("available", [None, 2], ids=["pending", "serving"])
+def test_an_unchanged_world_writes_no_status(available: int | None) -> None:
+    """What the API server stores after our merge patch, decided again, patches nothing (an
+    idle resource must cost no write per resync)."""
+    from rtdetr_operator.handlers import status_patch
+
+    body, observed = (r50(), Observed(quantize_job=JobObservation(active=True))) if available is None else serving(r50(), available)
+    for _ in range(2):
+        decision = decide(body, OperatorSettings(), observed, LATER)
+        stored = merge_patched(body.get("status") or {}, status_patch(dict(body.get("status") or {}), decision.status))
+        body = {**body, "status": stored}
+    assert status_patch(body["status"], decide(body, OperatorSettings(), observed, LATER).status) == {}

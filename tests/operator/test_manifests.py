@@ -153,7 +153,7 @@ def test_operator_is_not_an_importable_package_named_operator() -> None:
 
 
 def test_helm_chart_ships_the_same_crd_bytes() -> None:
-    chart_crd = REPO / "charts" / "rtdetr-edge" / "crds" / CRD_FILE.name
+    chart_crd = REPO / "charts" / "rtdetr-edge" / "files" / CRD_FILE.name
     if not chart_crd.exists():
         pytest.skip("the Helm chart lands with issue 5")
     assert chart_crd.read_bytes() == CRD_FILE.read_bytes()
@@ -194,3 +194,10 @@ def test_device_defaults_run_as_shipped() -> None:
         container = pod["containers"][0]
         assert "nvidia.com/gpu" not in json.dumps(container["resources"]) and "tolerations" not in pod
         assert {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"} in container["env"]
+
+
+def test_pipeline_jobs_survive_node_disruptions() -> None:
+    for manifest in manifests_for("rtdetr-r50.yaml", OperatorSettings()):
+        if manifest["kind"] == "Job":
+            assert manifest["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # what podFailurePolicy needs
+            assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in manifest["spec"]["podFailurePolicy"]["rules"]

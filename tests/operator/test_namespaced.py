@@ -22,7 +22,8 @@ def watched(cluster: Cluster) -> Iterator[tuple[OperatorRelease, str, str]]:
     release = OperatorRelease(cluster, name="scoped", namespace="rtdetr-scoped")
     # Its CPU images come from a registry that does not resolve: pulls fail as on an air-gapped
     # node without the mirror.
-    release.install({**TEST_VALUES, "watchNamespaces": [inside],
+    # A second release (another team's operator) leaves the CRD to the first one.
+    release.install({**TEST_VALUES, "watchNamespaces": [inside], "crds": {"enabled": False},
                      "images": {"runtimeCpu": {"registry": "registry.invalid"}}})  # fmt: skip
     try:
         yield release, inside, outside

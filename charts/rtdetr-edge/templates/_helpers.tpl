@@ -85,14 +85,15 @@ app.kubernetes.io/part-of: rtdetr-edge
   verbs: ["list", "watch", "create", "delete"]
 # Serving pods and their Service: server-side applied (patch) at every reconcile, which rolls
 # out new models and settings and reverts hand edits of the fields the operator owns.
-# Watched (only objects labelled managed-by rtdetr-edge-operator) to see drift without polling.
+# Watched (only objects labelled managed-by rtdetr-edge-operator) to see drift without polling;
+# get: before the first apply, to refuse taking over a same-named object someone else made.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # (the Service in front of them, applied and watched the same way)
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # The pipeline's stage-config ConfigMap (named by the pipeline digest: created once, deleted
 # with its superseded Job).
 - apiGroups: [""]
@@ -111,6 +112,10 @@ app.kubernetes.io/part-of: rtdetr-edge
 - apiGroups: ["", "events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# Read why a Job has no pod (its FailedCreate events: quota, Pod Security, a webhook), only then.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 {{- if gt (int .Values.operator.replicaCount) 1 }}
 # kopf peering between operator replicas (one active, others standby).
 - apiGroups: ["kopf.dev"]
