@@ -1,5 +1,5 @@
 -- Argo CD health check for rtdetr.io/RTDETRModel.
--- Install: add to argocd-cm as resource.customizations.health.rtdetr.io_RTDETRModel (docs/gitops.md).
+-- Install: add to argocd-cm as resource.customizations.health.rtdetr.io_RTDETRModel (docs/user-guide.md, "GitOps with Argo CD and Flux").
 -- Reads the same conditions kstatus (Flux) reads: Ready + observedGeneration.
 local health = {}
 local function condition(conditions, kind)
@@ -43,11 +43,14 @@ if ready ~= nil and ready.status == "True" then
   return health
 end
 
+-- Stalled=True (kstatus): only a change can help. The reasons are listed too, for statuses
+-- written before the operator set Stalled.
+local stalled = condition(obj.status.conditions, "Stalled")
 local degraded = {
-  InvalidSpec = true, QuantizationFailed = true, ExportFailed = true,
-  AccuracyGateFailed = true, ResultUnreadable = true,
+  InvalidSpec = true, QuantizationFailed = true, ExportFailed = true, AccuracyGateFailed = true,
+  ApplyFailed = true, ProgressDeadlineExceeded = true,
 }
-if ready ~= nil and degraded[ready.reason] then
+if ready ~= nil and ((stalled ~= nil and stalled.status == "True") or degraded[ready.reason]) then
   health.status = "Degraded"
   health.message = ready.reason .. ": " .. (ready.message or "")
   return health

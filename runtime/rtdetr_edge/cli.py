@@ -76,7 +76,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-seconds", type=float, default=float(env("DRAIN_SECONDS", "30") or 30))
     parser.add_argument(
         "--shutdown-delay-seconds", type=float, default=float(env("SHUTDOWN_DELAY_SECONDS", "0") or 0),
-        help="on SIGTERM, report not-ready and keep serving this long before draining (Kubernetes pods: 5)",
+        help="on SIGTERM, report not-ready and keep serving this long before draining (pods the operator creates: 10)",
     )  # fmt: skip
     parser.add_argument(
         "--shape-ranges", type=Path, default=env("SHAPE_RANGES"),

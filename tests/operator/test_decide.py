@@ -343,3 +343,24 @@ def test_an_unchanged_world_writes_no_status(available: int | None) -> None:
         stored = merge_patched(body.get("status") or {}, status_patch(dict(body.get("status") or {}), decision.status))
         body = {**body, "status": stored}
     assert status_patch(body["status"], decide(body, OperatorSettings(), observed, LATER).status) == {}
+
+
+def test_the_user_guide_explains_every_reason_the_operator_sets() -> None:
+    """Every condition reason the operator can write has a row in docs/user-guide.md's table
+    (with what to do): literal reasons are read from the code, computed ones listed here."""
+    import ast
+    from pathlib import Path
+
+    from rtdetr_operator.pod_status import STUCK_CONTAINER_REASONS
+
+    root = Path(__file__).resolve().parents[2]
+    tree = ast.parse((root / "operator" / "rtdetr_operator" / "reconcile.py").read_text())
+    literal = {call.args[2].value for call in ast.walk(tree) if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Condition"
+               and len(call.args) > 2 and isinstance(call.args[2], ast.Constant)}  # fmt: skip
+    computed = {"DeadlineExceeded", "JobFailed", "MinimumReplicasAvailable", "Pending", "Quantizing", "Evaluating", "Exporting",
+                "Unschedulable", "FailedCreate"}  # fmt: skip
+    guide = (root / "docs" / "user-guide.md").read_text()
+    table = guide[guide.index("## What each condition reason means") :]
+    table = table[: table.index("\n\n", table.index("| --- |"))]
+    missing = sorted(r for r in literal | computed | STUCK_CONTAINER_REASONS if f"`{r}`" not in table)
+    assert len(literal) > 15 and not missing, missing
