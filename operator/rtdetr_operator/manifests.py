@@ -266,6 +266,7 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
             "--cache-dir", "/tmp/engine-cache",
             "--download-dir", "/tmp/downloads",
             "--termination-log", "/dev/termination-log",
+            "--pipeline-digest", digest,  # the Job never recomputes it (its spec may name the export)
         ],  # fmt: skip
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *device_env(device)],
         "resources": device_resources(compression.resources, device),

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -211,8 +212,11 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     except SpecError as error:
         print(f"error: invalid spec: {error}", file=sys.stderr)
         return 2
+    if args.pipeline_digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", args.pipeline_digest):
+        print(f"error: --pipeline-digest must be sha256:<64 hex digits>, got {args.pipeline_digest!r}", file=sys.stderr)
+        return 2
     resolver = StorageResolver(pvc_root=args.pvc_root, download_dir=args.download_dir)
-    result = run_pipeline(model, resolver, args.cache_dir, args.device, args.termination_log)
+    result = run_pipeline(model, resolver, args.cache_dir, args.device, args.termination_log, args.pipeline_digest)
     print(json.dumps({k: result[k] for k in ("status", "pipelineDigest", "model", "accuracy", "message")}, indent=2))
     return 0
 
@@ -333,6 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--cache-dir", type=Path, default=Path(default_cache_dir()))
     pipeline.add_argument("--device", choices=DEVICES, default=env("DEVICE", "cpu"))
     pipeline.add_argument("--termination-log", type=Path, default=None, help="default: /dev/termination-log if present")
+    pipeline.add_argument(
+        "--pipeline-digest", default=None, metavar="sha256:…",
+        help="the digest the operator computed for this run (default: computed from the resource)",
+    )  # fmt: skip
 
     run = command("run", cmd_run, "run an RTDETRModel locally: quantize, evaluate, gate, warm up, serve")
     run.add_argument("resource", type=Path)

@@ -58,6 +58,7 @@ class PipelineError(RtdetrEdgeError):
 class ArtifactPaths:
     run_dir: Path  # <artifacts>/<namespace>/<name>
     key: str  # pipeline digest, shortened
+    digest: str = ""  # the pipeline digest itself (what results report)
 
     @property
     def final(self) -> Path:
@@ -83,9 +84,13 @@ class ArtifactPaths:
         return self.run_dir / f".{self.key}.partial-{os.getpid()}"
 
 
-def artifact_paths(model: RTDETRModel, resolver: StorageResolver) -> ArtifactPaths:
+def artifact_paths(model: RTDETRModel, resolver: StorageResolver, digest: str | None = None) -> ArtifactPaths:
+    """Where this pipeline's result lives. ``digest``: the one the operator computed and hands
+    the Job (for a checkpoint source it hashes the checkpoint, while the Job's spec names the
+    export), so both agree on the key; computed from the spec when run by hand."""
     root = resolver.local_path(model.spec.artifacts)
-    return ArtifactPaths(root / model.namespace / model.name, artifact_key(pipeline_digest(model.spec)))
+    digest = digest or pipeline_digest(model.spec)
+    return ArtifactPaths(root / model.namespace / model.name, artifact_key(digest), digest)
 
 
 def read_result(paths: ArtifactPaths) -> dict[str, Any] | None:
@@ -142,9 +147,11 @@ def run_pipeline(
     cache_dir: Path,
     device: str = "cpu",
     termination_log: Path | None = None,
+    digest: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or reuse) the quantize Job's sequence for ``model``; return the result document."""
-    paths = artifact_paths(model, resolver)
+    """Run (or reuse) the quantize Job's sequence for ``model``; return the result document.
+    ``digest``: the operator's pipeline digest (see ``artifact_paths``)."""
+    paths = artifact_paths(model, resolver, digest)
     existing = read_result(paths)
     if existing is not None:
         log.info("pipeline %s already finished (%s); nothing to do", paths.key, paths.final)
@@ -168,7 +175,7 @@ def run_pipeline(
                 "status": "Failed",
                 "reason": getattr(error, "reason", type(error).__name__.removesuffix("Error") + "Failed"),
                 "message": str(error),
-                "pipelineDigest": pipeline_digest(model.spec),
+                "pipelineDigest": paths.digest,
                 "finishedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             _write_json_atomic(paths.failure_file, failure)
@@ -307,7 +314,7 @@ def _run_stages(
         "schema": RESULT_SCHEMA,
         "status": "Succeeded",
         "resource": {"name": model.name, "namespace": model.namespace},
-        "pipelineDigest": pipeline_digest(spec),
+        "pipelineDigest": paths.digest,
         "message": verdict.message,
         "model": {
             "digest": candidate_digest,

@@ -201,3 +201,17 @@ def test_pipeline_jobs_survive_node_disruptions() -> None:
         if manifest["kind"] == "Job":
             assert manifest["spec"]["template"]["spec"]["restartPolicy"] == "Never"  # what podFailurePolicy needs
             assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in manifest["spec"]["podFailurePolicy"]["rules"]
+
+
+def test_the_job_is_handed_the_operators_digest() -> None:
+    """A checkpoint source: the stage config names the export, the digest stays the operator's."""
+    body = body_of("rtdetr-r50.yaml")
+    body["spec"]["source"] = {"checkpoint": "pvc://models/rtdetr_r50vd_6x_coco.pdparams"}
+    from rtdetr_operator.reconcile import JobObservation
+
+    decision = decide(body, OperatorSettings(), Observed(export_job=JobObservation(succeeded=True)), "2026-12-02T00:00:00Z")
+    configmap, job = decision.ensure
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--pipeline-digest") + 1] == decision.pipeline_digest == pipeline_digest(parse_resource(body).spec)
+    staged = yaml.safe_load(configmap["data"]["resource.yaml"])
+    assert pipeline_digest(parse_resource(staged).spec) != decision.pipeline_digest, "why the Job must not recompute it"

@@ -186,3 +186,28 @@ def test_evaluate_cli_matches_hand_check(shapes_model: Path, shapes_dataset: Pat
     result = json.loads(out.stdout)
     assert result["images"] == 16 and 0 <= result["map"] <= result["map50"] <= 100
     assert np.isfinite(result["latency_ms"])
+
+
+def test_the_job_keys_its_result_by_the_operators_digest(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    """For a checkpoint source the operator hashes the checkpoint while the Job's spec names the
+    export: `pipeline --pipeline-digest` makes the Job use the operator's digest, so a finished
+    run is found again (no second QAT) and its result names the digest the operator expects."""
+    document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts")
+    resource_file = write_resource(tmp_path / "resource.yaml", document)
+    operators = "sha256:" + "5a" * 32
+    paths = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl"), operators)
+    assert paths.digest == operators and paths.key == "5a" * 8
+    paths.final.mkdir(parents=True)
+    finished = {"schema": RESULT_SCHEMA, "status": "Succeeded", "pipelineDigest": operators, "message": "done before",
+                "model": {"digest": "sha256:" + "00" * 32}, "accuracy": {}}  # fmt: skip
+    paths.result_file.write_text(json.dumps(finished))
+    command = [
+        sys.executable, "-m", "rtdetr_edge.cli", "pipeline", str(resource_file), "--pvc-root", str(tmp_path / "pvc"),
+        "--cache-dir", str(tmp_path / "cache"), "--termination-log", str(tmp_path / "termination-log"),
+    ]  # fmt: skip
+    done = subprocess.run([*command, "--pipeline-digest", operators], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "termination-log").read_text())
+    assert summary["pipelineDigest"] == operators and summary["message"] == "done before", "reused, not re-run"
+    bad = subprocess.run([*command, "--pipeline-digest", "latest"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--pipeline-digest" in bad.stderr
