@@ -23,7 +23,7 @@ from rtdetr_operator import GROUP, PLURAL, VERSION
 from rtdetr_operator.exporter import export_job_name
 from rtdetr_operator.kube import ForeignObject, Kube
 from rtdetr_operator.manifests import ANNOTATION_PIPELINE
-from rtdetr_operator.names import MANAGED_BY, quantize_job_name, runtime_name
+from rtdetr_operator.names import MANAGED_BY, quantize_job_name, runtime_name, selector_labels
 from rtdetr_operator.reconcile import JobObservation, Observed, PipelineJob, decide, with_apply_failures
 from rtdetr_operator.settings import OperatorSettings
 
@@ -66,7 +66,8 @@ class Children:
 
         service = runtime_name(name)
         pods: dict[str, list[dict[str, Any]]] = {}
-        for pod in indexes["rtdetr_pods"].get((namespace, name), []):
+        instance = selector_labels(name)[INSTANCE]  # the label value (cut to 63 characters)
+        for pod in indexes["rtdetr_pods"].get((namespace, instance), []):
             labels = pod["metadata"].get("labels") or {}
             key = f"job/{labels['job-name']}" if "job-name" in labels else "runtime"
             pods.setdefault(key, []).append(pod)
