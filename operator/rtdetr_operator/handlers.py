@@ -23,7 +23,7 @@ from rtdetr_operator import GROUP, PLURAL, VERSION
 from rtdetr_operator.exporter import export_job_name
 from rtdetr_operator.kube import ForeignObject, Kube
 from rtdetr_operator.manifests import ANNOTATION_PIPELINE
-from rtdetr_operator.names import MANAGED_BY, quantize_job_name, runtime_name, selector_labels
+from rtdetr_operator.names import COMPONENT_LABEL, INSTANCE_LABEL, MANAGED, quantize_job_name, runtime_name, selector_labels
 from rtdetr_operator.reconcile import JobObservation, Observed, PipelineJob, decide, with_apply_failures
 from rtdetr_operator.settings import OperatorSettings
 
@@ -44,8 +44,6 @@ def status_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
 # Children watched through kopf indexes (one watch per kind, filtered server-side by our
 # managed-by label) instead of 3-6 GETs per resource per resync.
 CHILD_KINDS = {"jobs": ("batch", "v1"), "pods": ("", "v1"), "deployments": ("apps", "v1"), "services": ("", "v1")}
-INSTANCE = "app.kubernetes.io/instance"
-COMPONENT = "app.kubernetes.io/component"
 
 
 @dataclass(frozen=True)
@@ -66,7 +64,7 @@ class Children:
 
         service = runtime_name(name)
         pods: dict[str, list[dict[str, Any]]] = {}
-        instance = selector_labels(name)[INSTANCE]  # the label value (cut to 63 characters)
+        instance = selector_labels(name)[INSTANCE_LABEL]  # the label value (cut to 63 characters)
         for pod in indexes["rtdetr_pods"].get((namespace, instance), []):
             labels = pod["metadata"].get("labels") or {}
             key = f"job/{labels['job-name']}" if "job-name" in labels else "runtime"
@@ -86,7 +84,7 @@ class Children:
 
     def pipeline_jobs(self) -> tuple[PipelineJob, ...]:
         return tuple(
-            PipelineJob(name, str((job["metadata"].get("labels") or {}).get(COMPONENT, "")),
+            PipelineJob(name, str((job["metadata"].get("labels") or {}).get(COMPONENT_LABEL, "")),
                         str((job["metadata"].get("annotations") or {}).get(ANNOTATION_PIPELINE, "")),
                         not any(c.get("status") == "True" and c.get("type") in ("Complete", "Failed")
                                 for c in (job.get("status") or {}).get("conditions") or []))  # fmt: skip
@@ -172,7 +170,7 @@ def index_child(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, dict[str
     ReplicaSet) by (namespace, instance label)."""
     metadata = body.get("metadata") or {}
     if body.get("kind") == "Pod" or "containers" in (body.get("spec") or {}):
-        instance = (metadata.get("labels") or {}).get(INSTANCE)
+        instance = (metadata.get("labels") or {}).get(INSTANCE_LABEL)
         return {(namespace, instance): dict(body)} if instance else {}
     owners = [ref["uid"] for ref in metadata.get("ownerReferences") or [] if ref.get("kind") == "RTDETRModel"]
     return {uid: dict(body) for uid in owners}
@@ -190,7 +188,7 @@ def register(registry: kopf.OperatorRegistry, operator_settings: OperatorSetting
         # Namespaced mode runs with Roles only: no cluster-scoped CRD/namespace scans.
         settings.scanning.disabled = bool(operator_settings.namespaces)
         for plural, (group, version) in CHILD_KINDS.items():  # watch only our children
-            settings.watching.label_selectors[group, version, plural] = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+            settings.watching.label_selectors[group, version, plural] = ",".join(f"{k}={v}" for k, v in MANAGED.items())
         try:
             config.load_incluster_config()
         except config.ConfigException:
@@ -217,7 +215,7 @@ def register(registry: kopf.OperatorRegistry, operator_settings: OperatorSetting
 
     for plural, (group, version) in CHILD_KINDS.items():
         kopf.index(group, version, plural, registry=registry, id=f"rtdetr_{plural}",
-                   labels={"app.kubernetes.io/managed-by": MANAGED_BY})(index_child)  # fmt: skip
+                   labels=dict(MANAGED))(index_child)  # fmt: skip
 
     def handle(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **kwargs: Any) -> None:
         indexes = {f"rtdetr_{plural}": kwargs[f"rtdetr_{plural}"] for plural in CHILD_KINDS}

@@ -113,8 +113,9 @@ class Kube:
                    and int(status.get("replicas", 0)) == int(status.get("updatedReplicas", 0)))  # fmt: skip
         # Why pods are missing, only while some are (a settled Deployment has nothing to explain).
         problem = ("", "") if settled else next((p for p in map(pod_problem, pods) if p[0]), ("", ""))
-        if not problem[0] and replica_failure(deployment):
-            problem = ("FailedCreate", replica_failure(deployment))
+        cannot_create = replica_failure(deployment)
+        if not problem[0] and cannot_create:
+            problem = ("FailedCreate", cannot_create)
         return DeploymentObservation(
             annotations=dict(deployment["metadata"].get("annotations") or {}),
             replicas=replicas,

@@ -15,6 +15,7 @@ from rtdetr_edge.resource import RTDETRModel
 from rtdetr_edge.storage import parse_uri
 from rtdetr_operator import GROUP, VERSION
 from rtdetr_operator.names import (
+    COMPONENT_LABEL,
     common_labels,
     pipeline_configmap_name,
     pipeline_key,
@@ -360,7 +361,7 @@ def build_runtime_deployment(
         },
         "spec": {
             "replicas": serving.replicas,
-            "selector": {"matchLabels": {**selector_labels(model.name), "app.kubernetes.io/component": "runtime"}},
+            "selector": {"matchLabels": {**selector_labels(model.name), COMPONENT_LABEL: "runtime"}},
             # Never break what serves: new pods must be Ready before an old one goes.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": spec},
@@ -379,7 +380,7 @@ def build_service(body: dict[str, Any], model: RTDETRModel, settings: OperatorSe
             "ownerReferences": [owner_reference(body)],
         },
         "spec": {
-            "selector": {**selector_labels(model.name), "app.kubernetes.io/component": "runtime"},
+            "selector": {**selector_labels(model.name), COMPONENT_LABEL: "runtime"},
             "ports": [{"name": "http", "port": settings.service_port, "targetPort": "http", "protocol": "TCP"}],
         },
     }

@@ -8,6 +8,11 @@ from rtdetr_edge.resource import artifact_key
 
 MAX_NAME = 63  # DNS-1123 label: Job names become pod labels, Service names DNS labels
 MANAGED_BY = "rtdetr-edge-operator"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
+"""The label every child carries: what the operator's watches select."""
 
 
 def _fit(base: str, suffix: str) -> str:
@@ -39,8 +44,8 @@ def runtime_name(model_name: str) -> str:
 
 
 def selector_labels(model_name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "rtdetr-edge", "app.kubernetes.io/instance": model_name[:MAX_NAME]}
+    return {"app.kubernetes.io/name": "rtdetr-edge", INSTANCE_LABEL: model_name[:MAX_NAME]}
 
 
 def common_labels(model_name: str, component: str) -> dict[str, str]:
-    return {**selector_labels(model_name), "app.kubernetes.io/component": component, "app.kubernetes.io/managed-by": MANAGED_BY}
+    return {**selector_labels(model_name), COMPONENT_LABEL: component, **MANAGED}

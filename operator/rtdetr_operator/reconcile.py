@@ -76,6 +76,11 @@ class DeploymentObservation:
     pod_problem_message: str = ""
     stalled_message: str = ""  # the Deployment's ProgressDeadlineExceeded message, if any
 
+    @property
+    def pod_problem(self) -> str:
+        """``reason: message`` of a serving pod that cannot run, or ""."""
+        return f"{self.pod_problem_reason}: {self.pod_problem_message}" if self.pod_problem_reason else ""
+
 
 @dataclass(frozen=True)
 class PipelineJob:
@@ -346,14 +351,12 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         elif current and was_serving and deployment is not None and deployment.available_replicas > 0:
             # A scale-up, or a pod being replaced: the model still serves; say how many pods do.
             phase = "Ready"
-            problem = f"; {deployment.pod_problem_reason}: {deployment.pod_problem_message}" if deployment.pod_problem_reason else ""
-            updates.append(Condition("Ready", "True", "Serving",
-                                     f"{serving_message}; {deployment.available_replicas}/{replicas} pods available{problem}"))  # fmt: skip
+            counts = f"{deployment.available_replicas}/{replicas} pods available"
+            updates.append(Condition("Ready", "True", "Serving", "; ".join(p for p in (serving_message, counts, deployment.pod_problem) if p)))
         elif deployment is not None and deployment.stalled_message:
             phase = "Failed"  # kstatus Stalled: it will not progress without a change
-            cause = f"{deployment.pod_problem_reason}: {deployment.pod_problem_message}" if deployment.pod_problem_reason else ""
             updates.append(Condition("Ready", "False", "ProgressDeadlineExceeded",
-                                     "; ".join(p for p in (deployment.stalled_message, cause) if p)))  # fmt: skip
+                                     "; ".join(p for p in (deployment.stalled_message, deployment.pod_problem) if p)))  # fmt: skip
         elif deployment is not None and deployment.pod_problem_reason:
             phase = "Deploying"
             updates.append(Condition("Ready", "False", deployment.pod_problem_reason,

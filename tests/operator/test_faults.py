@@ -155,10 +155,12 @@ def test_a_spec_edit_stops_the_superseded_job(cluster: Cluster, operator: Operat
                                         if not j["metadata"].get("deletionTimestamp")}) and old not in n and n,
                          STATUS_WITHIN, "the old Job replaced")  # fmt: skip
     assert len(names) == 1
-    configmaps = cluster.wait(lambda: [c["metadata"]["name"] for c in cluster.items(f"/api/v1/namespaces/{namespace}/configmaps",
-                                       "app.kubernetes.io/component=pipeline")] if len(cluster.items(
-                                       f"/api/v1/namespaces/{namespace}/configmaps", "app.kubernetes.io/component=pipeline")) == 1
-                              else None, STATUS_WITHIN, "one stage ConfigMap left")  # fmt: skip
+    def stage_configmaps() -> list[str] | None:
+        names = [c["metadata"]["name"] for c in cluster.items(f"/api/v1/namespaces/{namespace}/configmaps",
+                                                              "app.kubernetes.io/component=pipeline")]  # fmt: skip
+        return names if len(names) == 1 else None
+
+    configmaps = cluster.wait(stage_configmaps, STATUS_WITHIN, "one stage ConfigMap left")
     assert configmaps[0].endswith(next(iter(names)).rsplit("-", 1)[1])
     warnings = [e for e in cluster.events(namespace) if e["type"] == "Warning" and e["involvedObject"]["kind"] == "RTDETRModel"]
     assert not warnings, [(e["reason"], e["message"]) for e in warnings]  # progress is Normal
