@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | sha256sum | cut -c1-16)
 
-.PHONY: install cluster-tools cluster demo test test-fast bench lock clean
+.PHONY: install cluster-tools cluster demo test test-fast bench lock crd clean
 
 # PaddleSlim 2.6.0's metadata pins opencv-python==4.6.0.66 and swig, which it does
 # not need, so it is installed with --no-deps; its real imports are in the runtime extra.
@@ -57,6 +57,10 @@ bench: install
 # Regenerate the images' exact pins (requirements/*.txt) after changing pyproject.toml.
 lock: install
 	$(BIN)/python requirements/lock.py
+
+# Regenerate the CRD (crds/ and the chart's copy) from the typed API in runtime/rtdetr_edge/api/.
+crd: install
+	$(BIN)/python -m rtdetr_edge.api.crd
 
 clean:
 	rm -rf $(VENV) .venv-scan .rtdetr-edge .pytest_cache

@@ -32,6 +32,7 @@ def test_paddle_versions_agree() -> None:
     makefile = (REPO / "Makefile").read_text()
     slim = re.search(r"^PADDLESLIM_VERSION := (\S+)$", makefile, re.M)
     assert slim is not None and dockerfile_args("PADDLESLIM_VERSION") == {slim.group(1)} == {"2.6.0"}
+    assert pin(PYPROJECT["project"]["optional-dependencies"]["act"], "paddleslim") == slim.group(1), "the digest's pin"
     lock = (REPO / "requirements" / "runtime-cpu.txt").read_text().splitlines()
     assert f"paddlepaddle=={paddle}" in lock
     assert "numpy>=1.26,<2" in PYPROJECT["project"]["optional-dependencies"]["runtime"]

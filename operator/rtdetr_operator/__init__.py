@@ -5,6 +5,6 @@ Layers (checked by tests/operator/test_manifests.py::test_pure_core_never_import
 and ``reconcile`` are pure and never import the I/O edges (``kube``, ``handlers``, ``main``).
 """
 
-GROUP = "rtdetr.io"
-VERSION = "v1alpha1"
-PLURAL = "rtdetrmodels"
+from rtdetr_edge.api.spec import GROUP, PLURAL, VERSION
+
+__all__ = ["GROUP", "PLURAL", "VERSION"]

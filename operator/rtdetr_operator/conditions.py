@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-CONDITION_TYPES = ("Quantized", "AccuracyGatePassed", "Available", "Ready", "Reconciling", "Stalled")
+from rtdetr_edge.api.status import CONDITION_TYPES
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from rtdetr_edge.api.job import PipelinePlan
 from rtdetr_edge.resource import RTDETRModel
 from rtdetr_edge.storage import parse_uri
 from rtdetr_operator import GROUP, VERSION
@@ -27,6 +28,7 @@ from rtdetr_operator.settings import OperatorSettings
 
 CONFIG_MOUNT = "/etc/rtdetr-edge"
 RESOURCE_FILE = "resource.yaml"
+PLAN_FILE = "plan.json"
 ENGINE_CACHE_MOUNT = "/var/cache/rtdetr-edge"
 RUNTIME_USER = 10001
 ANNOTATION_PIPELINE = "rtdetr.io/pipeline-digest"
@@ -132,7 +134,8 @@ def _claim_volumes(model: RTDETRModel, settings: OperatorSettings) -> tuple[list
 
 
 def _engine_cache_volume(model: RTDETRModel, settings: OperatorSettings) -> dict[str, Any]:
-    cache = model.spec.serving.engine_cache or settings.default_engine_cache
+    chosen = model.spec.serving.engine_cache
+    cache = chosen.as_dict() if chosen is not None else settings.default_engine_cache
     if "hostPath" in cache:
         path = posixpath.normpath(cache["hostPath"])  # the path the allow-list checked
         return {"name": "engine-cache", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
@@ -220,8 +223,9 @@ def build_job(
     }
 
 
-def build_pipeline_configmap(body: dict[str, Any], model: RTDETRModel, digest: str) -> dict[str, Any]:
-    """The stage config: the resource itself (what `rtdetr-edge pipeline` reads)."""
+def build_pipeline_configmap(body: dict[str, Any], model: RTDETRModel, plan: PipelinePlan) -> dict[str, Any]:
+    """The stage config: the resource and the operator's plan (what `rtdetr-edge pipeline` reads)."""
+    digest = plan.pipeline_digest
     document = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "RTDETRModel",
@@ -238,7 +242,10 @@ def build_pipeline_configmap(body: dict[str, Any], model: RTDETRModel, digest: s
             "annotations": {ANNOTATION_PIPELINE: digest},
             "ownerReferences": [owner_reference(body)],
         },
-        "data": {RESOURCE_FILE: yaml.safe_dump(document, sort_keys=True)},
+        "data": {
+            RESOURCE_FILE: yaml.safe_dump(document, sort_keys=True),
+            PLAN_FILE: plan.model_dump_json(by_alias=True, indent=2),
+        },
     }
 
 
@@ -267,7 +274,7 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
             "--cache-dir", "/tmp/engine-cache",
             "--download-dir", "/tmp/downloads",
             "--termination-log", "/dev/termination-log",
-            "--pipeline-digest", digest,  # the Job never recomputes it (its spec may name the export)
+            "--plan", f"{CONFIG_MOUNT}/{PLAN_FILE}",  # the Job never recomputes it (its spec may name the export)
         ],  # fmt: skip
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *device_env(device)],
         "resources": device_resources(compression.resources, device),

@@ -20,7 +20,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtdetr_edge.resource import RTDETRModel, SpecError, parse_resource, pipeline_digest
+from rtdetr_edge.api.job import JobSummary
+from rtdetr_edge.api.status import IN_FLIGHT_PHASES
+from rtdetr_edge.resource import RTDETRModel, SpecError, parse_resource, pipeline_plan
 from rtdetr_operator.conditions import Condition, changed, find, set_conditions
 from rtdetr_operator.exporter import EXPORT_ANNOTATION, build_export_job, exported_model_uri
 from rtdetr_operator.manifests import (
@@ -52,14 +54,19 @@ class JobObservation:
     waiting_message: str = ""  # the scheduler's or kubelet's own words
 
     @property
-    def summary(self) -> dict[str, Any] | None:
-        if not self.termination_message:
+    def summary(self) -> JobSummary | None:
+        return JobSummary.from_termination_message(self.termination_message)
+
+    @property
+    def verdict(self) -> dict[str, Any] | None:
+        """What a passed or refused pipeline hands on (``JobSummary.served``), or None."""
+        summary = self.summary
+        if not (self.succeeded and summary is not None and summary.ok):
             return None
         try:
-            parsed = json.loads(self.termination_message.strip().splitlines()[-1])
-        except (ValueError, IndexError):
+            return summary.served()
+        except ValueError:
             return None
-        return parsed if isinstance(parsed, dict) and "ok" in parsed else None
 
 
 @dataclass(frozen=True)
@@ -131,8 +138,8 @@ def superseded(model_name: str, jobs: tuple[PipelineJob, ...], keep: set[str]) -
 
 def _cause(job: JobObservation) -> str:
     summary = job.summary
-    if summary is not None and summary.get("message"):
-        return str(summary["message"])
+    if summary is not None and summary.message:
+        return summary.message
     if job.termination_message:
         return " | ".join(job.termination_message.strip().splitlines()[-CAUSE_LINES:])
     return job.failure_message or "the Job failed without a message; see its pod's logs"
@@ -151,7 +158,8 @@ def cluster_problems(model: RTDETRModel, settings: OperatorSettings) -> list[str
         problems.append("spec.source.checkpoint: the tiny arch has no PaddleDetection config to export with")
     if spec.source.checkpoint and not spec.source.checkpoint.startswith("pvc://"):
         problems.append("spec.source.checkpoint must be a pvc:// path (the exporter reads it from a mounted claim)")
-    host_path = host_path_problem(spec.serving.engine_cache, settings.host_path_prefixes)
+    cache = spec.serving.engine_cache
+    host_path = host_path_problem(cache.as_dict() if cache is not None else None, settings.host_path_prefixes)
     if host_path:
         problems.append(f"spec.serving.engineCache: {host_path}")
     return problems
@@ -159,17 +167,6 @@ def cluster_problems(model: RTDETRModel, settings: OperatorSettings) -> list[str
 
 def runtime_spec_hash(deployment: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(deployment["spec"], sort_keys=True).encode()).hexdigest()[:16]
-
-
-def served_summary(summary: dict[str, Any]) -> dict[str, Any]:
-    """What a Deployment needs from a pipeline result (kept in its annotation)."""
-    return {
-        "pipelineDigest": summary["pipelineDigest"],
-        "model": {k: summary["model"][k] for k in ("digest", "uri", "sizeBytes") if k in summary["model"]},
-        "shapeRanges": {"file": summary["shapeRanges"]["file"]},
-        "accuracy": summary.get("accuracy", {}),
-        "gate": summary.get("gate", {}),
-    }
 
 
 def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed, now: str) -> Decision:
@@ -204,7 +201,8 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         status["progress"] = None
         return Decision([], status, _events(conditions_before, conditions), None)
 
-    digest = pipeline_digest(model.spec)
+    plan = pipeline_plan(model.spec)  # what the Job runs, computed here once
+    digest = plan.pipeline_digest
     ensure: list[dict[str, Any]] = []
     updates: list[Condition] = [available]
     phase = "Pending"
@@ -232,8 +230,8 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         # itself may be deleted (TTL, a cleanup, a human) without re-running hours of QAT.
         remembered = before.get("candidate") if isinstance(before.get("candidate"), dict) else None
         verdict: dict[str, Any] | None = None
-        if job is not None and job.succeeded and (job.summary or {}).get("ok"):
-            verdict = served_summary(job.summary or {})
+        if job is not None and job.verdict is not None:
+            verdict = job.verdict
         elif remembered is not None and remembered.get("pipelineDigest") == digest and (job is None or job.succeeded):
             verdict = remembered
         needs_export = model.spec.source.checkpoint is not None
@@ -272,7 +270,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
                 # The pipeline quantizes what the export Job wrote.
                 source_spec = {**body["spec"], "source": {"inferenceModel": exported_model_uri(model, digest)}}
             if job is None:
-                configmap = build_pipeline_configmap({**body, "spec": source_spec}, model, digest)
+                configmap = build_pipeline_configmap({**body, "spec": source_spec}, model, plan)
                 if needs_export:
                     configmap["metadata"]["annotations"][EXPORT_ANNOTATION] = exported_model_uri(model, digest)
                 ensure += [configmap, build_quantize_job(body, model, digest, settings)]
@@ -415,7 +413,7 @@ def kstatus_conditions(phase: str, updates: list[Condition]) -> list[Condition]:
     ready = next((c for c in reversed(updates) if c.type == "Ready"), None)
     reason = ready.reason if ready is not None else phase
     message = ready.message if ready is not None else ""
-    reconciling = phase in ("Pending", "Exporting", "Quantizing", "Evaluating", "Deploying")
+    reconciling = phase in IN_FLIGHT_PHASES
     stalled = phase == "Failed"
     return [
         Condition("Reconciling", "True", reason, message) if reconciling else Condition("Reconciling", "False", "Idle", ""),

@@ -11,7 +11,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 from rtdetr_edge import __version__
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.predictor.settings import BACKENDS, DEVICES, PRECISIONS, PredictorSettings
-from rtdetr_edge.resource import ARCHES
+from rtdetr_edge.api.spec import ARCHES
 
 log = logging.getLogger("rtdetr_edge")
 
@@ -212,11 +211,19 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     except SpecError as error:
         print(f"error: invalid spec: {error}", file=sys.stderr)
         return 2
-    if args.pipeline_digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", args.pipeline_digest):
-        print(f"error: --pipeline-digest must be sha256:<64 hex digits>, got {args.pipeline_digest!r}", file=sys.stderr)
-        return 2
+    plan = None
+    if args.plan is not None:
+        from pydantic import ValidationError
+
+        from rtdetr_edge.api.job import PipelinePlan
+
+        try:
+            plan = PipelinePlan.model_validate_json(args.plan.read_text(encoding="utf-8"))
+        except (OSError, ValidationError) as error:
+            print(f"error: --plan {args.plan}: {error}", file=sys.stderr)
+            return 2
     resolver = StorageResolver(pvc_root=args.pvc_root, download_dir=args.download_dir)
-    result = run_pipeline(model, resolver, args.cache_dir, args.device, args.termination_log, args.pipeline_digest)
+    result = run_pipeline(model, resolver, args.cache_dir, args.device, args.termination_log, plan)
     print(json.dumps({k: result[k] for k in ("status", "pipelineDigest", "model", "accuracy", "message")}, indent=2))
     return 0
 
@@ -338,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--device", choices=DEVICES, default=env("DEVICE", "cpu"))
     pipeline.add_argument("--termination-log", type=Path, default=None, help="default: /dev/termination-log if present")
     pipeline.add_argument(
-        "--pipeline-digest", default=None, metavar="sha256:…",
-        help="the digest the operator computed for this run (default: computed from the resource)",
+        "--plan", type=Path, default=None, metavar="PLAN.json",
+        help="the operator's plan for this run: digest, ACT settings, tool versions (default: made from the resource)",
     )  # fmt: skip
 
     run = command("run", cmd_run, "run an RTDETRModel locally: quantize, evaluate, gate, warm up, serve")

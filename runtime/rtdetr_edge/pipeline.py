@@ -32,17 +32,23 @@ from rtdetr_edge.gate import accuracy_gate
 from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.progress import ProgressReporter
-from rtdetr_edge.resource import TOOL_VERSIONS, RTDETRModel, artifact_key, effective_quantization, pipeline_digest
+from rtdetr_edge.api.job import RESULT_SCHEMA, JobSummary, PipelinePlan
+from rtdetr_edge.resource import (
+    RTDETRModel,
+    artifact_key,
+    installed_tool_versions,
+    pipeline_digest,
+    pipeline_plan,
+    tool_version_problems,
+)
 from rtdetr_edge.storage import StorageResolver, find_model_dir
 
 log = logging.getLogger(__name__)
 
-RESULT_SCHEMA = "rtdetr.io/quantize-result/v1"
 RESULT_FILE = "result.json"
 MODEL_SUBDIR = "model"
 SHAPES_SUBDIR = "shapes"
 TERMINATION_LOG = Path("/dev/termination-log")
-TERMINATION_LIMIT = 4096
 DEFAULT_NUM_CLASSES = 80  # COCO, when the export has no infer_cfg.yml label_list
 
 
@@ -108,18 +114,11 @@ def read_result(paths: ArtifactPaths) -> dict[str, Any] | None:
 
 def termination_summary(result: dict[str, Any]) -> str:
     """One JSON line ≤ 4 KiB for the Pod's termination message (what the operator reads)."""
-    summary: dict[str, Any] = {"schema": RESULT_SCHEMA, "ok": result.get("status") == "Succeeded"}
-    for key in ("pipelineDigest", "model", "accuracy", "shapeRanges", "reason"):
-        if key in result:
-            summary[key] = result[key]
-    if "gate" in result:
-        summary["gate"] = {k: result["gate"][k] for k in ("passed", "reason", "message")}
-    message = str(result.get("message", ""))
-    line = json.dumps({**summary, "message": message}, separators=(",", ":"))
-    if len(line.encode()) > TERMINATION_LIMIT:
-        room = max(0, len(message) - (len(line.encode()) - TERMINATION_LIMIT) - 3)
-        line = json.dumps({**summary, "message": message[:room] + "..."}, separators=(",", ":"))
-    return line
+    picked = {key: result[key] for key in ("pipelineDigest", "model", "accuracy", "shapeRanges", "reason", "gate") if key in result}
+    summary = JobSummary.model_validate(
+        {**picked, "schema": RESULT_SCHEMA, "ok": result.get("status") == "Succeeded", "message": str(result.get("message", ""))}
+    )
+    return summary.line()
 
 
 def write_termination_log(result: dict[str, Any], path: Path | None) -> None:
@@ -147,11 +146,13 @@ def run_pipeline(
     cache_dir: Path,
     device: str = "cpu",
     termination_log: Path | None = None,
-    digest: str | None = None,
+    plan: PipelinePlan | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) the quantize Job's sequence for ``model``; return the result document.
-    ``digest``: the operator's pipeline digest (see ``artifact_paths``)."""
-    paths = artifact_paths(model, resolver, digest)
+    ``plan``: the operator's (digest, ACT settings, tool versions); made from the resource
+    when run by hand."""
+    plan = plan or pipeline_plan(model.spec)
+    paths = artifact_paths(model, resolver, plan.pipeline_digest)
     existing = read_result(paths)
     if existing is not None:
         log.info("pipeline %s already finished (%s); nothing to do", paths.key, paths.final)
@@ -167,7 +168,7 @@ def run_pipeline(
             shutil.rmtree(stale, ignore_errors=True)
         staging = paths.staging()
         try:
-            result = _run_stages(model, resolver, cache_dir, device, paths, staging)
+            result = _run_stages(model, resolver, cache_dir, device, plan, paths, staging)
         except RtdetrEdgeError as error:
             shutil.rmtree(staging, ignore_errors=True)
             failure = {
@@ -192,6 +193,7 @@ def _run_stages(
     resolver: StorageResolver,
     cache_dir: Path,
     device: str,
+    plan: PipelinePlan,
     paths: ArtifactPaths,
     staging: Path,
 ) -> dict[str, Any]:
@@ -200,6 +202,13 @@ def _run_stages(
     from rtdetr_edge.shape_ranges import collect_shape_ranges
 
     spec = model.spec
+    wrong_tools = tool_version_problems(plan.tools, installed_tool_versions())
+    if wrong_tools:
+        raise PipelineError(
+            f"this image cannot make the model the plan names: {'; '.join(wrong_tools)}. Use the runtime image "
+            "of the operator's release (Helm values images.runtimeGpu / images.runtimeCpu)",
+            reason="ToolVersionMismatch",
+        )
     timings: dict[str, float] = {}
     started = time.perf_counter()
     phases = ProgressReporter(paths.progress_file, "pipeline", 5, min_interval_seconds=0)
@@ -222,14 +231,14 @@ def _run_stages(
         num_model_classes(source_dir),
         list(spec.dataset.category_ids) if spec.dataset.category_ids is not None else None,
     )
-    quantization = effective_quantization(spec.arch, spec.quantization)
+    quantization = plan.quantization
     staging.mkdir(parents=True)
     model_dir = staging / MODEL_SUBDIR
 
     phases.update(0, phase="quantize")
     mark = time.perf_counter()
     quantize_report: dict[str, Any] | None = None
-    if spec.quantization.method == "none":
+    if quantization.method == "none":
         model_dir.mkdir()
         shutil.copy2(source.program, model_dir / source.program.name)
         shutil.copy2(source.params, model_dir / source.params.name)
@@ -240,13 +249,13 @@ def _run_stages(
             model_dir,
             QuantizeSettings(
                 arch=spec.arch,
-                method=spec.quantization.method,
-                train_iter=quantization["train_iter"],
-                eval_iter=quantization["eval_iter"],
-                learning_rate=quantization["learning_rate"],
-                quantize_op_types=tuple(quantization["quantize_op_types"]),
-                batch_size=spec.quantization.batch_size,
-                calibration_batches=spec.quantization.calibration_batches,
+                method=quantization.method,
+                train_iter=quantization.train_iter,
+                eval_iter=quantization.eval_iter,
+                learning_rate=quantization.learning_rate,
+                quantize_op_types=tuple(quantization.quantize_op_types),
+                batch_size=quantization.batch_size,
+                calibration_batches=quantization.calibration_batches,
                 device=device,
             ),
             progress_file=paths.progress_file,
@@ -293,7 +302,7 @@ def _run_stages(
     timings["evaluate_candidate"] = time.perf_counter() - mark
 
     phases.update(3, phase="accuracy gate")
-    verdict = accuracy_gate(baseline.map, candidate.map, spec.quantization.max_map_drop)
+    verdict = accuracy_gate(baseline.map, candidate.map, quantization.max_map_drop)
     log.info("accuracy gate: %s", verdict.message)
 
     phases.update(4, phase="shape-range collection")
@@ -321,11 +330,11 @@ def _run_stages(
             "uri": f"{final_uri}/{MODEL_SUBDIR}",
             "sizeBytes": candidate_files.size_bytes(),
             "quantized": candidate_files.is_quantized(),
-            "method": spec.quantization.method,
+            "method": quantization.method,
         },
         "source": {"digest": source.digest(), "sizeBytes": source.size_bytes()},
         "quantize": quantize_report,
-        "quantization": quantization,
+        "quantization": quantization.model_dump(),
         "baseline": baseline.to_dict(),
         "candidate": candidate.to_dict(),
         "gate": verdict.to_dict(),
@@ -343,7 +352,7 @@ def _run_stages(
         "categoryIds": category_map,
         "device": device,
         "timingsSeconds": {name: round(value, 1) for name, value in timings.items()},
-        "tools": TOOL_VERSIONS,
+        "tools": plan.tools,
         "finishedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     _write_json_atomic(staging / RESULT_FILE, result)

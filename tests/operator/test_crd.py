@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from rtdetr_edge.resource import parse_resource
+from rtdetr_edge.api.spec import NAME_MESSAGE, EngineCacheSpec, RTDETRModelSpec, SourceSpec
+from rtdetr_edge.resource import SpecError, parse_resource
 
 from .conftest import CRD_FILE, OPERATOR_NAMESPACE, RELEASE, SAMPLES, Cluster, load_sample
 
@@ -71,15 +72,25 @@ def test_server_fills_the_documented_defaults(cluster: Cluster, crd: str) -> Non
     assert spec["serving"]["maxBatchSize"] == 4 and spec["compression"]["activeDeadlineSeconds"] == 7200
 
 
+def rule_messages(node: Any) -> list[str]:
+    """Every CEL rule's message in the CRD (each one has an example below)."""
+    found = [rule["message"] for rule in node.get("x-kubernetes-validations", [])] if isinstance(node, dict) else []
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    return found + [message for child in children for message in rule_messages(child)]
+
+
+PRECISION_INT8_RULE, PRECISION_FP_RULE, FP16_CPU_RULE = (rule.message for rule in RTDETRModelSpec.rules)
+SOURCE_RULE, ENGINE_CACHE_RULE = SourceSpec.rules[0].message, EngineCacheSpec.rules[0].message
+
 INVALID: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
-    ("two sources", lambda s: s["source"].update(checkpoint="pvc://models/x.pdparams"), "exactly one of inferenceModel"),
-    ("no source", lambda s: s.update(source={}), "exactly one of inferenceModel"),
-    ("int8 without quantization", lambda s: s["quantization"].update(method="none"), "int8 needs quantization.method"),
+    ("two sources", lambda s: s["source"].update(checkpoint="pvc://models/x.pdparams"), SOURCE_RULE),
+    ("no source", lambda s: s.update(source={}), SOURCE_RULE),
+    ("int8 without quantization", lambda s: s["quantization"].update(method="none"), PRECISION_INT8_RULE),
     ("fp16 on cpu", lambda s: (s["serving"].update(precision="fp16", device="cpu"), s["quantization"].update(method="none")),
-     "fp16 needs serving.device gpu"),
-    ("fp16 with quantization", lambda s: s["serving"].update(precision="fp16"), "serves the FP32 model"),
-    ("two engine caches", lambda s: s["serving"].update(engineCache={"hostPath": "/a", "emptyDir": {}}), "exactly one of hostPath"),
-    ("no engine cache kind", lambda s: s["serving"].update(engineCache={}), "exactly one of hostPath"),
+     FP16_CPU_RULE),
+    ("fp16 with quantization", lambda s: s["serving"].update(precision="fp16"), PRECISION_FP_RULE),
+    ("two engine caches", lambda s: s["serving"].update(engineCache={"hostPath": "/a", "emptyDir": {}}), ENGINE_CACHE_RULE),
+    ("no engine cache kind", lambda s: s["serving"].update(engineCache={}), ENGINE_CACHE_RULE),
     ("s3 URI", lambda s: s["source"].update(inferenceModel="s3://bucket/model"), "spec.source.inferenceModel"),
     ("unknown arch", lambda s: s.update(arch="yolov8"), 'Unsupported value: "yolov8"'),
     ("batch too large", lambda s: s["serving"].update(maxBatchSize=128), "should be less than or equal to 64"),
@@ -94,7 +105,9 @@ def test_names_that_cannot_name_a_service_are_rejected(cluster: Cluster, crd: st
     document = load_sample("demo-shapes.yaml")
     document["metadata"]["name"] = name
     accepted, stderr, _ = dry_run(cluster, crd, document)
-    assert not accepted and "it also names the model's Service" in stderr, stderr
+    assert not accepted and NAME_MESSAGE in stderr, stderr
+    with pytest.raises(SpecError, match="it also names the model's Service"):
+        parse_resource(document)
 
 
 @pytest.mark.parametrize(("mutate", "message"), [(m, msg) for _, m, msg in INVALID], ids=[i for i, _, _ in INVALID])
@@ -106,3 +119,12 @@ def test_invalid_resources_are_rejected_with_a_readable_message(
     accepted, stderr, _ = dry_run(cluster, crd, document)
     assert not accepted, "the API server accepted an invalid resource"
     assert 'The RTDETRModel "rtdetr-r50" is invalid' in stderr and message in stderr, stderr
+    with pytest.raises(SpecError) as raised:  # `rtdetr-edge run` and the operator refuse it too
+        parse_resource(document)
+    if message in rule_messages(yaml.safe_load(CRD_FILE.read_text())):  # the same rule: the same words
+        assert any(error.endswith(message) for error in raised.value.errors), raised.value.errors
+
+
+def test_every_cel_rule_has_an_example_the_server_refuses() -> None:
+    messages = rule_messages(yaml.safe_load(CRD_FILE.read_text()))
+    assert set(messages) - {NAME_MESSAGE} == {message for _, _, message in INVALID} & set(messages)

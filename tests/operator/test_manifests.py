@@ -12,7 +12,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from rtdetr_edge.resource import parse_resource, pipeline_digest
+from rtdetr_edge.api.job import Accuracy, GateVerdict, JobSummary, ModelRef, PipelinePlan, ShapeRangesRef
+from rtdetr_edge.resource import parse_resource, pipeline_digest, pipeline_plan
 from rtdetr_operator.exporter import build_export_job
 from rtdetr_operator.manifests import build_pipeline_configmap, build_quantize_job, build_runtime_deployment, build_service
 from rtdetr_operator.names import MAX_NAME, quantize_job_name, runtime_name
@@ -33,28 +34,28 @@ def body_of(sample: str) -> dict[str, Any]:
 
 def summary(digest: str, passed: bool = True, baseline: float = 53.1, quantized: float = 53.0,
             namespace: str = "vision", name: str = "rtdetr-r50") -> str:  # fmt: skip
-    """The one-line termination message `rtdetr-edge pipeline` writes."""
+    """The one-line termination message `rtdetr-edge pipeline` writes (the same typed contract)."""
     key = digest.split(":")[1][:16]
     drop = round(baseline - quantized, 2)
     message = f"mAP {baseline:.1f} -> {quantized:.1f} (drop {drop:.1f} {'<=' if passed else '>'} 0.5)"
-    return json.dumps({
-        "schema": "rtdetr.io/quantize-result/v1", "ok": True, "pipelineDigest": digest,
-        "model": {"digest": "sha256:" + "ab" * 32, "uri": f"pvc://rtdetr-artifacts/{namespace}/{name}/{key}/model",
-                  "sizeBytes": 48_000_000, "quantized": True, "method": "qat"},
-        "accuracy": {"baselineMap": baseline, "quantizedMap": quantized, "mapDrop": drop, "images": 500},
-        "shapeRanges": {"file": f"shapes/{'ab' * 32}-b4.pbtxt", "maxBatchSize": 4, "tensors": 1200},
-        "gate": {"passed": passed, "reason": "WithinBudget" if passed else "DropExceedsBudget", "message": message},
-        "message": message,
-    }, separators=(",", ":"))  # fmt: skip
+    return JobSummary(
+        ok=True, pipeline_digest=digest, message=message,
+        model=ModelRef(digest="sha256:" + "ab" * 32, uri=f"pvc://rtdetr-artifacts/{namespace}/{name}/{key}/model",
+                       size_bytes=48_000_000, quantized=True, method="qat"),
+        accuracy=Accuracy(baseline_map=baseline, quantized_map=quantized, map_drop=drop, images=500),
+        shape_ranges=ShapeRangesRef(file=f"shapes/{'ab' * 32}-b4.pbtxt", max_batch_size=4, tensors=1200),
+        gate=GateVerdict(passed=passed, reason="WithinBudget" if passed else "DropExceedsBudget", message=message),
+    ).line()  # fmt: skip
 
 
 def manifests_for(sample: str, settings: OperatorSettings) -> list[dict[str, Any]]:
     body = body_of(sample)
     model = parse_resource(body)
-    digest = pipeline_digest(model.spec)
+    plan = pipeline_plan(model.spec)
+    digest = plan.pipeline_digest
     served = json.loads(summary(digest, namespace=model.namespace, name=model.name))
     result = [
-        build_pipeline_configmap(body, model, digest),
+        build_pipeline_configmap(body, model, plan),
         build_quantize_job(body, model, digest, settings),
         build_runtime_deployment(body, model, settings, served),
         build_service(body, model, settings),
@@ -203,8 +204,9 @@ def test_pipeline_jobs_survive_node_disruptions() -> None:
             assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in manifest["spec"]["podFailurePolicy"]["rules"]
 
 
-def test_the_job_is_handed_the_operators_digest() -> None:
-    """A checkpoint source: the stage config names the export, the digest stays the operator's."""
+def test_the_job_is_handed_the_operators_plan() -> None:
+    """A checkpoint source: the stage config names the export, the plan (digest, ACT settings,
+    tool versions) stays the operator's."""
     body = body_of("rtdetr-r50.yaml")
     body["spec"]["source"] = {"checkpoint": "pvc://models/rtdetr_r50vd_6x_coco.pdparams"}
     from rtdetr_operator.reconcile import JobObservation
@@ -212,6 +214,10 @@ def test_the_job_is_handed_the_operators_digest() -> None:
     decision = decide(body, OperatorSettings(), Observed(export_job=JobObservation(succeeded=True)), "2026-12-02T00:00:00Z")
     configmap, job = decision.ensure
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--pipeline-digest") + 1] == decision.pipeline_digest == pipeline_digest(parse_resource(body).spec)
+    assert args[args.index("--plan") + 1] == "/etc/rtdetr-edge/plan.json"
+    assert any(m["mountPath"] == "/etc/rtdetr-edge" for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"])
+    plan = PipelinePlan.model_validate_json(configmap["data"]["plan.json"])
+    assert plan == pipeline_plan(parse_resource(body).spec) and plan.pipeline_digest == decision.pipeline_digest
+    assert plan.quantization.train_iter == 500 and plan.tools["paddleslim"] == "2.6.0"
     staged = yaml.safe_load(configmap["data"]["resource.yaml"])
     assert pipeline_digest(parse_resource(staged).spec) != decision.pipeline_digest, "why the Job must not recompute it"

@@ -16,8 +16,14 @@ import numpy as np
 import pytest
 
 from rtdetr_edge.coco import DatasetError
-from rtdetr_edge.pipeline import RESULT_SCHEMA, TERMINATION_LIMIT, artifact_paths, run_pipeline, termination_summary
-from rtdetr_edge.resource import parse_resource
+from rtdetr_edge.api.job import RESULT_SCHEMA, TERMINATION_LIMIT, JobSummary
+from rtdetr_edge.pipeline import (
+    PipelineError,
+    artifact_paths,
+    run_pipeline,
+    termination_summary,
+)
+from rtdetr_edge.resource import parse_resource, pipeline_plan
 from rtdetr_edge.storage import StorageResolver
 
 from .conftest import resource, write_resource
@@ -188,26 +194,45 @@ def test_evaluate_cli_matches_hand_check(shapes_model: Path, shapes_dataset: Pat
     assert np.isfinite(result["latency_ms"])
 
 
-def test_the_job_keys_its_result_by_the_operators_digest(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+def test_the_job_runs_the_operators_plan(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
     """For a checkpoint source the operator hashes the checkpoint while the Job's spec names the
-    export: `pipeline --pipeline-digest` makes the Job use the operator's digest, so a finished
-    run is found again (no second QAT) and its result names the digest the operator expects."""
+    export: `pipeline --plan` makes the Job use the operator's digest, so a finished run is
+    found again (no second QAT) and its result names the digest the operator expects."""
     document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts")
     resource_file = write_resource(tmp_path / "resource.yaml", document)
     operators = "sha256:" + "5a" * 32
+    plan = pipeline_plan(parse_resource(document).spec).model_copy(update={"pipeline_digest": operators})
     paths = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl"), operators)
     assert paths.digest == operators and paths.key == "5a" * 8
     paths.final.mkdir(parents=True)
     finished = {"schema": RESULT_SCHEMA, "status": "Succeeded", "pipelineDigest": operators, "message": "done before",
-                "model": {"digest": "sha256:" + "00" * 32}, "accuracy": {}}  # fmt: skip
+                "model": {"digest": "sha256:" + "00" * 32, "uri": "pvc://artifacts/x/model"},
+                "accuracy": {"baselineMap": 1.0, "quantizedMap": 1.0, "mapDrop": 0.0, "images": 4}}  # fmt: skip
     paths.result_file.write_text(json.dumps(finished))
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(plan.model_dump_json(by_alias=True))
     command = [
         sys.executable, "-m", "rtdetr_edge.cli", "pipeline", str(resource_file), "--pvc-root", str(tmp_path / "pvc"),
         "--cache-dir", str(tmp_path / "cache"), "--termination-log", str(tmp_path / "termination-log"),
     ]  # fmt: skip
-    done = subprocess.run([*command, "--pipeline-digest", operators], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*command, "--plan", str(plan_file)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((tmp_path / "termination-log").read_text())
-    assert summary["pipelineDigest"] == operators and summary["message"] == "done before", "reused, not re-run"
-    bad = subprocess.run([*command, "--pipeline-digest", "latest"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "--pipeline-digest" in bad.stderr
+    summary = JobSummary.from_termination_message((tmp_path / "termination-log").read_text())
+    assert summary is not None and summary.pipeline_digest == operators and summary.message == "done before", "reused"
+    plan_file.write_text(plan.model_dump_json(by_alias=True).replace(operators, "latest"))
+    bad = subprocess.run([*command, "--plan", str(plan_file)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and f"--plan {plan_file}" in bad.stderr and "pipelineDigest" in bad.stderr, bad.stderr
+
+
+def test_an_image_with_other_tools_refuses_the_plan(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    """The digest names the tool versions; an image with others would make a different model
+    under the same name: the Job stops before any work, with the cause."""
+    document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts")
+    model = parse_resource(document)
+    plan = pipeline_plan(model.spec)
+    other = plan.model_copy(update={"tools": {**plan.tools, "paddleslim": "2.5.0"}})
+    with pytest.raises(PipelineError, match="paddleslim 2.6.0 is installed, the pipeline needs 2.5.0") as raised:
+        run_pipeline(model, StorageResolver(tmp_path / "pvc", tmp_path / "dl"), tmp_path / "cache", "cpu", None, other)
+    assert raised.value.reason == "ToolVersionMismatch"
+    failure = json.loads(artifact_paths(model, StorageResolver(tmp_path / "pvc", tmp_path / "dl")).failure_file.read_text())
+    assert failure["reason"] == "ToolVersionMismatch"

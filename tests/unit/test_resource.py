@@ -7,7 +7,17 @@ from typing import Any
 import pytest
 import yaml
 
-from rtdetr_edge.resource import SpecError, configs_dir, load_resource, parse_resource, pipeline_digest
+from rtdetr_edge.resource import (
+    SpecError,
+    configs_dir,
+    installed_tool_versions,
+    load_resource,
+    parse_resource,
+    pipeline_digest,
+    pipeline_plan,
+    tool_version_problems,
+    tool_versions,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -55,32 +65,42 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"arch": "yolo"}, "spec.arch must be one of"),
-        ({"source__checkpoint": "https://x/y.pdparams"}, "exactly one of inferenceModel"),
+        ({"arch": "yolo"}, "spec.arch: Input should be 'r18vd', 'r34vd'"),
+        ({"source__checkpoint": "https://x/y.pdparams"}, "spec.source: source needs exactly one of inferenceModel"),
         ({"source__inferenceModel": None}, "exactly one of inferenceModel"),
-        ({"source__inferenceModel": "s3://bucket/model"}, "'s3://'"),
-        ({"source__sha256": "abc"}, "64 hex digits"),
+        ({"source__inferenceModel": "s3://bucket/model"}, "spec.source.inferenceModel: 's3://bucket/model' has 's3://'"),
+        ({"source__sha256": "abc"}, "spec.source.sha256: String should match pattern"),
         ({"dataset__uri": None}, "spec.dataset.uri is required"),
-        ({"dataset__maxValImages": 0}, "maxValImages must be >= 1"),
-        ({"quantization__method": "awq"}, "method must be one of qat, ptq, none"),
-        ({"quantization__method": "none"}, "int8 needs spec.quantization.method qat or ptq"),
-        ({"quantization__trainIter": 0}, "trainIter must be >= 1"),
-        ({"quantization__learningRate": -1}, "learningRate must be > 0"),
-        ({"quantization__maxMapDrop": "a lot"}, "maxMapDrop must be"),
-        ({"serving__precision": "fp16", "serving__device": "cpu", "quantization__method": "none"}, "fp16 needs device gpu"),
+        ({"dataset__maxValImages": 0}, "spec.dataset.maxValImages: Input should be greater than or equal to 1, got 0"),
+        ({"quantization__method": "awq"}, "spec.quantization.method: Input should be 'qat', 'ptq' or 'none', got 'awq'"),
+        ({"quantization__method": "none"}, "spec: serving.precision int8 needs quantization.method qat or ptq"),
+        ({"quantization__trainIter": 0}, "trainIter: Input should be greater than or equal to 1"),
+        ({"quantization__learningRate": -1}, "learningRate: Input should be greater than 0"),
+        ({"quantization__maxMapDrop": "a lot"}, "maxMapDrop: Input should be a valid number, got 'a lot'"),
+        ({"quantization__quantizeOpTypes": ["conv2d", "relu"]}, "spec.quantization.quantizeOpTypes[1]: Input should be"),
+        ({"serving__precision": "fp16", "serving__device": "cpu", "quantization__method": "none"}, "fp16 needs serving.device gpu"),
         ({"serving__precision": "fp16"}, "serves the FP32 model"),
-        ({"serving__maxBatchSize": 0}, "maxBatchSize must be within 1..64"),
-        ({"serving__scoreThreshold": 2}, "scoreThreshold must be within 0..1"),
+        ({"serving__maxBatchSize": 0}, "maxBatchSize: Input should be greater than or equal to 1"),
+        ({"serving__scoreThreshold": 2}, "scoreThreshold: Input should be less than or equal to 1"),
         ({"serving__engineCache": {"hostPath": "/a", "emptyDir": {}}}, "exactly one of hostPath, pvcName or emptyDir"),
         ({"storage__artifacts": "https://example.com/x"}, "must be writable"),
-        ({"storage": None}, "spec.storage.artifacts is required"),
-        ({"serving__replicas": True}, "replicas must be int"),
+        ({"storage": None}, "spec.storage is required"),
+        ({"serving__replicas": True}, "spec.serving.replicas: Input should be a valid integer, got True"),
+        ({"serving__replicas": "3"}, "spec.serving.replicas: Input should be a valid integer, got '3'"),
+        ({"serving__replica": 3}, "spec.serving.replica: unknown field"),
     ],
 )
 def test_invalid_specs_explain_themselves(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError) as raised:
         parse_resource(with_spec(**changes))
     assert any(message in error for error in raised.value.errors), raised.value.errors
+
+
+def test_names_that_cannot_name_a_service_are_refused_as_the_api_server_does() -> None:
+    document = base()
+    document["metadata"]["name"] = "2024-r50.v2"
+    with pytest.raises(SpecError, match="it also names the model's Service"):
+        parse_resource(document)
 
 
 def test_all_problems_are_reported_at_once() -> None:
@@ -140,3 +160,23 @@ def test_load_resource_errors(tmp_path: Path) -> None:
         load_resource(empty)
     with pytest.raises(SpecError, match="cannot read"):
         load_resource(tmp_path / "missing.yaml")
+
+
+def test_tool_versions_are_the_packages_own_pins_and_installed_here() -> None:
+    pins = tool_versions()
+    assert pins["paddlepaddle"] == "2.6.2" and pins["paddleslim"] == "2.6.0", "pyproject.toml's pins, via metadata"
+    assert tool_version_problems(pins, installed_tool_versions()) == []
+    assert pipeline_plan(parse_resource(base()).spec).tools == pins
+
+
+@pytest.mark.parametrize(
+    ("installed", "problems"),
+    [
+        ({"paddlepaddle": "2.6.2", "paddleslim": "2.6.0"}, []),
+        ({"paddlepaddle": "3.0.0", "paddleslim": "2.6.0"}, ["paddlepaddle 3.0.0 is installed, the pipeline needs 2.6.2"]),
+        ({"paddlepaddle": "2.6.2", "paddleslim": None}, ["paddleslim is not installed (the pipeline needs 2.6.0)"]),
+    ],
+)
+def test_tool_version_problems(installed: dict[str, str | None], problems: list[str]) -> None:
+    expected = {"paddlepaddle": "2.6.2", "paddleslim": "2.6.0", "rtdetr-edge": "0.1"}
+    assert tool_version_problems(expected, installed) == problems

@@ -5,12 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-Device = Literal["cpu", "gpu"]
-Precision = Literal["fp32", "fp16", "int8"]
+from rtdetr_edge.api.spec import DEVICES, PRECISIONS, Device, Precision
+
 Backend = Literal["paddle", "onnxruntime"]
 
-DEVICES: tuple[Device, ...] = ("cpu", "gpu")
-PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 BACKENDS: tuple[Backend, ...] = ("paddle", "onnxruntime")
 CPU_INT8_MODES = ("simulated", "onednn")
 

@@ -1,0 +1,130 @@
+"""The operator ↔ quantize Job contract, both ways.
+
+``PipelinePlan``: what the operator hands the Job, computed once by the operator from the
+resource as the user wrote it; the Job executes it and never recomputes any of it (for a
+checkpoint source the Job's spec names the export, which would hash differently).
+``JobSummary``: what the Job hands back, one JSON line ≤ 4 KiB in the pod's termination message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from rtdetr_edge.api.spec import Method
+
+PLAN_SCHEMA = "rtdetr.io/pipeline-plan/v1"
+RESULT_SCHEMA = "rtdetr.io/quantize-result/v1"
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+class PlanModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
+
+
+class EffectiveQuantization(PlanModel):
+    """The ACT settings that run: the arch's defaults (configs/act/) with the spec's overrides."""
+
+    method: Method
+    train_iter: int = Field(ge=1)
+    eval_iter: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    quantize_op_types: list[str]
+    batch_size: int = Field(ge=1)
+    calibration_batches: int = Field(ge=1)
+    max_map_drop: float = Field(ge=0)
+
+
+class PipelinePlan(PlanModel):
+    schema_: Literal["rtdetr.io/pipeline-plan/v1"] = Field(PLAN_SCHEMA, alias="schema")
+    pipeline_digest: str = Field(pattern=DIGEST_PATTERN)
+    """Names the artifacts (its first 16 hex digits) and the operator's children."""
+    tools: dict[str, str]
+    """Tool versions the digest was computed for; the Job refuses to run with others."""
+    quantization: EffectiveQuantization
+
+
+class SummaryModel(BaseModel):
+    """Read leniently (a newer Job may say more), written exactly."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+
+
+class ModelRef(SummaryModel):
+    digest: str
+    uri: str
+    size_bytes: int | None = None
+    quantized: bool | None = None
+    method: str | None = None
+
+
+class Accuracy(SummaryModel):
+    baseline_map: float
+    quantized_map: float
+    map_drop: float
+    images: int
+
+
+class ShapeRangesRef(SummaryModel):
+    file: str
+    """Relative to the run's artifact directory."""
+    max_batch_size: int | None = None
+    tensors: int | None = None
+
+
+class GateVerdict(SummaryModel):
+    passed: bool
+    reason: str
+    message: str
+
+
+class JobSummary(SummaryModel):
+    schema_: Literal["rtdetr.io/quantize-result/v1"] = Field(RESULT_SCHEMA, alias="schema")
+    ok: bool
+    """The pipeline finished (the gate may still have refused the candidate)."""
+    pipeline_digest: str | None = None
+    model: ModelRef | None = None
+    accuracy: Accuracy | None = None
+    shape_ranges: ShapeRangesRef | None = None
+    gate: GateVerdict | None = None
+    reason: str | None = None
+    """Why it failed (``ok`` false): PipelineFailed, ToolVersionMismatch, DatasetFailed, …"""
+    message: str = ""
+
+    def line(self) -> str:
+        """The termination message: one JSON line within Kubernetes' 4 KiB, the message cut first."""
+        document = self.model_dump(by_alias=True, exclude_none=True)
+        text = json.dumps(document, separators=(",", ":"))
+        excess = len(text.encode()) - TERMINATION_LIMIT
+        if excess > 0:
+            cut = self.message.encode()[: max(0, len(self.message.encode()) - excess - 3)].decode(errors="ignore")
+            text = json.dumps({**document, "message": cut + "..."}, separators=(",", ":"))
+        return text
+
+    @classmethod
+    def from_termination_message(cls, text: str | None) -> JobSummary | None:
+        """The summary in a pod's termination message (its last line), or None: a crash leaves
+        the log tail there instead (FallbackToLogsOnError)."""
+        lines = (text or "").strip().splitlines()
+        if not lines:
+            return None
+        try:
+            return cls.model_validate_json(lines[-1])
+        except ValueError:
+            return None
+
+    def served(self) -> dict[str, object]:
+        """What a Deployment needs from a passed pipeline (kept in its annotation and status)."""
+        if self.pipeline_digest is None or self.model is None or self.shape_ranges is None:
+            raise ValueError("a summary without pipelineDigest, model and shapeRanges cannot be served")
+        return {
+            "pipelineDigest": self.pipeline_digest,
+            "model": self.model.model_dump(by_alias=True, include={"digest", "uri", "size_bytes"}, exclude_none=True),
+            "shapeRanges": {"file": self.shape_ranges.file},
+            "accuracy": self.accuracy.model_dump(by_alias=True) if self.accuracy else {},
+            "gate": self.gate.model_dump(by_alias=True) if self.gate else {},
+        }

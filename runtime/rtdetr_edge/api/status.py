@@ -1,0 +1,78 @@
+"""``RTDETRModel.status``, typed: the phases, the condition types and the shape of what the
+operator writes. The CRD's status schema is generated from these classes."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Phase = Literal["Pending", "Exporting", "Quantizing", "Evaluating", "Deploying", "Ready", "Failed"]
+PHASES: tuple[str, ...] = get_args(Phase)
+IN_FLIGHT_PHASES: frozenset[str] = frozenset({"Pending", "Exporting", "Quantizing", "Evaluating", "Deploying"})
+"""Work is under way (kstatus' Reconciling=True)."""
+
+ConditionType = Literal["Quantized", "AccuracyGatePassed", "Available", "Ready", "Reconciling", "Stalled"]
+CONDITION_TYPES: tuple[str, ...] = get_args(ConditionType)
+
+
+class StatusModel(BaseModel):
+    """Status objects are read back leniently: an older operator may have written more."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+
+class ConditionStatus(StatusModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = None
+
+
+class ModelStatus(StatusModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    digest: str | None = None
+    uri: str | None = None
+    size_bytes: int | None = None
+
+
+class AccuracyStatus(StatusModel):
+    """COCO mAP of the model being served (the mAP/Drop columns); a candidate's is in status.candidate."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    baseline_map: float | None = None
+    quantized_map: float | None = None
+    map_drop: float | None = None
+    images: int | None = None
+
+
+class ServingStatus(StatusModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    endpoint: str | None = None
+    ready_replicas: int | None = None
+    serving_digest: str | None = None
+
+
+class RTDETRModelStatus(StatusModel):
+    observed_generation: int | None = None
+    phase: Phase | None = None
+    pipeline_digest: str | None = None
+    served: dict[str, Any] | None = Field(
+        None,
+        description="The pipeline result of the model the pods serve (kept so a lost Deployment comes back with it).",
+    )
+    candidate: dict[str, Any] | None = Field(
+        None,
+        description="The last pipeline verdict for this spec (accuracy, gate), kept once read so a deleted Job or "
+        "pod never loses it; status.accuracy describes the served model.",
+    )
+    conditions: list[ConditionStatus] | None = Field(None, json_schema_extra={"x-kubernetes-list-type": "map",
+                                                                            "x-kubernetes-list-map-keys": ["type"]})
+    model: ModelStatus | None = None
+    accuracy: AccuracyStatus | None = None
+    serving: ServingStatus | None = None
+    progress: dict[str, Any] | None = Field(None, description="The running Job's stage, iteration and ETA.")
