@@ -17,6 +17,20 @@ COPY runtime/ /src/runtime/
 COPY operator/ /src/operator/
 COPY configs/ /src/configs/
 
+# What each image runs, and nothing else (tests/test_packaging.py runs these two commands on a
+# copy of the tree and imports the operator / runs the runtime CLI from what is left).
+# The operator image: the API and the modules the operator imports, no data plane.
+FROM ${PYTHON_IMAGE} AS source-operator
+COPY --from=source /src/ /src/
+WORKDIR /src
+RUN find runtime/rtdetr_edge -mindepth 1 -maxdepth 1 -not -name __init__.py -not -name py.typed -not -name api -not -name resource.py -not -name storage.py -not -name files.py -not -name errors.py -not -name progress.py -exec rm -rf {} +
+
+# The runtime images: data plane and pipeline, without the development tools (rtdetr_edge.dev).
+FROM ${PYTHON_IMAGE} AS source-runtime
+COPY --from=source /src/ /src/
+WORKDIR /src
+RUN rm -rf runtime/rtdetr_edge/dev
+
 FROM ${PYTHON_IMAGE} AS python-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -26,10 +40,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --gid 10001 rtdetr \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin rtdetr
 WORKDIR /opt/rtdetr-edge
-COPY --from=source /src/ ./
 
 # Every image installs exact pins from requirements/*.txt (make lock), then the project --no-deps.
 FROM python-base AS operator
+COPY --from=source-operator /src/ ./
 RUN pip install --no-cache-dir --requirement requirements/operator.txt \
     && pip install --no-cache-dir --no-deps .
 USER 10001:10001
@@ -41,6 +55,7 @@ ARG PADDLESLIM_VERSION=2.6.0
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
     && rm -rf /var/lib/apt/lists/*
+COPY --from=source-runtime /src/ ./
 # PaddleSlim's metadata pins opencv-python==4.6.0.66 and swig, which it does not use:
 # install it without dependencies; its real imports are in the `runtime` extra.
 RUN pip install --no-cache-dir --requirement requirements/runtime-cpu.txt \
@@ -75,7 +90,7 @@ RUN apt-get update \
 COPY --from=ghcr.io/astral-sh/uv:0.5.11 /uv /usr/local/bin/uv
 RUN uv python install "${PYTHON_VERSION}" && uv venv --python "${PYTHON_VERSION}" /opt/venv
 WORKDIR /opt/rtdetr-edge
-COPY --from=source /src/ ./
+COPY --from=source-runtime /src/ ./
 RUN uv pip install --python /opt/venv --no-cache --requirement requirements/runtime-gpu.txt "paddlepaddle-gpu==${PADDLE_VERSION}" \
     && uv pip install --python /opt/venv --no-cache --no-deps . "paddleslim==${PADDLESLIM_VERSION}"
 USER 10001:10001

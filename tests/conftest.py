@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from rtdetr_edge.bench import free_port
+from rtdetr_edge.dev.bench import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_IMAGES = sorted((REPO / "tests" / "fixtures" / "images").glob("*.jpg"))
@@ -29,7 +29,7 @@ def fixture_images() -> list[Path]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The seed-0 tiny RT-DETR-shaped export (built once per test session)."""
-    from rtdetr_edge.demo import ensure_tiny_model
+    from rtdetr_edge.dev.demo import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-seed0", seed=0)
 
@@ -37,7 +37,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same graph, different weights (seed 1): a "re-quantized" model for cache-key tests."""
-    from rtdetr_edge.demo import ensure_tiny_model
+    from rtdetr_edge.dev.demo import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-seed1", seed=1)
 

@@ -3,7 +3,9 @@ the real hadolint, the README's two commands are the ones CI runs."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -83,14 +85,52 @@ def test_readme_commands_are_what_ci_runs() -> None:
     assert "make test" in ci
 
 
-def test_operator_imports_without_runtime_dependencies() -> None:
-    """The operator image installs only `.[operator]`: no Paddle, NumPy, OpenCV, filelock, server stack."""
-    blocked = ["paddle", "numpy", "cv2", "filelock", "starlette", "uvicorn", "simplejpeg", "onnxruntime", "paddleslim"]
+RUNTIME_ONLY = ["paddle", "numpy", "cv2", "filelock", "starlette", "uvicorn", "simplejpeg", "onnxruntime", "paddleslim"]
+
+
+def image_tree(stage: str, tmp_path: Path) -> Path:
+    """The project tree as the Dockerfile's ``source-<stage>`` leaves it: its RUN line, run here."""
+    match = re.search(rf"^FROM \S+ AS source-{stage}\n(?:.*\n)*?RUN (.+)$", DOCKERFILE, re.M)
+    assert match is not None, f"no source-{stage} stage with a RUN line"
+    tree = tmp_path / "src"
+    for part in ("runtime", "operator", "configs"):
+        shutil.copytree(REPO / part, tree / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run(["bash", "-euc", match.group(1)], cwd=tree, check=True)
+    return tree
+
+
+def run_in(tree: Path, code: str, blocked: list[str] = ()) -> subprocess.CompletedProcess[str]:  # type: ignore[assignment]
+    """Python with only ``tree``'s sources importable (the editable install is bypassed)."""
+    prelude = "import sys\n" + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
+    # setuptools' editable finder would serve what the tree lacks from this checkout
+    prelude += "sys.meta_path[:] = [f for f in sys.meta_path if not f.__module__.startswith('__editable__')]\n"
+    prelude += f"import rtdetr_edge\nassert rtdetr_edge.__file__.startswith({str(tree)!r}), rtdetr_edge.__file__\n"
+    env = {**os.environ, "PYTHONPATH": f"{tree / 'runtime'}:{tree / 'operator'}", "RTDETR_CONFIG_DIR": str(tree / "configs")}
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=120, env=env, cwd=tree)
+
+
+def test_the_operator_image_runs_without_the_data_plane(tmp_path: Path) -> None:
+    """The operator image: `.[operator]` and the API, no Paddle, NumPy, OpenCV, filelock, server
+    stack, and none of the data plane's modules; it still reads resources and plans Jobs."""
+    tree = image_tree("operator", tmp_path)
+    kept = sorted(p.name for p in (tree / "runtime" / "rtdetr_edge").iterdir())
+    assert "server" not in kept and "pipeline.py" not in kept and "dev" not in kept and "api" in kept, kept
     code = (
-        "import sys\n"
-        + "".join(f"sys.modules[{name!r}] = None\n" for name in blocked)
-        + "import rtdetr_operator.main, rtdetr_operator.handlers, rtdetr_operator.reconcile\n"
-        + "from rtdetr_operator.handlers import register\n"
+        "import rtdetr_operator.main, rtdetr_operator.handlers, rtdetr_operator.reconcile\n"
+        "from rtdetr_operator.handlers import register\n"
+        "from rtdetr_edge.resource import load_resource, pipeline_plan\n"
+        "print(pipeline_plan(load_resource(__import__('pathlib').Path('configs/samples/rtdetr-r50.yaml')).spec).pipeline_digest)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+    result = run_in(tree, code, RUNTIME_ONLY)
+    assert result.returncode == 0 and result.stdout.startswith("sha256:"), result.stderr
+
+
+def test_the_runtime_images_run_everything_but_the_development_tools(tmp_path: Path) -> None:
+    tree = image_tree("runtime", tmp_path)
+    assert not (tree / "runtime" / "rtdetr_edge" / "dev").exists()
+    imported = run_in(tree, "import rtdetr_edge.server.app, rtdetr_edge.pipeline, rtdetr_edge.warmup, rtdetr_edge.local_run\n")
+    assert imported.returncode == 0, imported.stderr
+    serve = run_in(tree, "from rtdetr_edge.cli import main\nraise SystemExit(main(['serve', '--help']))\n")
+    assert serve.returncode == 0 and "RTDETR_MAX_BATCH_SIZE" in serve.stdout, serve.stderr
+    demo = run_in(tree, "from rtdetr_edge.cli import main\nraise SystemExit(main(['demo', '--no-serve']))\n")
+    assert demo.returncode == 2 and "error: this is a development tool, not part of this image" in demo.stderr, demo.stderr

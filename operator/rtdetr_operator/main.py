@@ -1,111 +1,133 @@
-"""``rtdetr-operator``: flags and ``RTDETR_OPERATOR_*`` environment variables → kopf.run()."""
+"""``rtdetr-operator``: flags (or ``RTDETR_OPERATOR_<FLAG>`` environment variables, as the
+Helm chart sets them; ``--help`` names each one) → kopf.run()."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import posixpath
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+import click
 
 from rtdetr_operator.settings import OperatorSettings, host_path_problem
 
-
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(f"RTDETR_OPERATOR_{name}", default)
+DEFAULTS = OperatorSettings()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    defaults = OperatorSettings()
-    parser = argparse.ArgumentParser(prog="rtdetr-operator", description="Reconcile rtdetr.io/v1alpha1 RTDETRModels.")
-    parser.add_argument(
-        "--namespace", action="append", default=[n for n in _env("NAMESPACES").split(",") if n],
-        help="watch this namespace (repeatable); default: all namespaces",
-    )  # fmt: skip
-    parser.add_argument("--runtime-image-gpu", default=_env("RUNTIME_IMAGE_GPU", defaults.runtime_image_gpu))
-    parser.add_argument("--runtime-image-cpu", default=_env("RUNTIME_IMAGE_CPU", defaults.runtime_image_cpu))
-    parser.add_argument("--quantize-image", default=_env("QUANTIZE_IMAGE", defaults.quantize_image))
-    parser.add_argument("--quantize-image-cpu", default=_env("QUANTIZE_IMAGE_CPU", defaults.quantize_image_cpu))
-    parser.add_argument("--exporter-image", default=_env("EXPORTER_IMAGE", defaults.exporter_image))
-    parser.add_argument("--image-pull-policy", default=_env("IMAGE_PULL_POLICY", defaults.image_pull_policy))
-    parser.add_argument(
-        "--image-pull-secret", action="append", default=[s for s in _env("IMAGE_PULL_SECRETS").split(",") if s]
-    )
-    parser.add_argument("--pvc-mount-root", default=_env("PVC_MOUNT_ROOT", defaults.pvc_mount_root))
-    parser.add_argument(
-        "--default-engine-cache", default=_env("DEFAULT_ENGINE_CACHE", json.dumps(defaults.default_engine_cache)),
-        help='JSON, e.g. {"emptyDir": {}} or {"pvcName": "engine-cache"} or {"hostPath": "/var/cache/rtdetr-edge"}',
-    )  # fmt: skip
-    parser.add_argument(
-        "--host-path-prefix", action="append", default=[p for p in _env("HOST_PATH_PREFIXES").split(",") if p],
-        help="allow serving.engineCache.hostPath under this host directory (repeatable); default: no hostPath",
-    )  # fmt: skip
-    parser.add_argument("--resync-seconds", type=float, default=float(_env("RESYNC_SECONDS", str(defaults.resync_seconds))))
-    parser.add_argument("--job-backoff-limit", type=int, default=int(_env("JOB_BACKOFF_LIMIT", str(defaults.job_backoff_limit))))
-    parser.add_argument("--job-service-account", default=_env("JOB_SERVICE_ACCOUNT"))
-    parser.add_argument("--runtime-service-account", default=_env("RUNTIME_SERVICE_ACCOUNT"))
-    parser.add_argument("--cluster-domain", default=_env("CLUSTER_DOMAIN", defaults.cluster_domain))
-    peering = parser.add_mutually_exclusive_group()
-    peering.add_argument("--standalone", action="store_true", default=_env("PEERING") == "", help="no peering (one replica)")
-    peering.add_argument("--peering", default=_env("PEERING") or None, help="KopfPeering name for HA replicas")
-    parser.add_argument("--liveness", default=_env("LIVENESS", "http://0.0.0.0:8081/healthz"), help="'' to disable")
-    parser.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"))
-    return parser
+class CommaSeparated(click.ParamType):
+    """A repeatable flag whose environment variable lists values separated by commas."""
+
+    name = "text"
+    envvar_list_splitter = ","
+
+    def split_envvar_value(self, rv: str) -> Sequence[str]:
+        return [value.strip() for value in rv.split(",") if value.strip()]
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(value)
 
 
-def settings_from(args: argparse.Namespace) -> OperatorSettings:
-    try:
-        engine_cache = json.loads(args.default_engine_cache)
-    except ValueError:
-        raise SystemExit(f"error: --default-engine-cache is not JSON: {args.default_engine_cache!r}") from None
-    prefixes = tuple(args.host_path_prefix)
-    for prefix in prefixes:
-        if not prefix.startswith("/") or posixpath.normpath(prefix) == "/":
-            raise SystemExit(f"error: --host-path-prefix {prefix!r} must be an absolute directory other than /")
-    problem = host_path_problem(engine_cache, prefixes)
-    if problem:
-        raise SystemExit(f"error: --default-engine-cache: {problem}")
-    return OperatorSettings(
-        namespaces=tuple(args.namespace),
-        runtime_image_gpu=args.runtime_image_gpu,
-        runtime_image_cpu=args.runtime_image_cpu,
-        quantize_image=args.quantize_image,
-        quantize_image_cpu=args.quantize_image_cpu,
-        exporter_image=args.exporter_image,
-        image_pull_policy=args.image_pull_policy,
-        image_pull_secrets=tuple(args.image_pull_secret),
-        pvc_mount_root=args.pvc_mount_root,
-        default_engine_cache=engine_cache,
-        host_path_prefixes=prefixes,
-        resync_seconds=args.resync_seconds,
-        job_backoff_limit=args.job_backoff_limit,
-        job_service_account=args.job_service_account,
-        runtime_service_account=args.runtime_service_account,
-        cluster_domain=args.cluster_domain,
-    )
+def option(*declarations: str, **kwargs: Any) -> Any:
+    kwargs.setdefault("show_envvar", True)
+    if kwargs.get("default") not in (None, (), ""):
+        kwargs.setdefault("show_default", True)
+    return click.option(*declarations, **kwargs)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@click.command(
+    "rtdetr-operator",
+    context_settings={"auto_envvar_prefix": "RTDETR_OPERATOR", "help_option_names": ["-h", "--help"]},
+)
+@option("--namespace", "namespaces", multiple=True, type=CommaSeparated(), envvar="RTDETR_OPERATOR_NAMESPACES",
+        help="watch this namespace (repeatable); default: all namespaces")  # fmt: skip
+@option("--runtime-image-gpu", default=DEFAULTS.runtime_image_gpu)
+@option("--runtime-image-cpu", default=DEFAULTS.runtime_image_cpu)
+@option("--quantize-image", default=DEFAULTS.quantize_image)
+@option("--quantize-image-cpu", default=DEFAULTS.quantize_image_cpu)
+@option("--exporter-image", default=DEFAULTS.exporter_image)
+@option("--image-pull-policy", type=click.Choice(["Always", "IfNotPresent", "Never"]), default=DEFAULTS.image_pull_policy)
+@option("--image-pull-secret", "image_pull_secrets", multiple=True, type=CommaSeparated(),
+        envvar="RTDETR_OPERATOR_IMAGE_PULL_SECRETS", help="repeatable")  # fmt: skip
+@option("--pvc-mount-root", default=DEFAULTS.pvc_mount_root)
+@option("--default-engine-cache", default=json.dumps(DEFAULTS.default_engine_cache),
+        help='JSON, e.g. {"emptyDir": {}} or {"pvcName": "engine-cache"} or {"hostPath": "/var/cache/rtdetr-edge"}')
+@option("--host-path-prefix", "host_path_prefixes", multiple=True, type=CommaSeparated(),
+        envvar="RTDETR_OPERATOR_HOST_PATH_PREFIXES",
+        help="allow serving.engineCache.hostPath under this host directory (repeatable); default: no hostPath")
+@option("--resync-seconds", type=click.FloatRange(1), default=DEFAULTS.resync_seconds)
+@option("--job-backoff-limit", type=click.IntRange(0), default=DEFAULTS.job_backoff_limit)
+@option("--job-service-account", default="")
+@option("--runtime-service-account", default="")
+@option("--cluster-domain", default=DEFAULTS.cluster_domain)
+@option("--peering", default="", help="KopfPeering name for HA replicas; empty: standalone (one replica)")
+@option("--standalone", is_flag=True, envvar=None, show_envvar=False, help="no peering (the default without --peering)")
+@option("--liveness", default="http://0.0.0.0:8081/healthz", help="'' to disable")
+@option("--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def command(**params: Any) -> None:
+    """Reconcile rtdetr.io/v1alpha1 RTDETRModels."""
     import kopf
 
     from rtdetr_operator.handlers import register
 
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from(args)
+    logging.basicConfig(level=params["log_level"].upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from(params)
     registry = kopf.OperatorRegistry()
     register(registry, settings)
     kopf.run(
         registry=registry,
-        standalone=args.peering is None,
-        peering_name=args.peering,
+        standalone=not params["peering"],
+        peering_name=params["peering"] or None,
         namespaces=list(settings.namespaces),
         clusterwide=not settings.namespaces,
-        liveness_endpoint=args.liveness or None,
+        liveness_endpoint=params["liveness"] or None,
     )
-    return 0
+
+
+def parse(argv: Sequence[str]) -> dict[str, Any]:
+    """The flags and environment as ``command`` receives them (without running it)."""
+    with command.make_context("rtdetr-operator", list(argv)) as context:
+        return dict(context.params)
+
+
+def settings_from(params: dict[str, Any]) -> OperatorSettings:
+    if params["standalone"] and params["peering"]:
+        raise click.UsageError("--standalone and --peering exclude each other")
+    try:
+        engine_cache = json.loads(params["default_engine_cache"])
+    except ValueError:
+        raise click.BadParameter(f"not JSON: {params['default_engine_cache']!r}", param_hint="--default-engine-cache") from None
+    prefixes = tuple(params["host_path_prefixes"])
+    for prefix in prefixes:
+        if not prefix.startswith("/") or posixpath.normpath(prefix) == "/":
+            raise click.BadParameter(f"{prefix!r} must be an absolute directory other than /", param_hint="--host-path-prefix")
+    problem = host_path_problem(engine_cache, prefixes)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--default-engine-cache")
+    return OperatorSettings(
+        namespaces=tuple(params["namespaces"]),
+        runtime_image_gpu=params["runtime_image_gpu"],
+        runtime_image_cpu=params["runtime_image_cpu"],
+        quantize_image=params["quantize_image"],
+        quantize_image_cpu=params["quantize_image_cpu"],
+        exporter_image=params["exporter_image"],
+        image_pull_policy=params["image_pull_policy"],
+        image_pull_secrets=tuple(params["image_pull_secrets"]),
+        pvc_mount_root=params["pvc_mount_root"],
+        default_engine_cache=engine_cache,
+        host_path_prefixes=prefixes,
+        resync_seconds=params["resync_seconds"],
+        job_backoff_limit=params["job_backoff_limit"],
+        job_service_account=params["job_service_account"],
+        runtime_service_account=params["runtime_service_account"],
+        cluster_domain=params["cluster_domain"],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return int(command.main(args=list(argv) if argv is not None else None, prog_name="rtdetr-operator") or 0)
 
 
 if __name__ == "__main__":

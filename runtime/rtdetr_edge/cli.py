@@ -1,398 +1,437 @@
-"""``rtdetr-edge``: every pipeline stage and tool as a subcommand.
+"""``rtdetr-edge``: every pipeline stage and tool as a subcommand (click).
 
-Flags default to ``RTDETR_<FLAG>`` environment variables (e.g. ``RTDETR_CACHE_DIR``),
-which is how the Kubernetes manifests configure the runtime. A failing command
-exits non-zero with ``error: <cause>`` as the last line of stderr.
+Serving and predictor flags also read ``RTDETR_<FLAG>`` environment variables (e.g.
+``RTDETR_CACHE_DIR`` for ``--cache-dir``; ``--help`` names each one), which is how the
+Kubernetes manifests configure the runtime. A failing command exits non-zero with
+``error: <cause>`` as the last line of stderr (2 for a usage error).
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import click
 
 from rtdetr_edge import __version__
-from rtdetr_edge.errors import RtdetrEdgeError
-from rtdetr_edge.predictor.settings import BACKENDS, DEVICES, PRECISIONS, PredictorSettings
 from rtdetr_edge.api.spec import ARCHES
+from rtdetr_edge.errors import RtdetrEdgeError
+from rtdetr_edge.predictor.settings import BACKENDS, CPU_INT8_MODES, DEVICES, PRECISIONS, PredictorSettings
 
 log = logging.getLogger("rtdetr_edge")
+ENV_PREFIX = "RTDETR_"
+PATH = click.Path(path_type=Path)
+EXISTING_DIR = click.Path(path_type=Path, exists=True, file_okay=False)
+EXISTING_FILE = click.Path(path_type=Path, exists=True, dir_okay=False)
 
 
-def env(name: str, default: str | None = None) -> str | None:
-    return os.environ.get(f"RTDETR_{name}", default)
+def option(*declarations: str, env: bool = False, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A click option; ``env=True`` also reads ``RTDETR_<FLAG>`` (named in ``--help``)."""
+    if env:
+        flag = next(d for d in declarations if d.startswith("--"))
+        kwargs.setdefault("envvar", ENV_PREFIX + flag[2:].upper().replace("-", "_"))
+        kwargs.setdefault("show_envvar", True)
+    if "default" in kwargs and kwargs["default"] is not None and kwargs["default"] is not False and kwargs["default"] != ():
+        kwargs.setdefault("show_default", True)
+    return click.option(*declarations, **kwargs)
 
 
-def default_cache_dir() -> str:
+def options(*decorators: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Several options as one decorator (shared by commands)."""
+
+    def apply(function: Callable[..., Any]) -> Callable[..., Any]:
+        return functools.reduce(lambda f, decorate: decorate(f), reversed(decorators), function)
+
+    return apply
+
+
+def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return env("CACHE_DIR") or str(Path(base) / "rtdetr-edge")
+    return Path(base) / "rtdetr-edge"
 
 
-def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("predictor")
-    group.add_argument("--device", choices=DEVICES, default=env("DEVICE", "cpu"), help="gpu = TensorRT (default: cpu)")
-    group.add_argument("--precision", choices=PRECISIONS, default=env("PRECISION", "fp32"))
-    group.add_argument("--backend", choices=BACKENDS, default=env("BACKEND", "paddle"))
-    group.add_argument("--max-batch-size", type=int, default=int(env("MAX_BATCH_SIZE", "4") or 4))
-    group.add_argument("--cpu-threads", type=int, default=int(env("CPU_THREADS", "2") or 2))
-    group.add_argument("--gpu-device-id", type=int, default=int(env("GPU_DEVICE_ID", "0") or 0))
-    group.add_argument(
-        "--cpu-int8", choices=("simulated", "onednn"), default=env("CPU_INT8", "simulated"),
-        help="INT8 models on CPU: the QDQ graph in FP32 kernels (default, the quantized model's accuracy) "
-        "or oneDNN INT8 kernels (measured -12 mAP on RT-DETR-shaped models here; validate with the gate)",
-    )  # fmt: skip
-    group.add_argument("--cache-dir", type=Path, default=Path(default_cache_dir()), help="engine cache root")
+DEVICE = option("--device", env=True, type=click.Choice(DEVICES), default="cpu", help="gpu = TensorRT")
+CACHE_DIR = option("--cache-dir", env=True, type=PATH, default=default_cache_dir, help="engine cache root",
+                   show_default="~/.cache/rtdetr-edge")  # fmt: skip
+PREDICTOR = options(
+    DEVICE,
+    option("--precision", env=True, type=click.Choice(PRECISIONS), default="fp32"),
+    option("--backend", env=True, type=click.Choice(BACKENDS), default="paddle"),
+    option("--max-batch-size", env=True, type=click.IntRange(1, 64), default=4),
+    option("--cpu-threads", env=True, type=click.IntRange(1), default=2),
+    option("--gpu-device-id", env=True, type=click.IntRange(0), default=0),
+    option(
+        "--cpu-int8", env=True, type=click.Choice(CPU_INT8_MODES), default="simulated",
+        help="INT8 models on CPU: the QDQ graph in FP32 kernels (the quantized model's accuracy) or oneDNN INT8 "
+        "kernels (measured -12 mAP on RT-DETR-shaped models here; validate with the gate)",
+    ),  # fmt: skip
+    CACHE_DIR,
+)
+MODEL_DIR = option("--model", "model", envvar="RTDETR_MODEL_DIR", show_envvar=True, type=EXISTING_DIR, required=True,
+                   help="an exported model folder (model.pdmodel + model.pdiparams)")  # fmt: skip
+PORT = option("--port", env=True, type=click.IntRange(0, 65535), default=8080)
 
 
-def predictor_settings(args: argparse.Namespace) -> PredictorSettings:
+def usable(device: str) -> str:
+    """``device``, once known to work here: ``gpu`` without CUDA Paddle or a visible driver fails
+    now, with the fix, instead of deep inside Paddle seconds later."""
+    if device == "gpu":
+        from rtdetr_edge.gpu_check import require_gpu
+
+        require_gpu()
+    return device
+
+
+def predictor_settings(params: dict[str, Any]) -> PredictorSettings:
+    usable(params["device"])
     try:
         return PredictorSettings(
-            device=args.device,
-            precision=args.precision,
-            backend=args.backend,
-            max_batch_size=args.max_batch_size,
-            cpu_threads=args.cpu_threads,
-            gpu_device_id=args.gpu_device_id,
-            cpu_int8=args.cpu_int8,
-        )
+            device=params["device"], precision=params["precision"], backend=params["backend"],
+            max_batch_size=params["max_batch_size"], cpu_threads=params["cpu_threads"],
+            gpu_device_id=params["gpu_device_id"], cpu_int8=params["cpu_int8"],
+        )  # fmt: skip
     except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
+        raise click.UsageError(str(error)) from None
 
 
-def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model-name", default=env("MODEL_NAME", "rtdetr"), help="name in the OIP v2 API")
-    parser.add_argument("--host", default=env("HOST", "0.0.0.0"))
-    parser.add_argument("--port", type=int, default=int(env("PORT", "8080") or 8080))
-    parser.add_argument("--labels", type=Path, default=env("LABELS"), help="label file (default: COCO's 80)")
-    parser.add_argument("--score-threshold", type=float, default=float(env("SCORE_THRESHOLD", "0.5") or 0.5))
-    parser.add_argument("--max-detections", type=int, default=int(env("MAX_DETECTIONS", "100") or 100))
-    parser.add_argument("--batch-window-micros", type=int, default=int(env("BATCH_WINDOW_MICROS", "2000") or 2000))
-    parser.add_argument("--max-body-bytes", type=int, default=int(env("MAX_BODY_BYTES", str(16 << 20)) or 0))
-    parser.add_argument("--max-image-pixels", type=int, default=int(env("MAX_IMAGE_PIXELS", "40000000") or 0))
-    parser.add_argument("--drain-seconds", type=float, default=float(env("DRAIN_SECONDS", "30") or 30))
-    parser.add_argument(
-        "--shutdown-delay-seconds", type=float, default=float(env("SHUTDOWN_DELAY_SECONDS", "0") or 0),
-        help="on SIGTERM, report not-ready and keep serving this long before draining (pods the operator creates: 10)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--shape-ranges", type=Path, default=env("SHAPE_RANGES"),
-        help="shape-range file collected by the quantize Job for this model (skips collection)",
-    )  # fmt: skip
+def print_json(document: Any) -> None:
+    click.echo(json.dumps(document, indent=2))
 
 
-def serve_options(args: argparse.Namespace, model_dir: Path):  # type: ignore[no-untyped-def]
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="rtdetr-edge")
+@option("--log-level", env=True, default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def cli(log_level: str) -> None:
+    """RT-DETR quantization and serving: every pipeline stage as a subcommand."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# --- the data plane ------------------------------------------------------------------------
+
+
+@cli.command()
+@MODEL_DIR
+@PREDICTOR
+@option("--model-name", env=True, default="rtdetr", help="name in the OIP v2 API")
+@option("--host", env=True, default="0.0.0.0")
+@PORT
+@option("--labels", env=True, type=EXISTING_FILE, default=None, help="label file (default: the export's, else COCO's 80)")
+@option("--score-threshold", env=True, type=click.FloatRange(0, 1), default=0.5)
+@option("--max-detections", env=True, type=click.IntRange(1), default=100)
+@option("--batch-window-micros", env=True, type=click.IntRange(0, 1_000_000), default=2000)
+@option("--max-body-bytes", env=True, type=click.IntRange(1), default=16 << 20)
+@option("--max-image-pixels", env=True, type=click.IntRange(1), default=40_000_000)
+@option("--drain-seconds", env=True, type=click.FloatRange(0), default=30.0)
+@option("--shutdown-delay-seconds", env=True, type=click.FloatRange(0), default=0.0,
+        help="on SIGTERM, report not-ready and keep serving this long before draining (pods the operator creates: 10)")
+@option("--shape-ranges", env=True, type=PATH, default=None,
+        help="shape-range file collected by the quantize Job for this model (skips collection; missing: collected)")  # fmt: skip
+def serve(**params: Any) -> int:
+    """Warm up a model and serve detection over HTTP."""
     from rtdetr_edge.server.model_service import ServeOptions
-
-    settings = predictor_settings(args)
-    return ServeOptions(
-        model_dir=model_dir,
-        cache_dir=args.cache_dir,
-        predictor=settings,
-        model_name=args.model_name,
-        labels_file=args.labels,
-        score_threshold=args.score_threshold,
-        max_detections=args.max_detections,
-        batch_window_seconds=args.batch_window_micros / 1e6,
-        max_body_bytes=args.max_body_bytes,
-        max_image_pixels=args.max_image_pixels,
-        preprocess_threads=settings.cpu_threads,
-        shape_seed=args.shape_ranges,
-    )
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
     from rtdetr_edge.server.run import run_server
 
-    return run_server(serve_options(args, args.model), args.host, args.port, args.drain_seconds,
-                      shutdown_delay=args.shutdown_delay_seconds)  # fmt: skip
+    settings = predictor_settings(params)
+    serve_options = ServeOptions(
+        model_dir=params["model"],
+        cache_dir=params["cache_dir"],
+        predictor=settings,
+        model_name=params["model_name"],
+        labels_file=params["labels"],
+        score_threshold=params["score_threshold"],
+        max_detections=params["max_detections"],
+        batch_window_seconds=params["batch_window_micros"] / 1e6,
+        max_body_bytes=params["max_body_bytes"],
+        max_image_pixels=params["max_image_pixels"],
+        preprocess_threads=settings.cpu_threads,
+        shape_seed=params["shape_ranges"],
+    )
+    return run_server(serve_options, params["host"], params["port"], params["drain_seconds"],
+                      shutdown_delay=params["shutdown_delay_seconds"])  # fmt: skip
 
 
-def cmd_warmup(args: argparse.Namespace) -> int:
+@cli.command()
+@MODEL_DIR
+@PREDICTOR
+def warmup(**params: Any) -> int:
+    """Collect shape ranges and build the engine cache entry, then exit."""
     from rtdetr_edge.warmup import warm_up
 
-    warmed = warm_up(args.model, predictor_settings(args), args.cache_dir)
+    warmed = warm_up(params["model"], predictor_settings(params), params["cache_dir"])
     warmed.predictor.close()
-    print(json.dumps(warmed.report.to_dict(), indent=2))
+    print_json(warmed.report.to_dict())
     return 0
 
 
-def cmd_tiny_model(args: argparse.Namespace) -> int:
-    from rtdetr_edge.tiny_model import TinyModelSpec, export_tiny_model
-
-    spec = TinyModelSpec(num_classes=args.num_classes, hidden_dim=args.hidden_dim, seed=args.seed)
-    export_tiny_model(args.out, spec)
-    print(f"wrote {args.out}/model.pdmodel and model.pdiparams ({spec})")
-    return 0
-
-
-def cmd_detect(args: argparse.Namespace) -> int:
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=EXISTING_FILE)
+@option("--url", env=True, default="http://127.0.0.1:8080")
+@option("--score-threshold", type=click.FloatRange(0, 1), default=None, help="default: the server's")
+@option("--max-detections", type=click.IntRange(1), default=None, help="default: the server's")
+@option("--timeout", type=click.FloatRange(0, min_open=True), default=30.0)
+@option("--json", "as_json", is_flag=True, help="print the server's JSON, one line per image")
+def detect(images: tuple[Path, ...], url: str, score_threshold: float | None, max_detections: int | None,
+           timeout: float, as_json: bool) -> int:  # fmt: skip
+    """Send images to a running server and print the detections."""
     from rtdetr_edge.client import DetectClient
 
-    client = DetectClient(args.url, timeout=args.timeout)
-    for image in args.images:
-        result = client.detect_file(image, args.score_threshold, args.max_detections)
-        if args.json:
-            print(json.dumps(result))
+    client = DetectClient(url, timeout=timeout)
+    for image in images:
+        result = client.detect_file(image, score_threshold, max_detections)
+        if as_json:
+            click.echo(json.dumps(result))
             continue
         timing = result["timing_ms"]
-        print(f"{image}: {len(result['detections'])} detections ({timing['total']:.1f} ms in the server)")
+        click.echo(f"{image}: {len(result['detections'])} detections ({timing['total']:.1f} ms in the server)")
         for detection in result["detections"]:
             x1, y1, x2, y2 = detection["box"]
-            print(f"  {detection['label']:<16} {detection['score']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
+            click.echo(f"  {detection['label']:<16} {detection['score']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from rtdetr_edge.bench import BenchOptions, run_bench
-
-    options = BenchOptions(
-        model_dir=args.model,
-        images=[Path(p) for p in args.images],
-        cpu_threads=args.cpu_threads,
-        max_batch_size=args.max_batch_size,
-        requests=args.requests,
-        concurrency=tuple(args.concurrency),
-        work_dir=args.work_dir,
-    )
-    report = run_bench(options)
-    print(report.to_markdown())
-    if args.json_out:
-        args.json_out.write_text(json.dumps(report.to_dict(), indent=2))
-    return 0
+# --- the pipeline --------------------------------------------------------------------------
 
 
-def cmd_quantize(args: argparse.Namespace) -> int:
+@cli.command()
+@option("--model", type=EXISTING_DIR, required=True, help="FP32 export (left untouched)")
+@option("--train-images", type=EXISTING_DIR, required=True, help="folder of training images (no labels)")
+@option("--out", type=PATH, required=True, help="output folder (must not exist)")
+@option("--arch", type=click.Choice(ARCHES), default="r50vd", help="selects the ACT defaults in configs/act/")
+@option("--method", type=click.Choice(["qat", "ptq"]), default="qat")
+@option("--train-iter", type=click.IntRange(1), default=None)
+@option("--eval-iter", type=click.IntRange(1), default=None)
+@option("--learning-rate", type=click.FloatRange(0, min_open=True), default=None)
+@option("--quantize-op-types", multiple=True, help="repeat for each op type (default: the arch's)")
+@option("--batch-size", type=click.IntRange(1), default=1)
+@option("--calibration-batches", type=click.IntRange(1), default=32, help="ptq only")
+@DEVICE
+@option("--progress-file", type=PATH, default=None, help="JSON progress (iteration, loss, ETA)")
+def quantize(**params: Any) -> int:
+    """Quantize an FP32 export with PaddleSlim (ACT QAT + distillation, or PTQ)."""
     from rtdetr_edge.coco import list_images
     from rtdetr_edge.quantize import QuantizeSettings, quantize_model
 
     settings = QuantizeSettings(
-        arch=args.arch,
-        method=args.method,
-        train_iter=args.train_iter,
-        eval_iter=args.eval_iter,
-        learning_rate=args.learning_rate,
-        quantize_op_types=tuple(args.quantize_op_types) if args.quantize_op_types else None,
-        batch_size=args.batch_size,
-        calibration_batches=args.calibration_batches,
-        device=args.device,
-    )
-    report = quantize_model(args.model, list_images(args.train_images), args.out, settings, args.progress_file)
-    print(json.dumps(report.to_dict(), indent=2))
+        arch=params["arch"], method=params["method"], train_iter=params["train_iter"], eval_iter=params["eval_iter"],
+        learning_rate=params["learning_rate"], quantize_op_types=params["quantize_op_types"] or None,
+        batch_size=params["batch_size"], calibration_batches=params["calibration_batches"], device=usable(params["device"]),
+    )  # fmt: skip
+    report = quantize_model(params["model"], list_images(params["train_images"]), params["out"], settings,
+                            params["progress_file"])  # fmt: skip
+    print_json(report.to_dict())
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+@cli.command()
+@option("--model", type=EXISTING_DIR, required=True)
+@option("--images", type=EXISTING_DIR, required=True, help="validation image folder")
+@option("--annotations", type=EXISTING_FILE, required=True, help="COCO instances_*.json")
+@option("--max-images", type=click.IntRange(1), default=None)
+@option("--num-classes", type=click.IntRange(1), default=None, help="default: the export's infer_cfg.yml label_list, else 80")
+@option("--category-ids", type=int, multiple=True, help="class index -> category id, repeated in order (default: sorted ids)")
+@option("--batch-size", type=click.IntRange(1), default=1)
+@option("--out", type=PATH, default=None, help="also write the JSON result here")
+@PREDICTOR
+def evaluate(**params: Any) -> int:
+    """COCO mAP of a model through the serving predictor."""
     from rtdetr_edge.coco import class_to_category_ids, load_ground_truth
     from rtdetr_edge.evaluate import evaluate_model
+    from rtdetr_edge.files import write_text_atomic
     from rtdetr_edge.pipeline import num_model_classes
 
-    ground_truth = load_ground_truth(args.annotations, args.images, args.max_images)
-    num_classes = args.num_classes or num_model_classes(args.model)
-    mapping = class_to_category_ids(ground_truth, num_classes, args.category_ids)
-    result = evaluate_model(args.model, predictor_settings(args), args.cache_dir, ground_truth, mapping, args.batch_size)
+    ground_truth = load_ground_truth(params["annotations"], params["images"], params["max_images"])
+    num_classes = params["num_classes"] or num_model_classes(params["model"])
+    mapping = class_to_category_ids(ground_truth, num_classes, list(params["category_ids"]) or None)
+    result = evaluate_model(params["model"], predictor_settings(params), params["cache_dir"], ground_truth, mapping,
+                            params["batch_size"])  # fmt: skip
     document = json.dumps(result.to_dict(), indent=2)
-    if args.out:
-        args.out.write_text(document)
-    print(document)
+    if params["out"]:
+        write_text_atomic(params["out"], document)
+    click.echo(document)
     return 0
 
 
-def cmd_pipeline(args: argparse.Namespace) -> int:
+@cli.command()
+@click.argument("resource", type=EXISTING_FILE)
+@option("--pvc-root", env=True, type=PATH, default=Path("/mnt/pvc"), help="where pvc://CLAIM/… is mounted (ROOT/CLAIM)")
+@option("--download-dir", env=True, type=PATH, default=Path("/tmp/rtdetr-downloads"), help="https:// downloads")
+@CACHE_DIR
+@DEVICE
+@option("--termination-log", type=PATH, default=None, help="default: /dev/termination-log if present")
+@option("--plan", type=EXISTING_FILE, default=None, metavar="PLAN.json",
+        help="the operator's plan for this run: digest, ACT settings, tool versions (default: made from the resource)")  # fmt: skip
+def pipeline(resource: Path, pvc_root: Path, download_dir: Path, cache_dir: Path, device: str,
+             termination_log: Path | None, plan: Path | None) -> int:  # fmt: skip
+    """The quantize Job: quantize, evaluate FP32 and INT8, gate, shapes."""
+    from pydantic import ValidationError
+
+    from rtdetr_edge.api.job import PipelinePlan
     from rtdetr_edge.pipeline import run_pipeline
     from rtdetr_edge.resource import SpecError, load_resource
     from rtdetr_edge.storage import StorageResolver
 
     try:
-        model = load_resource(args.resource)
+        model = load_resource(resource)
     except SpecError as error:
-        print(f"error: invalid spec: {error}", file=sys.stderr)
-        return 2
-    plan = None
-    if args.plan is not None:
-        from pydantic import ValidationError
-
-        from rtdetr_edge.api.job import PipelinePlan
-
+        raise click.UsageError(f"invalid spec: {error}") from None
+    the_plan = None
+    if plan is not None:
         try:
-            plan = PipelinePlan.model_validate_json(args.plan.read_text(encoding="utf-8"))
+            the_plan = PipelinePlan.model_validate_json(plan.read_text(encoding="utf-8"))
         except (OSError, ValidationError) as error:
-            print(f"error: --plan {args.plan}: {error}", file=sys.stderr)
-            return 2
-    resolver = StorageResolver(pvc_root=args.pvc_root, download_dir=args.download_dir)
-    result = run_pipeline(model, resolver, args.cache_dir, args.device, args.termination_log, plan)
-    print(json.dumps({k: result[k] for k in ("status", "pipelineDigest", "model", "accuracy", "message")}, indent=2))
+            raise click.BadParameter(str(error), param_hint=f"--plan {plan}") from None
+    resolver = StorageResolver(pvc_root=pvc_root, download_dir=download_dir)
+    result = run_pipeline(model, resolver, cache_dir, usable(device), termination_log, the_plan)
+    print_json({k: result[k] for k in ("status", "pipelineDigest", "model", "accuracy", "message")})
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+@cli.command()
+@click.argument("resource", type=EXISTING_FILE)
+@option("--root", type=PATH, default=Path(".rtdetr-edge/run"), help="pvc:// maps to ROOT/pvc/")
+@option("--device", type=click.Choice(DEVICES), default=None, help="override spec.serving.device")
+@option("--host", default="127.0.0.1")
+@PORT
+@option("--no-serve", is_flag=True, help="stop after the pipeline and the summary")
+@option("--sample-images", type=EXISTING_FILE, multiple=True, help="sent once the server is ready (repeatable)")
+def run(resource: Path, root: Path, device: str | None, host: str, port: int, no_serve: bool,
+        sample_images: tuple[Path, ...]) -> int:  # fmt: skip
+    """Run an RTDETRModel locally: quantize, evaluate, gate, warm up, serve."""
     from rtdetr_edge.local_run import RunOptions, run_local
 
-    return run_local(
-        RunOptions(
-            resource_file=args.resource,
-            root=args.root,
-            device=args.device,
-            host=args.host,
-            port=args.port,
-            serve=not args.no_serve,
-            sample_images=args.sample_images,
-        )
-    )
+    return run_local(RunOptions(resource_file=resource, root=root, device=device, host=host, port=port,
+                                serve=not no_serve, sample_images=list(sample_images)))  # fmt: skip
 
 
-def cmd_make_dataset(args: argparse.Namespace) -> int:
-    from rtdetr_edge.synthetic import write_coco_dataset
+# --- development tools (rtdetr_edge.dev: in a source checkout, not in the images) ----------
 
-    write_coco_dataset(args.out, train=args.train, val=args.val, seed=args.seed)
-    print(f"wrote a COCO-layout dataset to {args.out} ({args.train} train, {args.val} val images)")
+
+def dev_tool(function: Callable[..., int]) -> Callable[..., int]:
+    """Commands of ``rtdetr_edge.dev``, which the container images leave out."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            import rtdetr_edge.dev  # noqa: F401
+        except ModuleNotFoundError:
+            raise click.UsageError(
+                "this is a development tool, not part of this image: run it from a source checkout "
+                "(git clone … && make demo)"
+            ) from None
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+@cli.command("tiny-model")
+@click.argument("out", type=PATH)
+@option("--seed", type=int, default=0)
+@option("--num-classes", type=click.IntRange(1), default=80)
+@option("--hidden-dim", type=click.IntRange(8), default=64)
+@dev_tool
+def tiny_model(out: Path, seed: int, num_classes: int, hidden_dim: int) -> int:
+    """Export the small RT-DETR-shaped model used by tests and demos."""
+    from rtdetr_edge.dev.tiny_model import TinyModelSpec, export_tiny_model
+
+    spec = TinyModelSpec(num_classes=num_classes, hidden_dim=hidden_dim, seed=seed)
+    export_tiny_model(out, spec)
+    click.echo(f"wrote {out}/model.pdmodel and model.pdiparams ({spec})")
     return 0
 
 
-def cmd_train_tiny(args: argparse.Namespace) -> int:
-    from rtdetr_edge.train_tiny import TrainSettings, train_tiny_model
+@cli.command("make-dataset")
+@click.argument("out", type=PATH)
+@option("--train", type=click.IntRange(0), default=64)
+@option("--val", type=click.IntRange(1), default=64)
+@option("--seed", type=int, default=0)
+@dev_tool
+def make_dataset(out: Path, train: int, val: int, seed: int) -> int:
+    """Write a deterministic synthetic COCO-layout dataset."""
+    from rtdetr_edge.dev.synthetic import write_coco_dataset
 
-    settings = TrainSettings(iterations=args.iterations, batch_size=args.batch_size, seed=args.seed)
-    train_tiny_model(args.out, settings)
-    print(f"wrote the trained tiny model to {args.out}")
+    write_coco_dataset(out, train=train, val=val, seed=seed)
+    click.echo(f"wrote a COCO-layout dataset to {out} ({train} train, {val} val images)")
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from rtdetr_edge.demo import run_demo
+@cli.command("train-tiny")
+@click.argument("out", type=PATH)
+@option("--iterations", type=click.IntRange(1), default=2000)
+@option("--batch-size", type=click.IntRange(1), default=8)
+@option("--seed", type=int, default=0)
+@dev_tool
+def train_tiny(out: Path, iterations: int, batch_size: int, seed: int) -> int:
+    """Train the tiny model on synthetic shapes (the demo's weights)."""
+    from rtdetr_edge.dev.train_tiny import TrainSettings, train_tiny_model
 
-    return run_demo(args.work_dir, args.host, args.port, serve=not args.no_serve)
+    train_tiny_model(out, TrainSettings(iterations=iterations, batch_size=batch_size, seed=seed))
+    click.echo(f"wrote the trained tiny model to {out}")
+    return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtdetr-edge", description="RT-DETR quantization and serving: every pipeline stage as a subcommand.")
-    parser.add_argument("--version", action="version", version=f"rtdetr-edge {__version__}")
-    parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+@cli.command()
+@option("--work-dir", type=PATH, default=Path(".rtdetr-edge/demo"))
+@option("--host", default="127.0.0.1")
+@PORT
+@option("--no-serve", is_flag=True, help="stop after the pipeline and the summary")
+@dev_tool
+def demo(work_dir: Path, host: str, port: int, no_serve: bool) -> int:
+    """The embedded default: run the sample resource on synthetic data and serve it."""
+    from rtdetr_edge.dev.demo import run_demo
 
-    def command(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(handler=handler)
-        return sub
+    return run_demo(work_dir, host, port, serve=not no_serve)
 
-    serve = command("serve", cmd_serve, "warm up a model and serve detection over HTTP")
-    serve.add_argument("--model", type=Path, default=env("MODEL_DIR"), required=env("MODEL_DIR") is None)
-    add_predictor_arguments(serve)
-    add_serve_arguments(serve)
 
-    warmup = command("warmup", cmd_warmup, "collect shape ranges and build the engine cache entry, then exit")
-    warmup.add_argument("--model", type=Path, default=env("MODEL_DIR"), required=env("MODEL_DIR") is None)
-    add_predictor_arguments(warmup)
+@cli.command()
+@click.argument("images", nargs=-1, type=EXISTING_FILE)
+@option("--model", type=EXISTING_DIR, default=None, help="an RT-DETR export (default: the tiny model)")
+@option("--cpu-threads", type=click.IntRange(1), default=2)
+@option("--max-batch-size", type=click.IntRange(1, 64), default=4)
+@option("--requests", type=click.IntRange(1), default=200, help="requests per HTTP measurement")
+@option("--concurrency", type=click.IntRange(1), multiple=True, default=(1, 4, 8), help="repeatable")
+@option("--work-dir", type=PATH, default=Path(".rtdetr-edge/bench"))
+@option("--json-out", type=PATH, default=None)
+@dev_tool
+def bench(images: tuple[Path, ...], **params: Any) -> int:
+    """Measure predictor, HTTP server and backends side by side (IMAGES: JPEGs to send; default:
+    generated scenes)."""
+    from rtdetr_edge.dev.bench import BenchOptions, run_bench
 
-    detect = command("detect", cmd_detect, "send images to a running server and print the detections")
-    detect.add_argument("images", nargs="+", type=Path)
-    detect.add_argument("--url", default=env("URL", "http://127.0.0.1:8080"))
-    detect.add_argument("--score-threshold", type=float, default=None)
-    detect.add_argument("--max-detections", type=int, default=None)
-    detect.add_argument("--timeout", type=float, default=30.0)
-    detect.add_argument("--json", action="store_true", help="print the server's JSON, one line per image")
-
-    bench = command("bench", cmd_bench, "measure predictor, HTTP server and backends side by side")
-    bench.add_argument("--model", type=Path, default=None, help="an RT-DETR export (default: the tiny model)")
-    bench.add_argument("--images", nargs="*", default=[], help="JPEGs to send (default: generated scenes)")
-    bench.add_argument("--cpu-threads", type=int, default=2)
-    bench.add_argument("--max-batch-size", type=int, default=4)
-    bench.add_argument("--requests", type=int, default=200, help="requests per HTTP measurement")
-    bench.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
-    bench.add_argument("--work-dir", type=Path, default=Path(".rtdetr-edge/bench"))
-    bench.add_argument("--json-out", type=Path, default=None)
-
-    tiny = command("tiny-model", cmd_tiny_model, "export the small RT-DETR-shaped model used by tests and demos")
-    tiny.add_argument("out", type=Path)
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--num-classes", type=int, default=80)
-    tiny.add_argument("--hidden-dim", type=int, default=64)
-
-    quantize = command("quantize", cmd_quantize, "quantize an FP32 export with PaddleSlim (ACT QAT + distillation, or PTQ)")
-    quantize.add_argument("--model", type=Path, required=True, help="FP32 export (left untouched)")
-    quantize.add_argument("--train-images", type=Path, required=True, help="folder of training images (no labels)")
-    quantize.add_argument("--out", type=Path, required=True, help="output folder (must not exist)")
-    quantize.add_argument("--arch", choices=ARCHES, default="r50vd", help="selects the ACT defaults in configs/act/")
-    quantize.add_argument("--method", choices=("qat", "ptq"), default="qat")
-    quantize.add_argument("--train-iter", type=int)
-    quantize.add_argument("--eval-iter", type=int)
-    quantize.add_argument("--learning-rate", type=float)
-    quantize.add_argument("--quantize-op-types", nargs="+")
-    quantize.add_argument("--batch-size", type=int, default=1)
-    quantize.add_argument("--calibration-batches", type=int, default=32, help="ptq only")
-    quantize.add_argument("--device", choices=DEVICES, default=env("DEVICE", "cpu"))
-    quantize.add_argument("--progress-file", type=Path, help="JSON progress (iteration, loss, ETA)")
-
-    evaluate = command("evaluate", cmd_evaluate, "COCO mAP of a model through the serving predictor")
-    evaluate.add_argument("--model", type=Path, required=True)
-    evaluate.add_argument("--images", type=Path, required=True, help="validation image folder")
-    evaluate.add_argument("--annotations", type=Path, required=True, help="COCO instances_*.json")
-    evaluate.add_argument("--max-images", type=int)
-    evaluate.add_argument("--num-classes", type=int, help="default: the export's infer_cfg.yml label_list, else 80")
-    evaluate.add_argument("--category-ids", type=int, nargs="+", help="class index -> category id (default: sorted ids)")
-    evaluate.add_argument("--batch-size", type=int, default=1)
-    evaluate.add_argument("--out", type=Path, help="also write the JSON result here")
-    add_predictor_arguments(evaluate)
-
-    pipeline = command("pipeline", cmd_pipeline, "the quantize Job: quantize, evaluate FP32 and INT8, gate, shapes")
-    pipeline.add_argument("resource", type=Path, help="an RTDETRModel YAML")
-    pipeline.add_argument("--pvc-root", type=Path, default=Path(env("PVC_ROOT", "/mnt/pvc") or "/mnt/pvc"))
-    pipeline.add_argument("--download-dir", type=Path, default=Path(env("DOWNLOAD_DIR", "/tmp/rtdetr-downloads") or ""))
-    pipeline.add_argument("--cache-dir", type=Path, default=Path(default_cache_dir()))
-    pipeline.add_argument("--device", choices=DEVICES, default=env("DEVICE", "cpu"))
-    pipeline.add_argument("--termination-log", type=Path, default=None, help="default: /dev/termination-log if present")
-    pipeline.add_argument(
-        "--plan", type=Path, default=None, metavar="PLAN.json",
-        help="the operator's plan for this run: digest, ACT settings, tool versions (default: made from the resource)",
-    )  # fmt: skip
-
-    run = command("run", cmd_run, "run an RTDETRModel locally: quantize, evaluate, gate, warm up, serve")
-    run.add_argument("resource", type=Path)
-    run.add_argument("--root", type=Path, default=Path(".rtdetr-edge/run"), help="pvc:// maps to ROOT/pvc/")
-    run.add_argument("--device", choices=DEVICES, default=None, help="override spec.serving.device")
-    run.add_argument("--host", default="127.0.0.1")
-    run.add_argument("--port", type=int, default=int(env("PORT", "8080") or 8080))
-    run.add_argument("--no-serve", action="store_true", help="stop after the pipeline and the summary")
-    run.add_argument("--sample-images", type=Path, nargs="*", default=[], help="sent once the server is ready")
-
-    dataset = command("make-dataset", cmd_make_dataset, "write a deterministic synthetic COCO-layout dataset")
-    dataset.add_argument("out", type=Path)
-    dataset.add_argument("--train", type=int, default=64)
-    dataset.add_argument("--val", type=int, default=64)
-    dataset.add_argument("--seed", type=int, default=0)
-
-    train = command("train-tiny", cmd_train_tiny, "train the tiny model on synthetic shapes (the demo's weights)")
-    train.add_argument("out", type=Path)
-    train.add_argument("--iterations", type=int, default=2000)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--seed", type=int, default=0)
-
-    demo = command("demo", cmd_demo, "the embedded default: run the sample resource on synthetic data and serve it")
-    demo.add_argument("--work-dir", type=Path, default=Path(".rtdetr-edge/demo"))
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=int(env("PORT", "8080") or 8080))
-    demo.add_argument("--no-serve", action="store_true")
-    return parser
+    report = run_bench(BenchOptions(
+        model_dir=params["model"], images=list(images), cpu_threads=params["cpu_threads"],
+        max_batch_size=params["max_batch_size"], requests=params["requests"], concurrency=tuple(params["concurrency"]),
+        work_dir=params["work_dir"],
+    ))  # fmt: skip
+    click.echo(report.to_markdown())
+    if params["json_out"]:
+        params["json_out"].write_text(json.dumps(report.to_dict(), indent=2))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Run a command; its return value is the exit status. Usage errors exit 2, failures 1,
+    each with ``error: <cause>`` as the last line of stderr."""
     try:
-        return int(args.handler(args))
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="rtdetr-edge", standalone_mode=False)
+    except click.ClickException as error:
+        if isinstance(error, click.UsageError) and error.ctx is not None:
+            click.echo(error.ctx.get_usage(), err=True)
+        click.echo(f"error: {error.format_message()}", err=True)
+        return error.exit_code
     except RtdetrEdgeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        click.echo(f"error: {error}", err=True)
         return 1
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         return 130
+    except click.exceptions.Exit as done:  # --help, --version
+        return done.exit_code
+    return int(result) if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -258,7 +258,7 @@ def operator(cluster: Cluster) -> Iterator[OperatorRelease]:
 def shapes_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The demo's inputs (the shipped shapes model and a generated COCO-layout dataset), made
     once: each test namespace gets PersistentVolumes over these directories."""
-    from rtdetr_edge.demo import prepare_demo_inputs
+    from rtdetr_edge.dev.demo import prepare_demo_inputs
 
     root = tmp_path_factory.mktemp("shapes")
     prepare_demo_inputs(root)

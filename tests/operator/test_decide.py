@@ -11,17 +11,27 @@ from typing import Any
 
 import pytest
 
+from rtdetr_edge.api.status import RTDETRModelStatus
 from rtdetr_edge.resource import parse_resource, pipeline_digest
 from rtdetr_operator.conditions import find
 from rtdetr_operator.names import pipeline_configmap_name, quantize_job_name
 from rtdetr_operator.pod_status import pod_problem
-from rtdetr_operator.reconcile import DeploymentObservation, JobObservation, Observed, decide
+from rtdetr_operator.reconcile import Decision, DeploymentObservation, JobObservation, Observed
+from rtdetr_operator.reconcile import decide as decide_as_written
 from rtdetr_operator.settings import OperatorSettings
 
 from .test_manifests import body_of, summary
 
 NOW = "2026-12-02T00:00:00Z"
 LATER = "2026-12-02T01:00:00Z"
+
+
+def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed, now: str) -> Decision:
+    """Every status a table below produces is one the typed API describes (phase enum, condition
+    and accuracy shapes, no stray fields in them): what the CRD's schema is generated from."""
+    decision = decide_as_written(body, settings, observed, now)
+    RTDETRModelStatus.model_validate(decision.status)
+    return decision
 
 
 def r50() -> dict[str, Any]:

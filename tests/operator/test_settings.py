@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from rtdetr_edge.resource import parse_resource
-from rtdetr_operator.main import build_parser, settings_from
+import click
+
+from rtdetr_operator.main import parse, settings_from
 from rtdetr_operator.manifests import build_runtime_deployment
 from rtdetr_operator.reconcile import JobObservation, Observed, decide
 from rtdetr_operator.settings import OperatorSettings, host_path_problem
@@ -78,12 +80,24 @@ def test_serving_pods_on_a_host_path_get_the_owner_init_container_only_then() ->
 
 def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RTDETR_OPERATOR_HOST_PATH_PREFIXES", "/var/cache/rtdetr-edge,/data/engines")
-    assert settings_from(build_parser().parse_args([])).host_path_prefixes == ("/var/cache/rtdetr-edge", "/data/engines")
+    assert settings_from(parse([])).host_path_prefixes == ("/var/cache/rtdetr-edge", "/data/engines")
     monkeypatch.setenv("RTDETR_OPERATOR_DEFAULT_ENGINE_CACHE", '{"hostPath": "/srv/engines"}')
-    with pytest.raises(SystemExit, match="--default-engine-cache: hostPath /srv/engines is outside"):
-        settings_from(build_parser().parse_args([]))
-    with pytest.raises(SystemExit, match="must be an absolute directory other than /"):
-        settings_from(build_parser().parse_args(["--host-path-prefix", "/"]))
+    with pytest.raises(click.BadParameter, match="hostPath /srv/engines is outside") as raised:
+        settings_from(parse([]))
+    assert raised.value.param_hint == "--default-engine-cache"
+    with pytest.raises(click.BadParameter, match="must be an absolute directory other than /"):
+        settings_from(parse(["--host-path-prefix", "/"]))
+    monkeypatch.setenv("RTDETR_OPERATOR_DEFAULT_ENGINE_CACHE", '{"emptyDir": {}}')
+    monkeypatch.setenv("RTDETR_OPERATOR_NAMESPACES", "vision, edge")
+    monkeypatch.setenv("RTDETR_OPERATOR_RESYNC_SECONDS", "15")
+    flags = settings_from(parse(["--namespace", "other", "--image-pull-secret", "regcred"]))
+    assert flags.namespaces == ("other",), "a flag wins over the environment"
+    assert flags.resync_seconds == 15.0 and flags.image_pull_secrets == ("regcred",)
+    assert settings_from(parse([])).namespaces == ("vision", "edge")
+    monkeypatch.setenv("RTDETR_OPERATOR_RESYNC_SECONDS", "often")
+    with pytest.raises(click.BadParameter) as refused:
+        parse([])
+    assert "Invalid value for '--resync-seconds': 'often' is not a valid float range" in refused.value.format_message()
 
 
 def test_the_chart_defaults_are_the_operator_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,7 +107,7 @@ def test_the_chart_defaults_are_the_operator_defaults(monkeypatch: pytest.Monkey
     for name, value in env_of(deployment).items():
         if name.startswith("RTDETR_OPERATOR_"):
             monkeypatch.setenv(name, value)
-    from_chart = settings_from(build_parser().parse_args([]))
+    from_chart = settings_from(parse([]))
     defaults = OperatorSettings()
     for field in ("default_engine_cache", "host_path_prefixes", "image_pull_policy", "pvc_mount_root", "job_backoff_limit",
                   "cluster_domain", "namespaces", "image_pull_secrets"):  # fmt: skip

@@ -47,7 +47,7 @@ def test_op_families_match_the_real_export(tiny_model_dir: Path) -> None:
 
 
 def test_export_is_deterministic_per_seed(tiny_model_dir: Path, other_model_dir: Path, tmp_path: Path) -> None:
-    from rtdetr_edge.demo import ensure_tiny_model
+    from rtdetr_edge.dev.demo import ensure_tiny_model
 
     again = ensure_tiny_model(tmp_path / "again", seed=0)
     assert ModelFiles.locate(again).digest() == ModelFiles.locate(tiny_model_dir).digest()

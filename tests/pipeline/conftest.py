@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from rtdetr_edge.demo import shipped_demo_weights
-from rtdetr_edge.synthetic import write_coco_dataset
+from rtdetr_edge.dev.demo import shipped_demo_weights
+from rtdetr_edge.dev.synthetic import write_coco_dataset
 
 
 @pytest.fixture(scope="session")

@@ -49,7 +49,8 @@ def test_invalid_resource_lists_every_problem(tmp_path: Path) -> None:
     )
     result = run_cli(bad, tmp_path / "root", "--no-serve")
     assert result.returncode == 2
-    for fragment in ("spec.arch must be one of", "exactly one of inferenceModel", "maxBatchSize", "spec.dataset.uri"):
+    for fragment in ("spec.arch: Input should be", "spec.source: source needs exactly one of inferenceModel",
+                     "spec.serving.maxBatchSize", "spec.dataset is required", "spec.storage is required"):
         assert fragment in result.stderr
 
 

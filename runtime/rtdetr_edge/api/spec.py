@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from rtdetr_edge.storage import InvalidUriError, parse_uri
@@ -68,6 +68,15 @@ class ApiModel(BaseModel):
         json_schema_extra=_schema_rules,
     )  # fmt: skip
     rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> ApiModel:
+        # A validator (not a pass afterwards): pydantic then reports a nested model's broken rule
+        # together with its siblings' errors, as the API server lists every problem at once.
+        broken = [rule.message for rule in self.rules if rule.violated(self)]
+        if broken:
+            raise ValueError("; ".join(broken))
+        return self
 
 
 def _uri_field(description: str, pattern: str = CLUSTER_SOURCE_URI, **default: Any) -> Any:
@@ -237,13 +246,3 @@ class RTDETRModelSpec(ApiModel):
     @property
     def artifacts(self) -> str:
         return self.storage.artifacts
-
-
-def rule_violations(model: ApiModel, path: str = "spec") -> list[str]:
-    """Every cross-field rule ``model`` (and its nested models) breaks, as "path: message"."""
-    problems = [f"{path}: {rule.message}" for rule in model.rules if rule.violated(model)]
-    for name, field in type(model).model_fields.items():
-        value = getattr(model, name)
-        if isinstance(value, ApiModel):
-            problems += rule_violations(value, f"{path}.{field.alias or name}")
-    return problems

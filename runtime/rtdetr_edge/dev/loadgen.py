@@ -1,6 +1,6 @@
 """HTTP load generator for ``rtdetr-edge bench`` (runs in its own process).
 
-``python -m rtdetr_edge.loadgen URL --concurrency 8 --requests 200 IMAGE...``
+``python -m rtdetr_edge.dev.loadgen URL --concurrency 8 --requests 200 IMAGE...``
 prints one JSON object: per-request latencies (seconds) and wall time.
 Keep-alive connections, one per concurrent client, like a real client pool.
 """

@@ -25,7 +25,7 @@ import requests
 
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.preprocess import preprocess_bytes, stack_batch
-from rtdetr_edge.synthetic import encode_jpeg, render_scene
+from rtdetr_edge.dev.synthetic import encode_jpeg, render_scene
 from rtdetr_edge.warmup import warm_up
 
 PREDICTOR_WARMUP_RUNS = 3
@@ -202,7 +202,7 @@ def _children_cpu_seconds() -> float:
 
 def run_load(url: str, images: list[Path], concurrency: int, count: int) -> dict[str, object]:
     command = [
-        sys.executable, "-m", "rtdetr_edge.loadgen", f"{url}/v1/detect", *map(str, images),
+        sys.executable, "-m", "rtdetr_edge.dev.loadgen", f"{url}/v1/detect", *map(str, images),
         "--concurrency", str(concurrency), "--requests", str(count),
         "--warmup-requests", str(LOADGEN_WARMUP_REQUESTS),
     ]  # fmt: skip
@@ -217,7 +217,7 @@ def run_bench(options: BenchOptions) -> BenchReport:
     work = options.work_dir
     work.mkdir(parents=True, exist_ok=True)
     if options.model_dir is None:
-        from rtdetr_edge.demo import ensure_tiny_model
+        from rtdetr_edge.dev.demo import ensure_tiny_model
 
         model_dir = ensure_tiny_model(work / "tiny-model")
     else:

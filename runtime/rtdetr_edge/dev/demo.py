@@ -20,7 +20,7 @@ from rtdetr_edge.resource import configs_dir
 log = logging.getLogger(__name__)
 
 DEMO_RESOURCE = "samples/demo-shapes.yaml"
-DEMO_WEIGHTS = "data/shapes-tiny"  # package data: exported by `rtdetr-edge train-tiny`
+DEMO_WEIGHTS = "shapes-tiny"  # package data: exported by `rtdetr-edge train-tiny`
 DEMO_TRAIN_IMAGES = 64
 DEMO_VAL_IMAGES = 64
 
@@ -29,7 +29,7 @@ def ensure_tiny_model(model_dir: Path, seed: int = 0) -> Path:
     """Export the seeded (untrained) tiny model into ``model_dir`` unless it is already there."""
     if (model_dir / PROGRAM_NAME).is_file():
         return model_dir
-    from rtdetr_edge.tiny_model import TinyModelSpec, export_tiny_model
+    from rtdetr_edge.dev.tiny_model import TinyModelSpec, export_tiny_model
 
     staging = model_dir.with_name(model_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -40,7 +40,7 @@ def ensure_tiny_model(model_dir: Path, seed: int = 0) -> Path:
 
 
 def shipped_demo_weights() -> Path:
-    path = Path(str(resources.files("rtdetr_edge").joinpath(DEMO_WEIGHTS)))
+    path = Path(str(resources.files("rtdetr_edge.dev").joinpath(DEMO_WEIGHTS)))
     if not (path / PROGRAM_NAME).is_file():
         raise FileNotFoundError(f"the demo model is missing from {path}; reinstall rtdetr-edge")
     return path
@@ -48,7 +48,7 @@ def shipped_demo_weights() -> Path:
 
 def prepare_demo_inputs(root: Path) -> None:
     """Model and dataset under ``root/pvc`` where the sample resource expects them."""
-    from rtdetr_edge.synthetic import write_coco_dataset
+    from rtdetr_edge.dev.synthetic import write_coco_dataset
 
     model_dir = root / "pvc" / "models" / "shapes-tiny"
     if not (model_dir / PROGRAM_NAME).is_file():

@@ -19,8 +19,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from rtdetr_edge.preprocess import preprocess_rgb
-from rtdetr_edge.synthetic import SHAPE_CLASSES, render_scene
-from rtdetr_edge.tiny_model import TinyModelSpec, TinyRTDETR, export_inference_model, paddle
+from rtdetr_edge.dev.synthetic import SHAPE_CLASSES, render_scene
+from rtdetr_edge.dev.tiny_model import TinyModelSpec, TinyRTDETR, export_inference_model, paddle
 
 log = logging.getLogger(__name__)
 functional = paddle.nn.functional

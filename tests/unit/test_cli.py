@@ -1,0 +1,121 @@
+"""The CLI's contract with the manifests and with users: ``RTDETR_<FLAG>`` environment
+variables, flags winning over them, usage errors as exit 2 with ``error:`` last on stderr, and
+development tools refusing to run where rtdetr_edge.dev is absent (the images)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from rtdetr_edge import cli
+
+
+def params_of(command: click.Command, args: list[str]) -> dict[str, Any]:
+    with command.make_context(command.name or "", args) as context:
+        return dict(context.params)
+
+
+def test_flags_default_from_the_environment_and_flags_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RTDETR_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("RTDETR_MAX_BATCH_SIZE", "8")
+    monkeypatch.setenv("RTDETR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("RTDETR_SCORE_THRESHOLD", "0.3")
+    params = params_of(cli.serve, [])
+    assert params["model"] == tmp_path and params["max_batch_size"] == 8 and params["score_threshold"] == 0.3
+    assert params["cache_dir"] == tmp_path / "cache"
+    assert params_of(cli.serve, ["--max-batch-size", "2"])["max_batch_size"] == 2
+    settings = cli.predictor_settings(params)
+    assert settings.max_batch_size == 8 and settings.device == "cpu"
+
+
+def test_the_cache_dir_default_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("RTDETR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert params_of(cli.warmup, ["--model", str(tmp_path)])["cache_dir"] == tmp_path / "rtdetr-edge"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "fragment"),
+    [
+        (["serve"], {}, "Missing option '--model'"),
+        (["serve", "--model", "/nonexistent"], {}, "'/nonexistent' does not exist"),
+        (["warmup", "--model", "."], {"RTDETR_MAX_BATCH_SIZE": "lots"}, "'lots' is not a valid integer range"),
+        (["warmup", "--model", "."], {"RTDETR_DEVICE": "tpu"}, "'tpu' is not one of 'gpu', 'cpu'"),
+        (["warmup", "--model", ".", "--max-batch-size", "0"], {}, "0 is not in the range 1<=x<=64"),
+        (["pipeline", "missing.yaml"], {}, "'missing.yaml' does not exist"),
+        (["nonsense"], {}, "No such command 'nonsense'"),
+    ],
+)
+def test_usage_errors_exit_2_with_the_cause_last(
+    argv: list[str], env: dict[str, str], fragment: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and fragment in last, last
+
+
+def test_an_invalid_resource_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    resource = tmp_path / "bad.yaml"
+    resource.write_text("apiVersion: rtdetr.io/v1alpha1\nkind: RTDETRModel\nmetadata: {name: m}\nspec: {arch: yolo}\n")
+    assert cli.main(["pipeline", str(resource)]) == 2
+    assert "error: invalid spec: spec.arch: Input should be" in capsys.readouterr().err
+
+
+def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--version"]) == 0 and "0.1.0" in capsys.readouterr().out
+    assert cli.main(["serve", "--help"]) == 0
+    assert "RTDETR_SHUTDOWN_DELAY_SECONDS" in capsys.readouterr().out
+
+
+def test_development_tools_say_where_they_live(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "rtdetr_edge.dev", None)  # as in the images: the package is absent
+    for argv in (["demo", "--no-serve"], ["tiny-model", "x"], ["bench"], ["make-dataset", "x"], ["train-tiny", "x"]):
+        assert cli.main(argv) == 2, argv
+        assert "error: this is a development tool, not part of this image" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("gpu", "cpu", "driver", "nvidia", "cuda", "fragment"),
+    [
+        (None, "2.6.2", True, None, None, "this install has paddlepaddle 2.6.2, a CPU-only build: use --device cpu"),
+        (None, None, True, None, None, "this install has no Paddle at all"),
+        ("2.6.2", None, True, "void", None, "NVIDIA_VISIBLE_DEVICES='void' hides every GPU"),
+        ("2.6.2", None, True, None, "-1", "CUDA_VISIBLE_DEVICES='-1' hides every GPU"),
+        ("2.6.2", None, False, None, None, "no NVIDIA driver is visible"),
+        ("2.6.2", None, True, "all", "0", None),
+    ],
+)
+def test_gpu_problem(gpu: str | None, cpu: str | None, driver: bool, nvidia: str | None, cuda: str | None,
+                     fragment: str | None) -> None:  # fmt: skip
+    from rtdetr_edge.gpu_check import gpu_problem
+
+    problem = gpu_problem(gpu, cpu, driver, nvidia, cuda)
+    assert problem is None if fragment is None else fragment in str(problem), problem
+
+
+def test_gpu_on_a_cpu_install_fails_before_paddle_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Measured before: ~18 s, then a ValueError from inside Paddle. Now the cause and the fix,
+    before any Paddle import (so in milliseconds)."""
+    from importlib import metadata
+
+    try:
+        metadata.version("paddlepaddle-gpu")
+        pytest.skip("this machine has the CUDA build of Paddle")
+    except metadata.PackageNotFoundError:
+        pass
+    code = (
+        "import sys\nfrom rtdetr_edge.cli import main\n"
+        f"status = main(['warmup', '--model', {str(tmp_path)!r}, '--device', 'gpu'])\n"
+        "assert 'paddle' not in sys.modules, 'Paddle was imported'\nraise SystemExit(status)\n"
+    )
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --device gpu needs the CUDA build of Paddle")
