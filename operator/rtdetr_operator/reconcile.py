@@ -246,7 +246,8 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
             else:
                 phase = "Failed"
                 updates += [
-                    Condition("AccuracyGatePassed", "False", "DropExceedsBudget", str(gate.get("message", ""))),
+                    Condition("AccuracyGatePassed", "False", str(gate.get("reason") or "DropExceedsBudget"),
+                              str(gate.get("message", ""))),  # fmt: skip
                     Condition("Ready", "False", "AccuracyGateFailed",
                               f"{gate.get('message', '')}; the previous model keeps serving"
                               if available.status == "True" else str(gate.get("message", ""))),  # fmt: skip

@@ -11,6 +11,9 @@ from rtdetr_edge.errors import ModelNotFoundError
 
 PROGRAM_NAME = "model.pdmodel"
 PARAMS_NAME = "model.pdiparams"
+LABELS_FILE = "infer_cfg.yml"
+"""PaddleDetection's export config (label_list): travels with the model through every stage,
+or custom labels silently become COCO's 80."""
 # Op types that only a quantized program contains: QDQ (ACT with onnx_format) or fake-quant.
 QUANT_OP_TYPES = frozenset(
     {
@@ -91,7 +94,7 @@ class ModelFiles:
 
     def label_list(self) -> list[str] | None:
         """``label_list`` of the export's ``infer_cfg.yml`` (PaddleDetection writes it), if present."""
-        infer_cfg = self.directory / "infer_cfg.yml"
+        infer_cfg = self.directory / LABELS_FILE
         if not infer_cfg.is_file():
             return None
         from rtdetr_edge.labels import load_labels

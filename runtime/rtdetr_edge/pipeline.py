@@ -29,7 +29,7 @@ from rtdetr_edge.coco import class_to_category_ids, list_images, load_ground_tru
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.files import write_text_atomic
 from rtdetr_edge.gate import accuracy_gate
-from rtdetr_edge.model_files import ModelFiles
+from rtdetr_edge.model_files import LABELS_FILE, ModelFiles
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.progress import ProgressReporter
 from rtdetr_edge.api.job import RESULT_SCHEMA, JobSummary, PipelinePlan
@@ -242,6 +242,8 @@ def _run_stages(
         model_dir.mkdir()
         shutil.copy2(source.program, model_dir / source.program.name)
         shutil.copy2(source.params, model_dir / source.params.name)
+        if (source_dir / LABELS_FILE).is_file():  # quantize_model keeps it itself
+            shutil.copy2(source_dir / LABELS_FILE, model_dir / LABELS_FILE)
     else:
         report = quantize_model(
             source_dir,
@@ -261,9 +263,6 @@ def _run_stages(
             progress_file=paths.progress_file,
         )
         quantize_report = report.to_dict()
-    for extra in ("infer_cfg.yml",):  # keep the label list next to the model
-        if (source_dir / extra).is_file():
-            shutil.copy2(source_dir / extra, model_dir / extra)
     timings["quantize"] = time.perf_counter() - mark
 
     # The candidate is measured exactly as it will be served; fp16 exists only on GPU, so a
@@ -302,7 +301,7 @@ def _run_stages(
     timings["evaluate_candidate"] = time.perf_counter() - mark
 
     phases.update(3, phase="accuracy gate")
-    verdict = accuracy_gate(baseline.map, candidate.map, quantization.max_map_drop)
+    verdict = accuracy_gate(baseline.map, candidate.map, quantization.max_map_drop, quantization.min_baseline_map)
     log.info("accuracy gate: %s", verdict.message)
 
     phases.update(4, phase="shape-range collection")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rtdetr_edge.files import write_text_atomic
@@ -19,19 +20,34 @@ log = logging.getLogger(__name__)
 PROGRESS_PREFIX = "RTDETR_PROGRESS"
 
 
+def eta_seconds(origin: tuple[float, int] | None, now: float, done: int, total: int) -> float | None:
+    """Time left at the rate measured since ``origin`` (time, done) — the first finished step, so
+    setup before it (ACT's graph passes: minutes) is not spread over the iterations. Pure."""
+    if origin is None or done <= origin[1]:
+        return None
+    started, done_then = origin
+    return (now - started) / (done - done_then) * max(0, total - done)
+
+
 class ProgressReporter:
-    def __init__(self, path: Path | None, stage: str, total: int, min_interval_seconds: float = 2.0) -> None:
+    def __init__(self, path: Path | None, stage: str, total: int, min_interval_seconds: float = 2.0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:  # fmt: skip
         self.path = path
         self.stage = stage
         self.total = total
         self.min_interval = min_interval_seconds
-        self.started = time.perf_counter()
-        self._last_write = 0.0
+        self.clock = clock
+        self.started = clock()
+        self._last_write = float("-inf")
+        self._rate_origin: tuple[float, int] | None = None
         self.state: dict[str, object] = {}
 
     def update(self, done: int, **extra: object) -> dict[str, object]:
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / done * (self.total - done) if done else None
+        now = self.clock()
+        elapsed = now - self.started
+        if done > 0 and self._rate_origin is None:
+            self._rate_origin = (now, done)
+        eta = eta_seconds(self._rate_origin, now, done, self.total)
         self.state = {
             "stage": self.stage,
             "done": done,
@@ -40,7 +56,6 @@ class ProgressReporter:
             "eta_s": round(eta, 1) if eta is not None else None,
             **extra,
         }
-        now = time.perf_counter()
         if done >= self.total or now - self._last_write >= self.min_interval:
             self._last_write = now
             self._write()

@@ -20,7 +20,7 @@ from typing import Any
 
 from rtdetr_edge.coco import read_image
 from rtdetr_edge.errors import RtdetrEdgeError
-from rtdetr_edge.model_files import PARAMS_NAME, PROGRAM_NAME, ModelFiles
+from rtdetr_edge.model_files import LABELS_FILE, PARAMS_NAME, PROGRAM_NAME, ModelFiles
 from rtdetr_edge.paddle_import import import_paddle
 from rtdetr_edge.preprocess import stack_batch
 from rtdetr_edge.progress import ProgressReporter, format_eta
@@ -133,7 +133,6 @@ def quantize_model(
     if out_dir.exists():
         raise QuantizationError(f"output {out_dir} already exists; refusing to overwrite it")
     input_digest = source.digest()
-    os.environ.setdefault("TQDM_DISABLE", "1")  # PaddleSlim's per-op progress bars flood Job logs
     paddle = import_paddle()
     paddle.set_device("gpu" if settings.device == "gpu" else "cpu")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -155,11 +154,14 @@ def quantize_model(
         produced = ModelFiles.locate(result)
         if not produced.is_quantized():
             raise QuantizationError("PaddleSlim finished but the output has no quantize/dequantize ops")
-        # Keep only the model files (ACT also leaves calibration scratch around).
+        # Keep only the model files (ACT also leaves calibration scratch around), and the
+        # export's label config: the output is a self-contained export.
         staging = work / "output"
         staging.mkdir()
         shutil.move(str(produced.program), staging / PROGRAM_NAME)
         shutil.move(str(produced.params), staging / PARAMS_NAME)
+        if (model_dir / LABELS_FILE).is_file():
+            shutil.copy2(model_dir / LABELS_FILE, staging / LABELS_FILE)
         os.replace(staging, out_dir)
     except RtdetrEdgeError:
         raise

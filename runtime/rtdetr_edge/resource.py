@@ -188,6 +188,7 @@ def effective_quantization(arch: str, quantization: QuantizationSpec) -> Effecti
         batch_size=quantization.batch_size,
         calibration_batches=quantization.calibration_batches,
         max_map_drop=quantization.max_map_drop,
+        min_baseline_map=quantization.min_baseline_map,
     )
 
 

@@ -134,6 +134,18 @@ def test_a_lost_deployment_comes_back_with_the_served_model_after_a_failed_gate(
     assert decision.status["served"] == served
 
 
+@pytest.mark.parametrize("reason", ["DropExceedsBudget", "BaselineTooLow"])
+def test_the_gates_reason_reaches_its_condition(reason: str) -> None:
+    body = r50()
+    refused = json.loads(summary(digest_of(body), passed=False, quantized=51.0))
+    refused["gate"]["reason"] = reason
+    job = JobObservation(succeeded=True, termination_message=json.dumps(refused))
+    decision = decide(body, OperatorSettings(), Observed(quantize_job=job), NOW)
+    assert condition(decision.status, "AccuracyGatePassed")["reason"] == reason
+    assert condition(decision.status, "Ready")["reason"] == "AccuracyGateFailed"
+    assert not [m for m in decision.ensure if m["kind"] == "Deployment"], "nothing served yet, nothing deployed"
+
+
 def test_a_rollout_whose_new_pods_never_become_available_is_not_ready() -> None:
     """One old pod still serves, the new template's pod crash-loops: not rolled out (counting
     available pods alone would say it is)."""
@@ -367,8 +379,10 @@ def test_the_user_guide_explains_every_reason_the_operator_sets() -> None:
     tree = ast.parse((root / "operator" / "rtdetr_operator" / "reconcile.py").read_text())
     literal = {call.args[2].value for call in ast.walk(tree) if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Condition"
                and len(call.args) > 2 and isinstance(call.args[2], ast.Constant)}  # fmt: skip
+    from rtdetr_edge.gate import BASELINE_TOO_LOW, DROP_EXCEEDS_BUDGET
+
     computed = {"DeadlineExceeded", "JobFailed", "MinimumReplicasAvailable", "Pending", "Quantizing", "Evaluating", "Exporting",
-                "Unschedulable", "FailedCreate"}  # fmt: skip
+                "Unschedulable", "FailedCreate", DROP_EXCEEDS_BUDGET, BASELINE_TOO_LOW}  # fmt: skip
     guide = (root / "docs" / "user-guide.md").read_text()
     table = guide[guide.index("## What each condition reason means") :]
     table = table[: table.index("\n\n", table.index("| --- |"))]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,8 @@ def test_qat_makes_a_small_qdq_model_and_leaves_the_export_alone(
     ops = ModelFiles.locate(out).op_counts()
     assert ops["quantize_linear"] > 0 and ops["dequantize_linear"] > 0
     assert report.params_ratio <= 0.35, report
-    assert sorted(p.name for p in out.iterdir()) == ["model.pdiparams", "model.pdmodel"]
+    assert sorted(p.name for p in out.iterdir()) == ["infer_cfg.yml", "model.pdiparams", "model.pdmodel"], "self-contained"
+    assert ModelFiles.locate(out).label_list() == ModelFiles.locate(shapes_model).label_list() == ["circle", "square", "triangle"]
     assert report.iterations == 6 and report.final_loss is not None
     state = json.loads(progress.read_text())
     assert state["stage"] == "quantize" and state["done"] == state["total"] == 6 and state["loss"] is not None
@@ -58,3 +61,20 @@ def test_refuses_to_overwrite_or_requantize(shapes_model: Path, shapes_dataset: 
     quantize_model(shapes_model, images, quantized, QuantizeSettings(arch="tiny", method="ptq", calibration_batches=1))
     with pytest.raises(QuantizationError, match="already quantized"):
         quantize_model(quantized, images, tmp_path / "again", QuantizeSettings(arch="tiny", train_iter=1))
+
+
+@pytest.mark.slow
+def test_the_cli_logs_progress_not_progress_bars(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    """PaddleSlim's tqdm bars once wrote 212 KB for 20 iterations into Job logs; our progress
+    lines (iteration, loss, ETA) are what is left."""
+    out = tmp_path / "int8"
+    result = subprocess.run(
+        [sys.executable, "-m", "rtdetr_edge.cli", "quantize", "--model", str(shapes_model), "--train-images",
+         str(shapes_dataset / "train2017"), "--out", str(out), "--arch", "tiny", "--method", "ptq", "--calibration-batches", "2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    logs = result.stdout + result.stderr
+    assert "RTDETR_PROGRESS" in logs, "our progress lines are printed"
+    assert "\u2588" not in logs and "it/s]" not in logs and "Adding quant op" not in logs, logs[-2000:]
+    assert (out / "infer_cfg.yml").is_file()

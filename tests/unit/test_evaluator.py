@@ -139,3 +139,13 @@ def test_gate() -> None:
         accuracy_gate(float("nan"), 1.0, 0.5)
     with pytest.raises(ValueError):
         accuracy_gate(1.0, 1.0, -1.0)
+
+
+def test_a_baseline_near_zero_cannot_pass_the_gate() -> None:
+    """A wrong categoryIds mapping scores the FP32 model ~0 mAP; a candidate at 0 would 'lose
+    nothing'. The gate refuses and says what to check, unless the check is turned off."""
+    refused = accuracy_gate(0.0, 0.0, 0.5)
+    assert not refused.passed and refused.reason == "BaselineTooLow"
+    assert "baseline scores mAP 0.0" in refused.message and "categoryIds" in refused.message
+    assert accuracy_gate(0.0, 0.0, 0.5, min_baseline_map=0).passed
+    assert accuracy_gate(1.2, 1.0, 0.5).passed, "the default threshold is 1 mAP point"

@@ -37,6 +37,7 @@ class EffectiveQuantization(PlanModel):
     batch_size: int = Field(ge=1)
     calibration_batches: int = Field(ge=1)
     max_map_drop: float = Field(ge=0)
+    min_baseline_map: float = Field(ge=0)
 
 
 class PipelinePlan(PlanModel):

@@ -150,6 +150,11 @@ class QuantizationSpec(ApiModel):
     max_map_drop: float = Field(
         0.5, ge=0, le=100, description="The accuracy gate, in mAP points (IoU .50:.95); a bigger drop is never deployed."
     )
+    min_baseline_map: float = Field(
+        1.0, ge=0, le=100,
+        description="The gate refuses when the FP32 model itself scores below this on the dataset (a near-zero "
+        "baseline means wrong categoryIds, labels or images, and any candidate would pass); 0 turns the check off.",
+    )  # fmt: skip
     batch_size: int = Field(1, ge=1, le=64, description="Training batch size.")
     calibration_batches: int = Field(32, ge=1, le=10000, description="ptq only.")
 
