@@ -59,6 +59,8 @@ def test_not_ready_until_warm_up_then_ready(tiny_model_dir: Path, tmp_path: Path
             )
             assert early.status_code == 503 and early.json()["code"] == "not_ready"
             assert metric(server.url, "rtdetr_model_ready") == 0.0
+            assert metric(server.url, 'rtdetr_rejected_requests_total{code="not_ready"}') == 1.0
+            assert " ERROR " not in server.log(), "a request during warm-up is expected, not an error"
         except BaseException:
             server.stop()
             raise
@@ -108,6 +110,20 @@ def test_sigterm_drains_in_flight_requests(tiny_model_dir: Path, tmp_path: Path,
     assert response.getheader("content-type") == "application/json"
     server.process.wait(30)
     assert server.process.returncode == 0, server.log()
+
+
+def test_sigterm_during_warm_up_exits_0(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A pod deleted while it warms up (a rollout superseded, a node drained): a clean exit 0,
+    not SIGABRT (134) from the interpreter finalizing under Paddle's warm-up thread."""
+    server = start_server(tiny_model_dir, tmp_path / "cache", tmp_path, "--max-batch-size", "16")
+    try:
+        wait_live(server.url, server.process)
+        assert requests.get(f"{server.url}/v2/health/ready", timeout=5).status_code == 503, "still warming up"
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(60) == 0, server.log()
+    finally:
+        server.stop()
+    assert "stopped on SIGTERM during warm-up" in server.log(), "the signal must have come during warm-up"
 
 
 def test_failed_warm_up_exits_with_the_cause(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from rtdetr_edge import __version__
 from rtdetr_edge.errors import (
     BadRequestError,
     NotFoundError,
+    NotReadyError,
     PayloadTooLargeError,
     RtdetrEdgeError,
     UnsupportedMediaTypeError,
@@ -119,8 +120,8 @@ def create_app(service: ModelService) -> Starlette:
                 response = await handler(request)
             except RtdetrEdgeError as error:
                 response = error_response(error.http_status, error.code, str(error))
-                if error.http_status < 500:
-                    metrics.rejected.labels(error.code).inc()
+                if error.http_status < 500 or (isinstance(error, NotReadyError) and service.warming_up):
+                    metrics.rejected.labels(error.code).inc()  # the client's doing, or expected: warming up
                 else:
                     log.error("%s %s failed: %s", request.method, request.url.path, error)
             except Exception:

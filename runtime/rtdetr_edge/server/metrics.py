@@ -55,5 +55,5 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.rejected = Counter(
-            "rtdetr_rejected_requests_total", "Requests answered with a 4xx, by error code.", ["code"], registry=self.registry
+            "rtdetr_rejected_requests_total", "Requests refused: a 4xx, or a 503 while warming up; by error code.", ["code"], registry=self.registry
         )

@@ -91,6 +91,10 @@ class ModelService:
         """What readiness probes see; requests are still served while terminating."""
         return self.state == "ready" and not self.terminating
 
+    @property
+    def warming_up(self) -> bool:
+        return self.state not in ("ready", "failed")
+
     def begin_termination(self) -> None:
         """Report not-ready so load balancers stop routing here; keep answering meanwhile."""
         self.terminating = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import signal
 import sys
 import threading
@@ -140,6 +141,15 @@ def run_server(
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     log.info("listening on http://%s:%d (ready after warm-up)", host, port)
     server.run()
+    if terminated and service.warming_up:
+        # Paddle is still working in the warm-up thread; letting the interpreter finalize under
+        # it aborts (SIGABRT, exit 134). Nothing is half-written: shape files and engine-cache
+        # entries appear by rename, and a staging directory left now is discarded next time.
+        log.info("stopped on SIGTERM during warm-up")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     if terminated:
         log.info("drained and stopped on SIGTERM")
     if fatal:
