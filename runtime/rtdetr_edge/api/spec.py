@@ -136,6 +136,8 @@ class DatasetSpec(ApiModel):
 
 
 class QuantizationSpec(ApiModel):
+    """How the INT8 model is made (PaddleSlim ACT or PTQ) and the accuracy gate it must pass."""
+
     method: Method = Field(
         "qat",
         description="qat = ACT quant-aware training + distillation (hours); ptq = post-training (minutes); "
@@ -195,6 +197,9 @@ class EngineCacheSpec(ApiModel):
 
 
 class ServingSpec(ApiModel):
+    """The runtime pods: how many, on which device and precision, and how they batch. Editing
+    these never re-quantizes."""
+
     replicas: int = Field(2, ge=0, le=100, description="Serving pods.")
     device: Device = Field("gpu", description="gpu = TensorRT; cpu = oneDNN.")
     precision: Precision = Field("int8", description="int8 serves the quantized model; fp16/fp32 the FP32 one.")
@@ -208,6 +213,8 @@ class ServingSpec(ApiModel):
 
 
 class StorageSpec(ApiModel):
+    """Where the pipeline writes its results."""
+
     artifacts: str = _uri_field(
         "Where exported/quantized models and results land (a ReadWriteMany PVC for multi-node serving).",
         CLUSTER_ARTIFACTS_URI,
@@ -223,6 +230,9 @@ class StorageSpec(ApiModel):
 
 
 class RTDETRModelSpec(ApiModel):
+    """What to quantize (arch, source), with which data (dataset), how (quantization, compression),
+    how to serve it (serving) and where results go (storage)."""
+
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
             "!(self.serving.precision == 'int8' && self.quantization.method == 'none')",
