@@ -229,10 +229,10 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         # The verdict, once read, is kept in status.candidate: the finished Job's pod or the Job
         # itself may be deleted (TTL, a cleanup, a human) without re-running hours of QAT.
         remembered = before.get("candidate") if isinstance(before.get("candidate"), dict) else None
-        verdict: dict[str, Any] | None = None
-        if job is not None and job.verdict is not None:
-            verdict = job.verdict
-        elif remembered is not None and remembered.get("pipelineDigest") == digest and (job is None or job.succeeded):
+        verdict = job.verdict if job is not None else None  # parses the termination message once
+        if verdict is None and remembered is not None and remembered.get("pipelineDigest") == digest and (
+            job is None or job.succeeded
+        ):
             verdict = remembered
         needs_export = model.spec.source.checkpoint is not None
         export = observed.export_job
@@ -366,7 +366,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
             updates.append(
                 Condition("Ready", "False", "RollingOut", f"{ready}/{model.spec.serving.replicas} pods ready with this model")
             )
-    elif phase in ("Pending", "Quantizing", "Evaluating", "Exporting") and not any(c.type == "Ready" for c in updates):
+    elif phase in IN_FLIGHT_PHASES and not any(c.type == "Ready" for c in updates):  # (Deploying: only when served)
         updates.append(Condition("Ready", "False", phase, "the pipeline is running" if phase != "Pending" else "starting"))
 
     updates += kstatus_conditions(phase, updates)

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import os
-from importlib import metadata
 from pathlib import Path
 
 from rtdetr_edge.errors import RtdetrEdgeError
+from rtdetr_edge.resource import installed_version
 
 NVIDIA_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version")
 HIDDEN = ("void", "none", "-1", "")
@@ -33,17 +33,10 @@ def gpu_problem(paddle_gpu: str | None, paddle_cpu: str | None, driver_visible: 
     return None
 
 
-def _version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def require_gpu() -> None:
     """Raise :class:`DeviceUnavailableError` with the cause and the fix when no GPU can be used."""
     problem = gpu_problem(
-        _version("paddlepaddle-gpu"), _version("paddlepaddle"), any(Path(p).exists() for p in NVIDIA_DRIVER_FILES),
+        installed_version("paddlepaddle-gpu"), installed_version("paddlepaddle"), any(Path(p).exists() for p in NVIDIA_DRIVER_FILES),
         os.environ.get("NVIDIA_VISIBLE_DEVICES"), os.environ.get("CUDA_VISIBLE_DEVICES"),
     )  # fmt: skip
     if problem:

@@ -56,18 +56,19 @@ def tool_versions() -> dict[str, str]:
     return {**pins, "rtdetr-edge": __version__.rsplit(".", 1)[0]}
 
 
+def installed_version(*distributions: str) -> str | None:
+    """The version of the first of ``distributions`` installed here (None: none is)."""
+    for name in distributions:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def installed_tool_versions() -> dict[str, str | None]:
     """What this environment actually has (None: not installed)."""
-
-    def version(*names: str) -> str | None:
-        for name in names:
-            try:
-                return metadata.version(name)
-            except metadata.PackageNotFoundError:
-                continue
-        return None
-
-    return {"paddlepaddle": version(*PADDLE_DISTRIBUTIONS), "paddleslim": version("paddleslim")}
+    return {"paddlepaddle": installed_version(*PADDLE_DISTRIBUTIONS), "paddleslim": installed_version("paddleslim")}
 
 
 def tool_version_problems(expected: dict[str, str], installed: dict[str, str | None]) -> list[str]:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, Field
 
-from rtdetr_edge.api.spec import Method
+from rtdetr_edge.api.spec import Method, wire_config
 
 PLAN_SCHEMA = "rtdetr.io/pipeline-plan/v1"
 RESULT_SCHEMA = "rtdetr.io/quantize-result/v1"
@@ -23,7 +22,7 @@ DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 
 class PlanModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
+    model_config = wire_config(frozen=True, extra="forbid")
 
 
 class EffectiveQuantization(PlanModel):
@@ -52,7 +51,7 @@ class PipelinePlan(PlanModel):
 class SummaryModel(BaseModel):
     """Read leniently (a newer Job may say more), written exactly."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+    model_config = wire_config(frozen=True, extra="ignore")
 
 
 class ModelRef(SummaryModel):

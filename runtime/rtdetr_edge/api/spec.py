@@ -54,6 +54,11 @@ class Rule:
     violated: Callable[[Any], bool]
 
 
+def wire_config(**settings: Any) -> ConfigDict:
+    """Every API object: camelCase on the wire (Kubernetes' convention), snake_case in Python."""
+    return ConfigDict(alias_generator=to_camel, populate_by_name=True, **settings)  # type: ignore[typeddict-item]
+
+
 def _schema_rules(schema: dict[str, Any], cls: type) -> None:
     rules = getattr(cls, "rules", ())
     if rules:
@@ -63,10 +68,7 @@ def _schema_rules(schema: dict[str, Any], cls: type) -> None:
 class ApiModel(BaseModel):
     """Strict (no "1" → 1), frozen, camelCase on the wire, unknown fields refused (typos)."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, frozen=True, strict=True, extra="forbid",
-        json_schema_extra=_schema_rules,
-    )  # fmt: skip
+    model_config = wire_config(frozen=True, strict=True, extra="forbid", json_schema_extra=_schema_rules)
     rules: ClassVar[tuple[Rule, ...]] = ()
 
     @model_validator(mode="after")

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel, Field
+
+from rtdetr_edge.api.spec import wire_config
 
 Phase = Literal["Pending", "Exporting", "Quantizing", "Evaluating", "Deploying", "Ready", "Failed"]
 PHASES: tuple[str, ...] = get_args(Phase)
@@ -18,13 +19,12 @@ CONDITION_TYPES: tuple[str, ...] = get_args(ConditionType)
 
 
 class StatusModel(BaseModel):
-    """Status objects are read back leniently: an older operator may have written more."""
+    """A part of the status with a closed shape: every field the operator writes is listed."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+    model_config = wire_config(extra="forbid")
 
 
 class ConditionStatus(StatusModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
     type: str
     status: Literal["True", "False", "Unknown"]
     reason: str | None = None
@@ -34,7 +34,6 @@ class ConditionStatus(StatusModel):
 
 
 class ModelStatus(StatusModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
     digest: str | None = None
     uri: str | None = None
     size_bytes: int | None = None
@@ -43,7 +42,6 @@ class ModelStatus(StatusModel):
 class AccuracyStatus(StatusModel):
     """COCO mAP of the model being served (the mAP/Drop columns); a candidate's is in status.candidate."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
     baseline_map: float | None = None
     quantized_map: float | None = None
     map_drop: float | None = None
@@ -51,13 +49,16 @@ class AccuracyStatus(StatusModel):
 
 
 class ServingStatus(StatusModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
     endpoint: str | None = None
     ready_replicas: int | None = None
     serving_digest: str | None = None
 
 
 class RTDETRModelStatus(StatusModel):
+    # Open at the top: kopf keeps its own bookkeeping here (status.kopf), and an older operator
+    # may have written fields this one no longer does.
+    model_config = wire_config(extra="allow")
+
     observed_generation: int | None = None
     phase: Phase | None = None
     pipeline_digest: str | None = None
