@@ -61,7 +61,9 @@ class ServerProcess:
             try:
                 if requests.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
                     return
-            except requests.ConnectionError:
+            # Not listening yet, or busy: health answers late while warm-up holds the GIL in a C
+            # extension (paddle2onnx on the real R18 graph; issue 10 keeps that open).
+            except (requests.ConnectionError, requests.Timeout):
                 pass
             time.sleep(0.1)
         raise AssertionError(f"server not ready after {timeout}s:\n{self.log()}")

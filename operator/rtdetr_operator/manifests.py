@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from rtdetr_edge.api.job import PipelinePlan
-from rtdetr_edge.resource import RTDETRModel
+from rtdetr_edge.resource import RTDETRModel, serving_backend
 from rtdetr_edge.storage import parse_uri
 from rtdetr_operator import GROUP, VERSION
 from rtdetr_operator.names import (
@@ -297,7 +297,10 @@ def build_runtime_deployment(
     serving = model.spec.serving
     model_uri = served["model"]["uri"]
     model_dir = pvc_path(model_uri, settings.pvc_mount_root)
-    shape_file = f"{model_dir.rsplit('/', 1)[0]}/{served['shapeRanges']['file']}"
+    # Shape ranges the Job collected for TensorRT (GPU resources); CPU predictors use none.
+    shape_args = []
+    if served.get("shapeRanges"):
+        shape_args = ["--shape-ranges", f"{model_dir.rsplit('/', 1)[0]}/{served['shapeRanges']['file']}"]
     claim = parse_uri(model_uri).claim  # serving needs only the artifacts claim, read-only
     volumes = [
         {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
@@ -320,9 +323,10 @@ def build_runtime_deployment(
         "command": ["rtdetr-edge", "serve"],
         "args": [
             "--model", model_dir,
-            "--shape-ranges", shape_file,
+            *shape_args,
             "--model-name", model.name,
             "--device", serving.device,
+            "--backend", serving_backend(serving),
             "--precision", serving.precision,
             "--max-batch-size", str(serving.max_batch_size),
             "--batch-window-micros", str(serving.batch_window_micros),

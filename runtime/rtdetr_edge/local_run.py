@@ -67,10 +67,10 @@ def summary_table(model: RTDETRModel, result: dict[str, Any], reused: bool, endp
         lines.append(f"  {name:<22} {left:>16} {right:>18}")
     verdict = "PASSED" if gate["passed"] else "FAILED"
     lines.append(f"  accuracy gate {verdict}: {gate['message']}")
-    if result["device"] == "cpu" and candidate["precision"] == "int8":
+    if result["device"] == "cpu" and candidate["precision"] == "int8" and candidate.get("backend") == "paddle":
         lines.append(
             "  (INT8 on CPU runs the quantized QDQ graph: it measures the accuracy TensorRT INT8 will give,"
-            " not a CPU speed-up; the INT8 speed-up is TensorRT's, on GPU nodes)"
+            " not a CPU speed-up; for CPU serving use serving.cpuRuntime onnxruntime with quantization.method ptq)"
         )
     if endpoint:
         lines.append(f"  endpoint: {endpoint}")
@@ -116,7 +116,9 @@ def _serve(model: RTDETRModel, result: dict[str, Any], final: Path, options: Run
     from rtdetr_edge.server.run import run_server
 
     serving = model.spec.serving
-    precision = serving.precision if not (device == "cpu" and serving.precision == "fp16") else "fp32"
+    # Serve exactly what the gate measured (device, runtime, precision).
+    candidate = result["candidate"]
+    device, precision, backend = candidate["device"], candidate["precision"], candidate["backend"]
     url = f"http://{options.host}:{options.port}"
 
     def on_ready(warmed: WarmedModel) -> None:
@@ -141,10 +143,12 @@ def _serve(model: RTDETRModel, result: dict[str, Any], final: Path, options: Run
     serve_options = ServeOptions(
         model_dir=final / MODEL_SUBDIR,
         cache_dir=options.root / "engine-cache" / "serving",
-        predictor=PredictorSettings(device=device, precision=precision, max_batch_size=serving.max_batch_size),  # type: ignore[arg-type]
+        predictor=PredictorSettings(
+            device=device, precision=precision, backend=backend, max_batch_size=serving.max_batch_size  # type: ignore[arg-type]
+        ),
         model_name=model.name,
         score_threshold=serving.score_threshold,
         batch_window_seconds=serving.batch_window_micros / 1e6,
-        shape_seed=final / result["shapeRanges"]["file"],
+        shape_seed=final / result["shapeRanges"]["file"] if result.get("shapeRanges") else None,
     )
     return run_server(serve_options, options.host, options.port, drain_seconds=10, on_ready=on_ready)

@@ -11,6 +11,9 @@ from rtdetr_edge.errors import ModelNotFoundError
 
 PROGRAM_NAME = "model.pdmodel"
 PARAMS_NAME = "model.pdiparams"
+ONNX_INT8_NAME = "model.int8.onnx"
+"""The CPU INT8 model (ONNX Runtime's static QDQ quantization), beside the FP32 export it was
+made from (:mod:`rtdetr_edge.quantize_onnx`)."""
 LABELS_FILE = "infer_cfg.yml"
 """PaddleDetection's export config (label_list): travels with the model through every stage,
 or custom labels silently become COCO's 80."""
@@ -33,11 +36,13 @@ QUANT_OP_TYPES = frozenset(
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """A Paddle 2.x inference model: a program file and its combined params file."""
+    """A Paddle 2.x inference model: a program file and its combined params file (and, when
+    quantized for ONNX Runtime, the INT8 ONNX model made from them)."""
 
     directory: Path
     program: Path
     params: Path
+    onnx_int8: Path | None = None
 
     @classmethod
     def locate(cls, directory: str | Path) -> "ModelFiles":
@@ -65,12 +70,16 @@ class ModelFiles:
         params = program.with_suffix(".pdiparams")
         if not params.is_file():
             raise ModelNotFoundError(f"{program.name} in {root} has no matching {params.name}")
-        return cls(directory=root, program=program, params=params)
+        onnx_int8 = root / ONNX_INT8_NAME
+        return cls(directory=root, program=program, params=params, onnx_int8=onnx_int8 if onnx_int8.is_file() else None)
+
+    def files(self) -> tuple[Path, ...]:
+        return (self.program, self.params) + ((self.onnx_int8,) if self.onnx_int8 else ())
 
     def digest(self) -> str:
-        """``sha256:<hex>`` over the program and params bytes; names and mtimes do not count."""
+        """``sha256:<hex>`` over the model files' bytes; names and mtimes do not count."""
         hasher = hashlib.sha256()
-        for path in (self.program, self.params):
+        for path in self.files():
             hasher.update(path.stat().st_size.to_bytes(8, "little"))
             with path.open("rb") as stream:
                 while chunk := stream.read(1 << 20):
@@ -89,8 +98,13 @@ class ModelFiles:
         return Counter(op.type for block in program.blocks for op in block.ops)
 
     def is_quantized(self) -> bool:
-        """True if the program holds quantize/dequantize ops (an ACT/PTQ output)."""
+        """True if the program holds quantize/dequantize ops (a PaddleSlim ACT/PTQ output)."""
         return not QUANT_OP_TYPES.isdisjoint(self.op_counts())
+
+    def is_quantized_for(self, backend: str) -> bool:
+        """Whether ``backend`` would run this model in INT8: ONNX Runtime runs ``model.int8.onnx``,
+        Paddle a QDQ program."""
+        return self.onnx_int8 is not None if backend == "onnxruntime" else self.is_quantized()
 
     def label_list(self) -> list[str] | None:
         """``label_list`` of the export's ``infer_cfg.yml`` (PaddleDetection writes it), if present."""
@@ -105,4 +119,4 @@ class ModelFiles:
             return None
 
     def size_bytes(self) -> int:
-        return self.program.stat().st_size + self.params.stat().st_size
+        return sum(path.stat().st_size for path in self.files())

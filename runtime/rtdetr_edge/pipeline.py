@@ -1,7 +1,7 @@
 """``rtdetr-edge pipeline RESOURCE.yaml``: what the quantize Job runs.
 
 quantize → evaluate(FP32 baseline) → evaluate(INT8, through the serving predictor)
-→ accuracy gate → shape-range collection, all recorded in one ``result.json``.
+→ accuracy gate → shape-range collection (for TensorRT: GPU serving only), all recorded in one ``result.json``.
 
 Artifacts land in ``<artifacts>/<namespace>/<name>/<pipeline-digest[:16]>/``, built
 in a hidden staging directory and renamed when complete, so a killed Job leaves
@@ -188,6 +188,30 @@ def run_pipeline(
     return result
 
 
+def evaluation_settings(spec: Any, int8_runtime: str, device: str) -> tuple[PredictorSettings, PredictorSettings]:
+    """(baseline, candidate) predictor settings: the candidate exactly as it will be served, the
+    baseline the FP32 export on the same runtime, side by side.
+
+    A CPU INT8 model made for ONNX Runtime is evaluated on CPU whatever node the Job runs on. fp16
+    exists only on GPU, so a CPU run of a GPU resource (rtdetr-edge run --device cpu) measures fp32
+    and says so. On CPU the runtime is serving.cpuRuntime, except for a PaddleSlim INT8 model.
+    """
+    precision = spec.serving.precision
+    if int8_runtime == "onnxruntime":
+        device, backend = "cpu", "onnxruntime"
+    elif device == "cpu" and precision == "int8":
+        backend = "paddle"  # the PaddleSlim QDQ model: the accuracy TensorRT INT8 will give
+    else:
+        backend = spec.serving.cpu_runtime if device == "cpu" else "paddle"
+    if device == "cpu" and precision == "fp16":
+        log.warning("fp16 needs a GPU; evaluating the candidate in fp32 on CPU")
+        precision = "fp32"
+    batch = spec.serving.max_batch_size
+    baseline = PredictorSettings(device=device, precision="fp32", backend=backend, max_batch_size=batch)  # type: ignore[arg-type]
+    candidate = PredictorSettings(device=device, precision=precision, backend=backend, max_batch_size=batch)  # type: ignore[arg-type]
+    return baseline, candidate
+
+
 def _run_stages(
     model: RTDETRModel,
     resolver: StorageResolver,
@@ -259,22 +283,18 @@ def _run_stages(
                 batch_size=quantization.batch_size,
                 calibration_batches=quantization.calibration_batches,
                 device=device,
+                runtime=quantization.runtime,
             ),
             progress_file=paths.progress_file,
         )
         quantize_report = report.to_dict()
     timings["quantize"] = time.perf_counter() - mark
 
-    # The candidate is measured exactly as it will be served; fp16 exists only on GPU, so a
-    # CPU run of a GPU resource (rtdetr-edge run --device cpu) measures fp32 and says so.
-    candidate_precision = spec.serving.precision
-    if device == "cpu" and candidate_precision == "fp16":
-        log.warning("fp16 needs a GPU; evaluating the candidate in fp32 on CPU")
-        candidate_precision = "fp32"
-    baseline_settings = PredictorSettings(device=device, precision="fp32", max_batch_size=spec.serving.max_batch_size)  # type: ignore[arg-type]
-    candidate_settings = PredictorSettings(
-        device=device, precision=candidate_precision, max_batch_size=spec.serving.max_batch_size  # type: ignore[arg-type]
-    )
+    baseline_settings, candidate_settings = evaluation_settings(spec, quantization.runtime, device)
+    log.info(
+        "evaluating on %s: baseline %s fp32, candidate %s %s", baseline_settings.device, baseline_settings.backend,
+        candidate_settings.backend, candidate_settings.precision,
+    )  # fmt: skip
 
     def evaluation_progress(label: str, step: int) -> Any:
         def report(done: int, total: int, elapsed: float) -> None:
@@ -304,16 +324,26 @@ def _run_stages(
     verdict = accuracy_gate(baseline.map, candidate.map, quantization.max_map_drop, quantization.min_baseline_map)
     log.info("accuracy gate: %s", verdict.message)
 
-    phases.update(4, phase="shape-range collection")
-    mark = time.perf_counter()
     candidate_files = ModelFiles.locate(model_dir)
     candidate_digest = candidate_files.digest()
-    shape_name = f"{candidate_digest.split(':', 1)[1]}-b{spec.serving.max_batch_size}.pbtxt"
-    (staging / SHAPES_SUBDIR).mkdir()
-    shape_ranges = collect_shape_ranges(
-        candidate_files, PredictorSettings(max_batch_size=spec.serving.max_batch_size), staging / SHAPES_SUBDIR / shape_name
-    )
-    timings["shape_ranges"] = time.perf_counter() - mark
+    shape_ranges_ref: dict[str, Any] | None = None
+    if spec.serving.device == "gpu":
+        # TensorRT needs every tensor's shape range; collect them here, where memory is sized for
+        # quantization, so serving pods never collect on first start. CPU predictors use none.
+        phases.update(4, phase="shape-range collection")
+        mark = time.perf_counter()
+        shape_name = f"{candidate_digest.split(':', 1)[1]}-b{spec.serving.max_batch_size}.pbtxt"
+        (staging / SHAPES_SUBDIR).mkdir()
+        shape_ranges = collect_shape_ranges(
+            candidate_files, PredictorSettings(max_batch_size=spec.serving.max_batch_size),
+            staging / SHAPES_SUBDIR / shape_name,
+        )  # fmt: skip
+        timings["shape_ranges"] = time.perf_counter() - mark
+        shape_ranges_ref = {
+            "file": f"{SHAPES_SUBDIR}/{shape_name}",
+            "maxBatchSize": spec.serving.max_batch_size,
+            "tensors": len(shape_ranges),
+        }
     timings["total"] = time.perf_counter() - started
 
     artifacts_uri = spec.artifacts.rstrip("/")
@@ -343,11 +373,7 @@ def _run_stages(
             "mapDrop": round(verdict.map_drop, 2),
             "images": candidate.images,
         },
-        "shapeRanges": {
-            "file": f"{SHAPES_SUBDIR}/{shape_name}",
-            "maxBatchSize": spec.serving.max_batch_size,
-            "tensors": len(shape_ranges),
-        },
+        "shapeRanges": shape_ranges_ref,
         "categoryIds": category_map,
         "device": device,
         "timingsSeconds": {name: round(value, 1) for name, value in timings.items()},

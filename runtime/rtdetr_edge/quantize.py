@@ -1,8 +1,10 @@
 """``rtdetr-edge quantize``: PaddleSlim Auto Compression (QAT + distillation) or post-training
 quantization of an RT-DETR export, always on a copy (ACT rewrites ``model.pdmodel`` in place).
 
-The output is a QDQ (``quantize_linear``/``dequantize_linear``) inference model with
-INT8 weights, which Paddle-TensorRT runs with ``use_calib_mode=False``.
+For Paddle (``runtime="paddle"``) the output is a QDQ (``quantize_linear``/``dequantize_linear``)
+inference model with INT8 weights, which Paddle-TensorRT runs with ``use_calib_mode=False``. For
+ONNX Runtime (CPU serving) it is the FP32 export plus ``model.int8.onnx``, ONNX Runtime's static
+QDQ quantization calibrated on the same images (:mod:`rtdetr_edge.quantize_onnx`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from rtdetr_edge.coco import read_image
 from rtdetr_edge.errors import RtdetrEdgeError
-from rtdetr_edge.model_files import LABELS_FILE, PARAMS_NAME, PROGRAM_NAME, ModelFiles
+from rtdetr_edge.model_files import LABELS_FILE, ONNX_INT8_NAME, PARAMS_NAME, PROGRAM_NAME, ModelFiles
 from rtdetr_edge.paddle_import import import_paddle
 from rtdetr_edge.preprocess import stack_batch
 from rtdetr_edge.progress import ProgressReporter, format_eta
@@ -48,6 +50,7 @@ class QuantizeSettings:
     batch_size: int = 1
     calibration_batches: int = 32
     device: str = "cpu"
+    runtime: str = "paddle"  # paddle | onnxruntime: which runtime the INT8 model is made for
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,9 @@ def quantize_model(
         shutil.copy2(source.program, copy / PROGRAM_NAME)
         shutil.copy2(source.params, copy / PARAMS_NAME)
         result = work / "int8"
-        if settings.method == "qat":
+        if settings.runtime == "onnxruntime":
+            act_config, iterations, final_loss = _run_onnxruntime_ptq(copy, train_images, result, settings, progress_file)
+        elif settings.method == "qat":
             act_config = build_act_config(settings)
             iterations, final_loss = _run_act(copy, train_images, result, settings, act_config, progress_file)
         elif settings.method == "ptq":
@@ -152,14 +157,14 @@ def quantize_model(
         else:
             raise QuantizationError(f"unknown quantization method {settings.method!r}")
         produced = ModelFiles.locate(result)
-        if not produced.is_quantized():
-            raise QuantizationError("PaddleSlim finished but the output has no quantize/dequantize ops")
+        if not produced.is_quantized_for(settings.runtime):
+            raise QuantizationError(f"quantization for {settings.runtime} finished but the output holds no INT8 model")
         # Keep only the model files (ACT also leaves calibration scratch around), and the
         # export's label config: the output is a self-contained export.
         staging = work / "output"
         staging.mkdir()
-        shutil.move(str(produced.program), staging / PROGRAM_NAME)
-        shutil.move(str(produced.params), staging / PARAMS_NAME)
+        for path in produced.files():
+            shutil.move(str(path), staging / path.name)
         if (model_dir / LABELS_FILE).is_file():
             shutil.copy2(model_dir / LABELS_FILE, staging / LABELS_FILE)
         os.replace(staging, out_dir)
@@ -181,14 +186,52 @@ def quantize_model(
         output_digest=output.digest(),
         input_bytes=source.size_bytes(),
         output_bytes=output.size_bytes(),
-        params_ratio=round(output.params.stat().st_size / source.params.stat().st_size, 4),
+        params_ratio=round(_int8_weights(output).stat().st_size / source.params.stat().st_size, 4),
     )
     log.info(
         "quantized %s -> %s in %.0fs: params %.1f MB -> %.1f MB (x%.2f)",
         model_dir, out_dir, report.seconds, source.params.stat().st_size / 1e6,
-        output.params.stat().st_size / 1e6, report.params_ratio,
+        _int8_weights(output).stat().st_size / 1e6, report.params_ratio,
     )  # fmt: skip
     return report
+
+
+def _int8_weights(model: ModelFiles) -> Path:
+    """The file holding the INT8 model's weights (what the size ratio compares)."""
+    return model.onnx_int8 or model.params
+
+
+def _run_onnxruntime_ptq(
+    model_copy: Path, train_images: list[Path], save_dir: Path, settings: QuantizeSettings, progress_file: Path | None
+) -> tuple[dict[str, Any], int, None]:
+    from rtdetr_edge.predictor.plan import ONNX_OPSET
+    from rtdetr_edge.quantize_onnx import ort_quantization_config, quantize_for_onnxruntime
+
+    if settings.method != "ptq":
+        raise QuantizationError(
+            f"ONNX Runtime INT8 is post-training quantization: use method ptq, not {settings.method} "
+            "(QAT models are for Paddle: TensorRT on GPU)"
+        )
+    ops = settings.quantize_op_types or tuple(act_defaults(settings.arch)["QuantAware"]["quantize_op_types"])
+    config = {**ort_quantization_config(ops), "batches": settings.calibration_batches}
+    batches = settings.calibration_batches
+    if not train_images:
+        raise QuantizationError("no training images")
+    progress = ProgressReporter(progress_file, "calibrate", batches)
+
+    def feed_at(index: int) -> dict[str, Any]:
+        progress.update(index + 1)
+        start = index * settings.batch_size
+        chunk = [train_images[(start + i) % len(train_images)] for i in range(settings.batch_size)]
+        return stack_batch([read_image(path) for path in chunk]).as_feed()
+
+    save_dir.mkdir()
+    shutil.copy2(model_copy / PROGRAM_NAME, save_dir / PROGRAM_NAME)
+    shutil.copy2(model_copy / PARAMS_NAME, save_dir / PARAMS_NAME)
+    quantize_for_onnxruntime(
+        ModelFiles.locate(save_dir), feed_at, batches, save_dir / ONNX_INT8_NAME, config, ONNX_OPSET
+    )
+    return config, batches, None
 
 
 def _run_act(

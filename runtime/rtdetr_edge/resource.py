@@ -29,12 +29,13 @@ from rtdetr_edge.api.spec import (
     NAME_PATTERN,
     QuantizationSpec,
     RTDETRModelSpec,
+    ServingSpec,
 )
 from rtdetr_edge.api.job import EffectiveQuantization, PipelinePlan
 from rtdetr_edge.files import digest_hex
 
 DISTRIBUTION = "rtdetr-edge"
-PINNED_TOOLS = ("paddlepaddle", "paddleslim")
+PINNED_TOOLS = ("paddlepaddle", "paddleslim", "onnxruntime")
 """Tools whose versions change the produced model: their pins are part of the pipeline digest."""
 PADDLE_DISTRIBUTIONS = ("paddlepaddle", "paddlepaddle-gpu")  # both provide `paddle`
 
@@ -68,7 +69,11 @@ def installed_version(*distributions: str) -> str | None:
 
 def installed_tool_versions() -> dict[str, str | None]:
     """What this environment actually has (None: not installed)."""
-    return {"paddlepaddle": installed_version(*PADDLE_DISTRIBUTIONS), "paddleslim": installed_version("paddleslim")}
+    return {
+        "paddlepaddle": installed_version(*PADDLE_DISTRIBUTIONS),
+        "paddleslim": installed_version("paddleslim"),
+        "onnxruntime": installed_version("onnxruntime"),
+    }
 
 
 def tool_version_problems(expected: dict[str, str], installed: dict[str, str | None]) -> list[str]:
@@ -176,12 +181,25 @@ def act_defaults(arch: str) -> dict[str, Any]:
     return dict(yaml.safe_load(_act_defaults_file(arch)))
 
 
-def effective_quantization(arch: str, quantization: QuantizationSpec) -> EffectiveQuantization:
+def serving_backend(serving: ServingSpec) -> str:
+    """The runtime serving pods use (``rtdetr-edge serve --backend``): Paddle (TensorRT) on GPU,
+    ``serving.cpuRuntime`` on CPU."""
+    return serving.cpu_runtime if serving.device == "cpu" else "paddle"
+
+
+def int8_runtime(serving: ServingSpec) -> str:
+    """The runtime an INT8 model is made for: the serving runtime (ONNX Runtime's model is made
+    by ONNX Runtime; Paddle's by PaddleSlim, for TensorRT or oneDNN)."""
+    return serving_backend(serving)
+
+
+def effective_quantization(arch: str, quantization: QuantizationSpec, serving: ServingSpec) -> EffectiveQuantization:
     """The ACT settings that will actually run: the arch defaults with the spec's overrides."""
     defaults = act_defaults(arch)
     train = defaults["TrainConfig"]
     return EffectiveQuantization(
         method=quantization.method,
+        runtime=int8_runtime(serving) if quantization.method != "none" else "paddle",
         train_iter=quantization.train_iter or int(train["train_iter"]),
         eval_iter=quantization.eval_iter or int(train["eval_iter"]),
         learning_rate=float(quantization.learning_rate or train["learning_rate"]["learning_rate"]),
@@ -200,7 +218,7 @@ def pipeline_plan(spec: RTDETRModelSpec) -> PipelinePlan:
     ``serving``, ``compression`` (where the Job runs) and ``storage`` are left out:
     editing them never re-quantizes. The gate budget is in: it changes the verdict.
     """
-    quantization = effective_quantization(spec.arch, spec.quantization)
+    quantization = effective_quantization(spec.arch, spec.quantization, spec.serving)
     tools = tool_versions()
     material = {
         "arch": spec.arch,

@@ -1,6 +1,7 @@
 """Warm-up: the manual "run it twice" flow, made safe to repeat and to run concurrently.
 
-1. Shape ranges: reuse ``shapes/<model>-b<max>.pbtxt`` if it covers every batch
+1. Shape ranges (TensorRT only; CPU predictors skip this step): reuse
+   ``shapes/<model>-b<max>.pbtxt`` or the pipeline's seed if it covers every batch
    size, else collect it on CPU (under a per-model lock) and publish atomically.
 2. Engine: key = hash(model digest, shape-file digest, backend, device,
    precision, max batch, device identity, versions). A verified entry is loaded;
@@ -29,7 +30,13 @@ from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor import Predictor
 from rtdetr_edge.predictor.onnx_backend import ONNX_FILE_NAME, OnnxRuntimePredictor, convert_to_onnx
 from rtdetr_edge.predictor.paddle_backend import PaddlePredictor
-from rtdetr_edge.predictor.plan import OnnxRuntimePlan, PaddlePlan, check_supported, plan_predictor
+from rtdetr_edge.predictor.plan import (
+    OnnxRuntimePlan,
+    PaddlePlan,
+    check_supported,
+    plan_predictor,
+    uses_shape_ranges,
+)
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.preprocess import synthetic_inputs
 from rtdetr_edge.shape_ranges import collect_shape_ranges, read_valid_shape_file
@@ -47,8 +54,8 @@ class WarmupReport:
     device: str
     precision: str
     max_batch_size: int
-    shape_file: str
-    shape_collection: str  # "collected" | "reused" | "seeded"
+    shape_file: str | None  # None: the predictor does not use shape ranges (CPU)
+    shape_collection: str  # "collected" | "reused" | "seeded" | "not-needed"
     engine_key: str
     engine_cache: str  # "hit" | "built" | "rebuilt" (a corrupt entry was discarded)
     engine_dir: str
@@ -88,9 +95,10 @@ def _open_predictor(model: ModelFiles, plan: PaddlePlan | OnnxRuntimePlan, engin
     return PaddlePredictor(model, plan)
 
 
-def _ensure_shape_file(
+def ensure_shape_file(
     model: ModelFiles, digest: str, settings: PredictorSettings, cache: EngineCache, seed: Path | None
 ) -> tuple[Path, str]:
+    """The shape-range file covering batch 1..max for ``model``, and how it was obtained."""
     shape_file = cache.shape_file(digest, settings.max_batch_size)
     if read_valid_shape_file(shape_file, settings.max_batch_size) is not None:
         return shape_file, "reused"
@@ -127,23 +135,27 @@ def warm_up(
     started = time.perf_counter()
     model = ModelFiles.locate(model_dir)
     digest = model.digest()
-    quantized = model.is_quantized()
+    quantized = model.is_quantized_for(settings.backend)
     check_supported(settings, quantized)  # fail before any expensive work
     cache = EngineCache(cache_dir)
     timings["identify"] = time.perf_counter() - started
 
     mark = time.perf_counter()
-    shape_file, shape_collection = _ensure_shape_file(model, digest, settings, cache, shape_seed)
+    shape_file: Path | None = None
+    shape_collection, shape_file_digest = "not-needed", ""
+    if uses_shape_ranges(settings):
+        shape_file, shape_collection = ensure_shape_file(model, digest, settings, cache, shape_seed)
+        shape_file_digest = "sha256:" + file_sha256(shape_file)
     timings["shape_ranges"] = time.perf_counter() - mark
 
     identity = detect_device_identity(settings)
     variant = ""
-    if settings.device == "cpu" and settings.precision == "int8":
+    if settings.device == "cpu" and settings.precision == "int8" and settings.backend == "paddle":
         variant = f"cpu-int8-{settings.cpu_int8}"
         log.info("INT8 on CPU: %s kernels (--cpu-int8)", "oneDNN INT8" if settings.cpu_int8 == "onednn" else "FP32 (QDQ graph)")
     key = EngineKey(
         model_digest=digest,
-        shape_file_digest="sha256:" + file_sha256(shape_file),
+        shape_file_digest=shape_file_digest,
         backend=settings.backend,
         device=settings.device,
         precision=settings.precision,
@@ -158,7 +170,7 @@ def warm_up(
         entry, discarded_reason = cache.load_entry(key_name)
         if entry is not None:
             outcome = "hit"
-            plan = plan_predictor(settings, quantized, str(shape_file), str(entry.path))
+            plan = plan_predictor(settings, quantized, _optional(shape_file), str(entry.path))
             predictor = _open_predictor(model, plan, entry.path)
         else:
             outcome = "rebuilt" if discarded_reason else "built"
@@ -180,7 +192,7 @@ def warm_up(
         device=settings.device,
         precision=settings.precision,
         max_batch_size=settings.max_batch_size,
-        shape_file=str(shape_file),
+        shape_file=_optional(shape_file),
         shape_collection=shape_collection,
         engine_key=key_name,
         engine_cache=outcome,
@@ -202,7 +214,7 @@ def _build_entry(
     model: ModelFiles,
     settings: PredictorSettings,
     quantized: bool,
-    shape_file: Path,
+    shape_file: Path | None,
     cache: EngineCache,
     key: EngineKey,
     key_name: str,
@@ -211,8 +223,10 @@ def _build_entry(
     staging = cache.new_staging_dir(key_name)
     build_started = time.perf_counter()
     log.info("building engine cache entry %s", key_name)
-    plan = plan_predictor(settings, quantized, str(shape_file), str(staging))
-    if isinstance(plan, OnnxRuntimePlan):
+    plan = plan_predictor(settings, quantized, _optional(shape_file), str(staging))
+    if isinstance(plan, OnnxRuntimePlan) and settings.precision == "int8" and model.onnx_int8 is not None:
+        shutil.copyfile(model.onnx_int8, staging / ONNX_FILE_NAME)  # made (and gated) by the pipeline
+    elif isinstance(plan, OnnxRuntimePlan):
         convert_to_onnx(model, staging / ONNX_FILE_NAME, plan.opset)
     predictor = _open_predictor(model, plan, staging)
     try:
@@ -227,7 +241,11 @@ def _build_entry(
         staging, key_name, key, {"build_seconds": round(time.perf_counter() - build_started, 3)}
     )
     if isinstance(plan, PaddlePlan) and plan.uses_tensorrt:
-        plan = plan_predictor(settings, quantized, str(shape_file), str(entry.path))
+        plan = plan_predictor(settings, quantized, _optional(shape_file), str(entry.path))
         predictor = _open_predictor(model, plan, entry.path)
     return predictor, entry
+
+
+def _optional(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 

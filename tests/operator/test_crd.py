@@ -79,7 +79,7 @@ def rule_messages(node: Any) -> list[str]:
     return found + [message for child in children for message in rule_messages(child)]
 
 
-PRECISION_INT8_RULE, PRECISION_FP_RULE, FP16_CPU_RULE = (rule.message for rule in RTDETRModelSpec.rules)
+PRECISION_INT8_RULE, PRECISION_FP_RULE, ORT_QAT_RULE, FP16_CPU_RULE = (rule.message for rule in RTDETRModelSpec.rules)
 SOURCE_RULE, ENGINE_CACHE_RULE = SourceSpec.rules[0].message, EngineCacheSpec.rules[0].message
 
 INVALID: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
@@ -89,6 +89,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ("fp16 on cpu", lambda s: (s["serving"].update(precision="fp16", device="cpu"), s["quantization"].update(method="none")),
      FP16_CPU_RULE),
     ("fp16 with quantization", lambda s: s["serving"].update(precision="fp16"), PRECISION_FP_RULE),
+    ("qat for ONNX Runtime", lambda s: s["serving"].update(device="cpu", cpuRuntime="onnxruntime"), ORT_QAT_RULE),
     ("two engine caches", lambda s: s["serving"].update(engineCache={"hostPath": "/a", "emptyDir": {}}), ENGINE_CACHE_RULE),
     ("no engine cache kind", lambda s: s["serving"].update(engineCache={}), ENGINE_CACHE_RULE),
     ("s3 URI", lambda s: s["source"].update(inferenceModel="s3://bucket/model"), "spec.source.inferenceModel"),

@@ -1,5 +1,6 @@
-"""Warm-up against real Paddle Inference / ONNX Runtime on CPU: shape collection, the engine
-cache (reuse, isolation between models, corruption, concurrent builders) and the self-test."""
+"""Warm-up against real Paddle Inference / ONNX Runtime on CPU: the engine cache (reuse,
+isolation between models, corruption, concurrent builders), the self-test, and the TensorRT
+shape-range file (collected on CPU for GPU predictors; CPU predictors never collect one)."""
 
 from __future__ import annotations
 
@@ -14,25 +15,46 @@ import pytest
 
 from rtdetr_edge.engine_cache import EngineCache
 from rtdetr_edge.errors import UnsupportedSettingsError
+from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.preprocess import preprocess_bytes, stack_batch
 from rtdetr_edge.shape_ranges import parse_shape_range_text
-from rtdetr_edge.warmup import warm_up
+from rtdetr_edge.warmup import ensure_shape_file, warm_up
 
 
-def test_cold_then_warm(tiny_model_dir: Path, tmp_path: Path) -> None:
-    settings = PredictorSettings(max_batch_size=3)
+@pytest.mark.parametrize("backend", ["paddle", "onnxruntime"])
+def test_cold_then_warm_without_shape_collection(tiny_model_dir: Path, tmp_path: Path, backend: str) -> None:
+    """CPU predictors read no shape ranges, so a cold start collects none (it was most of the
+    cold-start time and several GB of memory on real exports)."""
+    settings = PredictorSettings(max_batch_size=3, backend=backend)  # type: ignore[arg-type]
     cold = warm_up(tiny_model_dir, settings, tmp_path)
     cold.predictor.close()
-    assert (cold.report.shape_collection, cold.report.engine_cache) == ("collected", "built")
-    ranges = parse_shape_range_text(Path(cold.report.shape_file).read_text())
-    assert ranges["image"].min_shape == (1, 3, 640, 640) and ranges["image"].max_shape == (3, 3, 640, 640)
-    assert ranges["image"].opt_shape[0] == 1
+    assert (cold.report.shape_collection, cold.report.engine_cache, cold.report.shape_file) == ("not-needed", "built", None)
+    assert list(EngineCache(tmp_path).shapes_dir.iterdir()) == []
 
     warm = warm_up(tiny_model_dir, settings, tmp_path)
     warm.predictor.close()
-    assert (warm.report.shape_collection, warm.report.engine_cache) == ("reused", "hit")
+    assert (warm.report.shape_collection, warm.report.engine_cache) == ("not-needed", "hit")
     assert warm.report.engine_key == cold.report.engine_key
+
+
+def shape_file(model_dir: Path, cache: Path, max_batch_size: int, seed: Path | None = None) -> tuple[Path, str]:
+    model = ModelFiles.locate(model_dir)
+    settings = PredictorSettings(device="gpu", max_batch_size=max_batch_size)
+    return ensure_shape_file(model, model.digest(), settings, EngineCache(cache), seed)
+
+
+def test_tensorrt_shape_ranges_collected_once_then_reused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    path, how = shape_file(tiny_model_dir, tmp_path, 3)
+    assert how == "collected"
+    ranges = parse_shape_range_text(path.read_text())
+    assert ranges["image"].min_shape == (1, 3, 640, 640) and ranges["image"].max_shape == (3, 3, 640, 640)
+    assert ranges["image"].opt_shape[0] == 1
+    assert shape_file(tiny_model_dir, tmp_path, 3) == (path, "reused")
+    # A larger batch needs a new file; the pipeline's file seeds a fresh cache.
+    bigger, how = shape_file(tiny_model_dir, tmp_path, 4)
+    assert how == "collected" and bigger != path
+    assert shape_file(tiny_model_dir, tmp_path / "fresh", 3, seed=path)[1] == "seeded"
 
 
 def test_another_model_never_reuses_an_entry(tiny_model_dir: Path, other_model_dir: Path, tmp_path: Path) -> None:
@@ -41,18 +63,10 @@ def test_another_model_never_reuses_an_entry(tiny_model_dir: Path, other_model_d
     second = warm_up(other_model_dir, PredictorSettings(), tmp_path)
     for warmed in (first, second):
         warmed.predictor.close()
-    assert second.report.shape_collection == "collected"
     assert second.report.engine_cache == "built"
     assert second.report.engine_key != first.report.engine_key
-    assert second.report.shape_file != first.report.shape_file
     assert len(EngineCache(tmp_path).entries()) == 2
-
-
-def test_a_larger_max_batch_recollects_shapes(tiny_model_dir: Path, tmp_path: Path) -> None:
-    warm_up(tiny_model_dir, PredictorSettings(max_batch_size=2), tmp_path).predictor.close()
-    bigger = warm_up(tiny_model_dir, PredictorSettings(max_batch_size=4), tmp_path)
-    bigger.predictor.close()
-    assert bigger.report.shape_collection == "collected"
+    assert shape_file(tiny_model_dir, tmp_path, 2)[0] != shape_file(other_model_dir, tmp_path, 2)[0]
 
 
 def test_corrupt_entry_is_rebuilt(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -82,7 +96,7 @@ def test_two_concurrent_warmups_build_once(tiny_model_dir: Path, tmp_path: Path)
         assert process.returncode == 0, err
         reports.append(json.loads(out))
     assert sorted(r["engine_cache"] for r in reports) == ["built", "hit"]
-    assert sorted(r["shape_collection"] for r in reports) == ["collected", "reused"]
+    assert [r["shape_collection"] for r in reports] == ["not-needed", "not-needed"]
     assert len(EngineCache(tmp_path).entries()) == 1
 
 

@@ -23,8 +23,12 @@ from rtdetr_edge.pipeline import (
     run_pipeline,
     termination_summary,
 )
+from rtdetr_edge.model_files import ModelFiles
+from rtdetr_edge.predictor.settings import PredictorSettings
+from rtdetr_edge.preprocess import preprocess_bytes, stack_batch
 from rtdetr_edge.resource import parse_resource, pipeline_plan
 from rtdetr_edge.storage import StorageResolver
+from rtdetr_edge.warmup import warm_up
 
 from .conftest import resource, write_resource
 
@@ -35,12 +39,16 @@ def run(document: dict, tmp_path: Path, termination_log: Path | None = None) -> 
 
 
 def test_good_candidate_passes_the_gate(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
+    """A GPU resource run on CPU: the candidate is PaddleSlim's QDQ model on Paddle, and the Job
+    collects TensorRT's shape ranges so that serving pods never do."""
     document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts")
+    document["spec"]["serving"]["device"] = "gpu"
     termination = tmp_path / "termination-log"
     result = run(document, tmp_path, termination)
     assert result["schema"] == RESULT_SCHEMA and result["status"] == "Succeeded"
     baseline, candidate = result["baseline"], result["candidate"]
     assert baseline["precision"] == "fp32" and candidate["precision"] == "int8"
+    assert (baseline["device"], baseline["backend"], candidate["backend"]) == ("cpu", "paddle", "paddle")
     assert baseline["map"] > 30, "the shipped shapes model is trained; its baseline mAP must mean something"
     assert result["gate"]["passed"] and result["gate"]["reason"] == "WithinBudget"
     assert result["accuracy"]["images"] == 32
@@ -50,6 +58,7 @@ def test_good_candidate_passes_the_gate(shapes_model: Path, shapes_dataset: Path
     final = paths.final
     assert json.loads((final / "result.json").read_text()) == result
     assert (final / result["shapeRanges"]["file"]).is_file() and result["shapeRanges"]["tensors"] > 100
+    assert result["shapeRanges"]["maxBatchSize"] == 2
     assert not list(paths.run_dir.glob(".*partial*")) and not paths.progress_file.exists()
 
     line = termination.read_text()
@@ -63,6 +72,36 @@ def test_good_candidate_passes_the_gate(shapes_model: Path, shapes_dataset: Path
     started = time.perf_counter()
     assert run(document, tmp_path) == result
     assert time.perf_counter() - started < 5 and (final / "result.json").stat().st_mtime_ns == mtime
+
+
+def test_cpu_int8_is_onnxruntime_quantization_gated_on_onnxruntime(
+    shapes_model: Path, shapes_dataset: Path, tmp_path: Path, fixture_images: list[Path]
+) -> None:
+    """The CPU default: ONNX Runtime's static INT8 model, measured by the ONNX Runtime session that
+    serves it, beside the FP32 export on the same runtime; no shape ranges (CPU reads none)."""
+    document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts", method="ptq", calibrationBatches=8)
+    document["spec"]["serving"]["cpuRuntime"] = "onnxruntime"
+    assert pipeline_plan(parse_resource(document).spec).quantization.runtime == "onnxruntime"
+    result = run(document, tmp_path)
+    baseline, candidate = result["baseline"], result["candidate"]
+    assert (baseline["backend"], baseline["precision"]) == ("onnxruntime", "fp32")
+    assert (candidate["backend"], candidate["precision"]) == ("onnxruntime", "int8")
+    assert result["quantize"]["act_config"]["runtime"] == "onnxruntime"
+    assert result["gate"]["passed"], result["gate"]
+    assert baseline["map"] - candidate["map"] < 2.0 and candidate["map"] > 30
+    assert result.get("shapeRanges") is None
+    final = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl")).final
+    model = ModelFiles.locate(final / "model")
+    assert model.onnx_int8 is not None and model.is_quantized_for("onnxruntime") and not model.is_quantized()
+    assert (final / "model" / "infer_cfg.yml").is_file(), "labels travel with the model"
+    # What the gate measured is what serves: the same INT8 file, through warm-up.
+    warmed = warm_up(final / "model", PredictorSettings(backend="onnxruntime", precision="int8"), tmp_path / "serve")
+    try:
+        batch = stack_batch([preprocess_bytes(fixture_images[0].read_bytes())])
+        assert warmed.predictor.predict(batch).bbox.shape[1] == 6
+    finally:
+        warmed.predictor.close()
+    assert warmed.report.shape_collection == "not-needed"
 
 
 def test_damaged_candidate_fails_the_gate(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:

@@ -207,7 +207,7 @@ def test_metrics(server: ServerProcess, fixture_images: list[Path]) -> None:
         "rtdetr_batch_size_bucket",
         "rtdetr_queue_depth",
         "rtdetr_warmup_duration_seconds",
-        'rtdetr_shape_collection_total{result="collected"} 1.0',
+        'rtdetr_shape_collection_total{result="not-needed"} 1.0',
         'rtdetr_engine_cache_total{result="built"} 1.0',
         "rtdetr_model_ready 1.0",
     ):

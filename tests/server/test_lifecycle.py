@@ -14,8 +14,8 @@ import requests
 from filelock import FileLock
 
 from rtdetr_edge.engine_cache import EngineCache
-from rtdetr_edge.files import digest_hex
-from rtdetr_edge.model_files import ModelFiles
+from rtdetr_edge.predictor.settings import PredictorSettings
+from rtdetr_edge.warmup import warm_up
 
 from ..conftest import start_server
 
@@ -40,11 +40,12 @@ def wait_live(url: str, process: subprocess.Popen[str], timeout: float = 60.0) -
 
 
 def test_not_ready_until_warm_up_then_ready(tiny_model_dir: Path, tmp_path: Path, fixture_images: list[Path]) -> None:
-    # Hold the shape-collection lock, as another pod on the node collecting would:
-    # warm-up must wait, and the server must say "live but not ready" meanwhile.
+    # Hold the engine entry's lock, as another pod on the node building it would: warm-up
+    # must wait, and the server must say "live but not ready" meanwhile.
     cache = EngineCache(tmp_path / "cache")
-    lock_name = f"shapes-{digest_hex(ModelFiles.locate(tiny_model_dir).digest())[:32]}"
-    with FileLock(str(cache.locks_dir / f"{lock_name}.lock")):
+    key = warm_up(tiny_model_dir, PredictorSettings(max_batch_size=4), cache.root)  # the server's settings
+    key.predictor.close()
+    with FileLock(str(cache.locks_dir / f"{key.report.engine_key}.lock")):
         server = start_server(tiny_model_dir, cache.root, tmp_path)
         try:
             wait_live(server.url, server.process)
@@ -71,23 +72,22 @@ def test_not_ready_until_warm_up_then_ready(tiny_model_dir: Path, tmp_path: Path
         assert server.stop() == 0
 
 
-def test_restart_with_the_same_cache_skips_collection(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_restart_with_the_same_cache_reuses_the_engine(tiny_model_dir: Path, tmp_path: Path) -> None:
     first = start_server(tiny_model_dir, tmp_path / "cache", tmp_path)
     try:
         first.wait_ready()
-        assert metric(first.url, 'rtdetr_shape_collection_total{result="collected"}') == 1.0
+        assert metric(first.url, 'rtdetr_shape_collection_total{result="not-needed"}') == 1.0
         assert metric(first.url, 'rtdetr_engine_cache_total{result="built"}') == 1.0
     finally:
         assert first.stop() == 0
     second = start_server(tiny_model_dir, tmp_path / "cache", tmp_path)
     try:
         second.wait_ready()
-        assert metric(second.url, 'rtdetr_shape_collection_total{result="reused"}') == 1.0
-        assert metric(second.url, 'rtdetr_shape_collection_total{result="collected"}') == 0.0
         assert metric(second.url, 'rtdetr_engine_cache_total{result="hit"}') == 1.0
+        assert metric(second.url, 'rtdetr_engine_cache_total{result="built"}') == 0.0
     finally:
         assert second.stop() == 0
-    assert "shapes reused, engine cache hit" in second.log()
+    assert "shapes not-needed, engine cache hit" in second.log()
 
 
 def test_sigterm_drains_in_flight_requests(tiny_model_dir: Path, tmp_path: Path, fixture_images: list[Path]) -> None:

@@ -14,6 +14,7 @@ from rtdetr_edge.predictor.plan import (
     check_supported,
     plan_predictor,
     plan_shape_collection,
+    uses_shape_ranges,
 )
 from rtdetr_edge.predictor.settings import PredictorSettings
 
@@ -80,6 +81,16 @@ def test_onnxruntime_plan() -> None:
     assert plan == OnnxRuntimePlan(intra_op_threads=2, opset=16)
 
 
+def test_onnxruntime_serves_its_own_int8_model() -> None:
+    check_supported(PredictorSettings(backend="onnxruntime", precision="int8"), True)
+
+
+def test_only_tensorrt_uses_shape_ranges() -> None:
+    assert uses_shape_ranges(PredictorSettings(device="gpu"))
+    assert not uses_shape_ranges(PredictorSettings(device="cpu"))
+    assert not uses_shape_ranges(PredictorSettings(device="cpu", backend="onnxruntime"))
+
+
 def test_shape_collection_plan_runs_on_cpu_without_ir_passes() -> None:
     plan = plan_shape_collection(PredictorSettings(device="gpu"), "/tmp/shapes.pbtxt")
     assert plan.methods()[0] == "disable_gpu"
@@ -95,7 +106,7 @@ def test_shape_collection_plan_runs_on_cpu_without_ir_passes() -> None:
         (PredictorSettings(device="gpu", precision="fp16"), True, "INT8-quantized"),
         (PredictorSettings(precision="fp16"), False, "fp16 needs device gpu"),
         (PredictorSettings(backend="onnxruntime", device="gpu"), False, "CPU-only"),
-        (PredictorSettings(backend="onnxruntime", precision="int8"), True, "wrong outputs"),
+        (PredictorSettings(backend="onnxruntime", precision="int8"), False, "model.int8.onnx"),
     ],
 )
 def test_impossible_combinations_explain_the_fix(settings: PredictorSettings, quantized: bool, message: str) -> None:

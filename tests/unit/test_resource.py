@@ -74,6 +74,7 @@ def test_defaults() -> None:
         ({"dataset__maxValImages": 0}, "spec.dataset.maxValImages: Input should be greater than or equal to 1, got 0"),
         ({"quantization__method": "awq"}, "spec.quantization.method: Input should be 'qat', 'ptq' or 'none', got 'awq'"),
         ({"quantization__method": "none"}, "spec: serving.precision int8 needs quantization.method qat or ptq"),
+        ({"serving__device": "cpu", "serving__cpuRuntime": "onnxruntime"}, "set quantization.method ptq, or serving.cpuRuntime paddle"),
         ({"quantization__trainIter": 0}, "trainIter: Input should be greater than or equal to 1"),
         ({"quantization__learningRate": -1}, "learningRate: Input should be greater than 0"),
         ({"quantization__maxMapDrop": "a lot"}, "maxMapDrop: Input should be a valid number, got 'a lot'"),

@@ -29,6 +29,9 @@ class EffectiveQuantization(PlanModel):
     """The ACT settings that run: the arch's defaults (configs/act/) with the spec's overrides."""
 
     method: Method
+    runtime: Literal["paddle", "onnxruntime"] = "paddle"
+    """Which runtime the INT8 model is made for: paddle = PaddleSlim's QDQ model (TensorRT on GPU,
+    oneDNN on CPU); onnxruntime = ONNX Runtime's static QDQ quantization (CPU serving)."""
     train_iter: int = Field(ge=1)
     eval_iter: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
@@ -119,12 +122,14 @@ class JobSummary(SummaryModel):
 
     def served(self) -> dict[str, object]:
         """What a Deployment needs from a passed pipeline (kept in its annotation and status)."""
-        if self.pipeline_digest is None or self.model is None or self.shape_ranges is None:
-            raise ValueError("a summary without pipelineDigest, model and shapeRanges cannot be served")
-        return {
+        if self.pipeline_digest is None or self.model is None:
+            raise ValueError("a summary without pipelineDigest and model cannot be served")
+        served: dict[str, object] = {
             "pipelineDigest": self.pipeline_digest,
             "model": self.model.model_dump(by_alias=True, include={"digest", "uri", "size_bytes"}, exclude_none=True),
-            "shapeRanges": {"file": self.shape_ranges.file},
             "accuracy": self.accuracy.model_dump(by_alias=True) if self.accuracy else {},
             "gate": self.gate.model_dump(by_alias=True) if self.gate else {},
         }
+        if self.shape_ranges is not None:  # collected for GPU (TensorRT) serving only
+            served["shapeRanges"] = {"file": self.shape_ranges.file}
+        return served

@@ -27,11 +27,13 @@ Arch = Literal["r18vd", "r34vd", "r50vd", "r50vd_m", "r101vd", "hgnetv2_l", "hgn
 Method = Literal["qat", "ptq", "none"]
 Device = Literal["gpu", "cpu"]
 Precision = Literal["int8", "fp16", "fp32"]
+CpuRuntime = Literal["onnxruntime", "paddle"]
 QuantizeOpType = Literal["conv2d", "depthwise_conv2d", "matmul_v2", "matmul", "mul"]
 ARCHES: tuple[str, ...] = get_args(Arch)
 METHODS: tuple[str, ...] = get_args(Method)
 DEVICES: tuple[str, ...] = get_args(Device)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+CPU_RUNTIMES: tuple[str, ...] = get_args(CpuRuntime)
 
 # What the API server accepts where the operator runs: models and datasets come from a mounted
 # claim or a download; `rtdetr-edge run` also takes file:// (checked in Python by parse_uri).
@@ -200,10 +202,18 @@ class EngineCacheSpec(ApiModel):
 
 class ServingSpec(ApiModel):
     """The runtime pods: how many, on which device and precision, and how they batch. Editing
-    these never re-quantizes."""
+    these never re-quantizes, except what changes the INT8 model a pod runs (device or cpuRuntime
+    of an int8 resource: CPU INT8 models are made for ONNX Runtime)."""
 
     replicas: int = Field(2, ge=0, le=100, description="Serving pods.")
-    device: Device = Field("gpu", description="gpu = TensorRT; cpu = oneDNN.")
+    device: Device = Field("gpu", description="gpu = Paddle Inference with TensorRT; cpu = see cpuRuntime.")
+    cpu_runtime: CpuRuntime = Field(
+        "onnxruntime",
+        description="CPU pods only. onnxruntime: the fastest measured on CPU (RT-DETR-R18: FP32 1.5x, INT8 "
+        "2.5x Paddle's oneDNN FP32); its INT8 model is ONNX Runtime's static QDQ quantization, calibrated "
+        "on dataset.trainImages (quantization.method ptq). paddle: Paddle Inference with oneDNN; serves "
+        "ACT's QAT model, which runs slower than FP32 on CPU.",
+    )
     precision: Precision = Field("int8", description="int8 serves the quantized model; fp16/fp32 the FP32 one.")
     max_batch_size: int = Field(4, ge=1, le=64, description="Largest batch a pod forms (and its engines cover).")
     batch_window_micros: int = Field(2000, ge=0, le=1_000_000, description="How long a pod waits to fill a batch.")
@@ -245,6 +255,15 @@ class RTDETRModelSpec(ApiModel):
             "!(self.serving.precision != 'int8' && self.quantization.method != 'none')",
             "serving.precision fp16/fp32 serves the FP32 model: set quantization.method none (or serve int8)",
             lambda s: s.serving.precision != "int8" and s.quantization.method != "none",
+        ),
+        Rule(
+            "!(self.serving.device == 'cpu' && self.serving.cpuRuntime == 'onnxruntime' "
+            "&& self.serving.precision == 'int8' && self.quantization.method == 'qat')",
+            "CPU INT8 on ONNX Runtime (serving.cpuRuntime onnxruntime, the default) is post-training "
+            "quantization: set quantization.method ptq, or serving.cpuRuntime paddle to serve ACT's QAT "
+            "model (slower than FP32 on CPU)",
+            lambda s: s.serving.device == "cpu" and s.serving.cpu_runtime == "onnxruntime"
+            and s.serving.precision == "int8" and s.quantization.method == "qat",
         ),
         Rule(
             "!(self.serving.precision == 'fp16' && self.serving.device == 'cpu')",

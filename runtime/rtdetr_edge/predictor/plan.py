@@ -72,27 +72,38 @@ def _call(method: str, *args: object, **kwargs: object) -> ConfigCall:
 
 
 def check_supported(settings: PredictorSettings, model_is_quantized: bool) -> None:
-    """Raise :class:`UnsupportedSettingsError` with the fix for impossible combinations."""
+    """Raise :class:`UnsupportedSettingsError` with the fix for impossible combinations.
+
+    ``model_is_quantized``: the model holds an INT8 model for ``settings.backend``
+    (:meth:`ModelFiles.is_quantized_for`).
+    """
+    if settings.backend == "onnxruntime" and settings.device != "cpu":
+        raise UnsupportedSettingsError("backend onnxruntime is CPU-only here; use backend paddle (TensorRT) on GPU")
     if settings.precision == "int8" and not model_is_quantized:
+        if settings.backend == "onnxruntime":
+            raise UnsupportedSettingsError(
+                "precision int8 on backend onnxruntime needs the ONNX Runtime INT8 model (model.int8.onnx, made by "
+                "'rtdetr-edge quantize --method ptq --for onnxruntime' or a pipeline with serving.cpuRuntime "
+                "onnxruntime); this model has none — quantize it for onnxruntime, or use --backend paddle for a "
+                "PaddleSlim model"
+            )
         raise UnsupportedSettingsError(
             "precision int8 needs a quantized model (the output of 'rtdetr-edge quantize'); "
             "this model is FP32 — serve it with precision fp32/fp16 or quantize it first"
         )
     if settings.precision != "int8" and model_is_quantized:
         raise UnsupportedSettingsError(
-            f"this model is INT8-quantized (QDQ); serve it with precision int8, not {settings.precision} "
+            f"this model is INT8-quantized; serve it with precision int8, not {settings.precision} "
             "(serve the FP32 export for fp32/fp16)"
         )
     if settings.device == "cpu" and settings.precision == "fp16":
         raise UnsupportedSettingsError("precision fp16 needs device gpu; on CPU use fp32 (or int8 for a quantized model)")
-    if settings.backend == "onnxruntime":
-        if settings.device != "cpu":
-            raise UnsupportedSettingsError("backend onnxruntime is CPU-only here; use backend paddle (TensorRT) on GPU")
-        if settings.precision != "fp32":
-            raise UnsupportedSettingsError(
-                "backend onnxruntime serves fp32 only: paddle2onnx 1.3.1 converts INT8 RT-DETR models "
-                "into graphs with wrong outputs; use backend paddle for int8"
-            )
+
+
+def uses_shape_ranges(settings: PredictorSettings) -> bool:
+    """Only TensorRT (Paddle on a GPU) reads a shape-range file; CPU predictors never do, so
+    they never pay for collecting one (most of a cold start, and several GB of memory)."""
+    return settings.backend == "paddle" and settings.device == "gpu"
 
 
 def plan_shape_collection(settings: PredictorSettings, shape_file: str) -> PaddlePlan:

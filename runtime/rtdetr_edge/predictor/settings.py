@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
-from rtdetr_edge.api.spec import DEVICES, PRECISIONS, Device, Precision
+from rtdetr_edge.api.spec import CPU_RUNTIMES, DEVICES, PRECISIONS, CpuRuntime, Device, Precision
 
-Backend = Literal["paddle", "onnxruntime"]
-
-BACKENDS: tuple[Backend, ...] = ("paddle", "onnxruntime")
+Backend = CpuRuntime
+"""``paddle`` on a GPU is Paddle Inference with TensorRT; on a CPU either runs."""
+BACKENDS: tuple[str, ...] = CPU_RUNTIMES
 CPU_INT8_MODES = ("simulated", "onednn")
 
 
@@ -22,7 +21,8 @@ class PredictorSettings:
     precision: Precision = "fp32"
     """``int8`` needs a quantized (ACT/PTQ) model; ``fp16`` needs a GPU."""
     backend: Backend = "paddle"
-    """``onnxruntime`` is CPU + fp32 only (the model is converted with paddle2onnx at warm-up)."""
+    """``onnxruntime`` is CPU only: fp32 converts the Paddle export with paddle2onnx at warm-up;
+    int8 runs the model's ``model.int8.onnx`` (ONNX Runtime's static QDQ quantization)."""
     max_batch_size: int = 4
     """Largest batch the server forms; shape ranges and TensorRT engines cover 1..this."""
     cpu_threads: int = 2
