@@ -210,6 +210,11 @@ def detect(images: tuple[Path, ...], url: str, score_threshold: float | None, ma
 @option("--quantize-op-types", multiple=True, help="repeat for each op type (default: the arch's)")
 @option("--batch-size", type=click.IntRange(1), default=1)
 @option("--calibration-batches", type=click.IntRange(1), default=32, help="ptq only")
+@option(
+    "--for", "runtime", type=click.Choice(BACKENDS), default="paddle",
+    help="paddle: PaddleSlim's QDQ model (TensorRT, Paddle CPU); onnxruntime: ONNX Runtime's INT8 "
+    "model.int8.onnx for CPU serving (--method ptq)",
+)
 @DEVICE
 @option("--progress-file", type=PATH, default=None, help="JSON progress (iteration, loss, ETA)")
 def quantize(**params: Any) -> int:
@@ -221,6 +226,7 @@ def quantize(**params: Any) -> int:
         arch=params["arch"], method=params["method"], train_iter=params["train_iter"], eval_iter=params["eval_iter"],
         learning_rate=params["learning_rate"], quantize_op_types=params["quantize_op_types"] or None,
         batch_size=params["batch_size"], calibration_batches=params["calibration_batches"], device=usable(params["device"]),
+        runtime=params["runtime"],
     )  # fmt: skip
     report = quantize_model(params["model"], list_images(params["train_images"]), params["out"], settings,
                             params["progress_file"])  # fmt: skip
