@@ -8,6 +8,7 @@ the CPU INT8 artifact. Accuracy is tested on the trained tiny model. About 3 min
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,12 +81,34 @@ def test_served_output_equals_the_raw_predictor(r18: Path, batch: ModelInputs, t
         np.testing.assert_allclose(served, expected, atol=1e-4)
 
 
-def test_oip_over_http(r18: Path, batch: ModelInputs, tmp_path: Path) -> None:
+def health_latencies_until_ready(url: str, timeout: float = 300) -> list[float]:
+    """Seconds each /v2/health/live call took, polled every 20 ms until /v2/health/ready says 200."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            started = time.perf_counter()
+            requests.get(f"{url}/v2/health/live", timeout=10)
+            latencies.append(time.perf_counter() - started)
+            if requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200:
+                return latencies
+        except requests.ConnectionError:
+            pass  # not listening yet
+        time.sleep(0.02)
+    raise AssertionError("never ready")
+
+
+def test_oip_over_http_and_health_answers_during_a_cold_warm_up(r18: Path, batch: ModelInputs, tmp_path: Path) -> None:
+    """The cold start converts R18 with paddle2onnx (seconds): health must keep answering. The
+    conversion held the GIL in-process (stalls of 1.2 s); it now runs in a child process. The
+    bound leaves margin for a loaded CI machine; BENCHMARKS.md has the measured stalls."""
     import tritonclient.http as httpclient
 
     server = start_server(r18, tmp_path / "cache", tmp_path, "--max-batch-size", "1", "--backend", "onnxruntime")
     try:
-        server.wait_ready(timeout=300)
+        latencies = health_latencies_until_ready(server.url)
+        assert len(latencies) > 20, "the warm-up took long enough to measure health during it"
+        assert max(latencies) < 0.5, f"health stalled {max(latencies):.2f} s during warm-up"
         client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
         inputs = []
         for name, array in batch.as_feed().items():

@@ -137,3 +137,14 @@ def test_missing_model_files(tmp_path: Path, tiny_model_dir: Path) -> None:
     (pir / "model.json").write_text("{}")
     with pytest.raises(ModelNotFoundError, match="Paddle 3 PIR"):
         warm_up(pir, PredictorSettings(), tmp_path)
+
+
+def test_a_failed_conversion_names_its_cause_and_leaves_no_file(tmp_path: Path) -> None:
+    from rtdetr_edge.errors import WarmupError
+    from rtdetr_edge.predictor.onnx_backend import convert_to_onnx
+
+    (tmp_path / "model.pdmodel").write_bytes(b"not a paddle program")
+    (tmp_path / "model.pdiparams").write_bytes(b"")
+    with pytest.raises(WarmupError, match="paddle2onnx could not convert .*: .+"):
+        convert_to_onnx(ModelFiles.locate(tmp_path), tmp_path / "model.onnx", 16)
+    assert not (tmp_path / "model.onnx").exists() and not list(tmp_path.glob(".*tmp"))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from rtdetr_edge.errors import InferenceError, WarmupError
@@ -17,26 +20,40 @@ log = logging.getLogger(__name__)
 
 
 def convert_to_onnx(model: ModelFiles, out_file: Path, opset: int) -> Path:
-    """Convert with paddle2onnx 1.3.1 (pinned: 2.x pip-installs packages at run time)."""
+    """Convert with paddle2onnx 1.3.1 (pinned: 2.x pip-installs packages at run time), in a child
+    process: paddle2onnx holds the GIL for the whole export (RT-DETR-R18: three stalls of 0.5-1.2 s),
+    which would stop a warming-up server from answering its health checks."""
+    command = [sys.executable, "-m", __name__, str(model.program), str(model.params), str(out_file), str(opset)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0 or not out_file.is_file():
+        lines = (done.stderr or done.stdout or "no output").strip().splitlines()
+        cause = lines[-1] if lines else f"exit status {done.returncode}"
+        raise WarmupError(f"paddle2onnx could not convert {model.directory}: {cause}")
+    log.info("converted %s to ONNX opset %d (%d bytes)", model.directory, opset, out_file.stat().st_size)
+    return out_file
+
+
+def _export(program: str, params: str, out_file: Path, opset: int) -> None:
+    """The conversion itself (run by :func:`convert_to_onnx` in a child process)."""
     import_paddle()  # paddle2onnx imports paddle; keep the safe import order
     import paddle2onnx
 
     try:
         onnx_bytes = paddle2onnx.export(
-            str(model.program),
-            str(model.params),
+            program,
+            params,
             opset_version=opset,
             auto_upgrade_opset=False,
             verbose=False,
             enable_onnx_checker=True,
         )
     except Exception as error:  # paddle2onnx raises bare Exception subclasses from C++
-        raise WarmupError(f"paddle2onnx could not convert {model.directory}: {error}") from error
+        raise SystemExit(f"{type(error).__name__}: {error}") from error
     if not onnx_bytes:
-        raise WarmupError(f"paddle2onnx produced no ONNX model for {model.directory} (unsupported op?)")
-    out_file.write_bytes(onnx_bytes)
-    log.info("converted %s to ONNX opset %d (%d bytes)", model.directory, opset, len(onnx_bytes))
-    return out_file
+        raise SystemExit("paddle2onnx produced no ONNX model (unsupported op?)")
+    staging = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
+    staging.write_bytes(onnx_bytes)
+    os.replace(staging, out_file)
 
 
 class OnnxRuntimePredictor:
@@ -65,3 +82,7 @@ class OnnxRuntimePredictor:
 
     def close(self) -> None:
         self.__dict__.pop("_session", None)
+
+
+if __name__ == "__main__":
+    _export(sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))
