@@ -402,6 +402,8 @@ def demo(work_dir: Path, host: str, port: int, no_serve: bool) -> int:
 @option("--requests", type=click.IntRange(1), default=200, help="requests per HTTP measurement")
 @option("--concurrency", type=click.IntRange(1), multiple=True, default=(1, 4, 8), help="repeatable")
 @option("--work-dir", type=PATH, default=Path(".rtdetr-edge/bench"))
+@option("--repetitions", type=click.IntRange(1), default=3, help="every measurement, both backends interleaved")
+@option("--predictor-runs", type=click.IntRange(1), default=20, help="timed calls per batch size and repetition")
 @option("--json-out", type=PATH, default=None)
 @dev_tool
 def bench(images: tuple[Path, ...], **params: Any) -> int:
@@ -412,7 +414,7 @@ def bench(images: tuple[Path, ...], **params: Any) -> int:
     report = run_bench(BenchOptions(
         model_dir=params["model"], images=list(images), cpu_threads=params["cpu_threads"],
         max_batch_size=params["max_batch_size"], requests=params["requests"], concurrency=tuple(params["concurrency"]),
-        work_dir=params["work_dir"],
+        work_dir=params["work_dir"], repetitions=params["repetitions"], predictor_runs=params["predictor_runs"],
     ))  # fmt: skip
     click.echo(report.to_markdown())
     if params["json_out"]:

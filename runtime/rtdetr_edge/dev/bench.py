@@ -32,6 +32,25 @@ PREDICTOR_WARMUP_RUNS = 3
 LOADGEN_WARMUP_REQUESTS = 10
 
 
+BACKENDS = ("paddle", "onnxruntime")
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+"""The CPU features that decide oneDNN's and ONNX Runtime's kernels (INT8: VNNI/AMX)."""
+
+
+def cpu_description(cpuinfo: str) -> str:
+    """``model name; flags: …`` from /proc/cpuinfo text, the ISA flags that matter for speed (pure)."""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
+    flags_line = next((line.split(":", 1)[1] for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    present = set(flags_line.split())
+    flags = [flag for flag in ISA_FLAGS if flag in present]
+    return f"{model}, {os.cpu_count()} CPUs; flags: {' '.join(flags) or 'none of ' + ' '.join(ISA_FLAGS)}"
+
+
+def spread(values: list[float]) -> str:
+    """``min / median`` of repeated measurements."""
+    return f"{min(values):.2f} / {statistics.median(values):.2f}"
+
+
 @dataclass(frozen=True)
 class BenchOptions:
     model_dir: Path | None
@@ -42,6 +61,7 @@ class BenchOptions:
     concurrency: tuple[int, ...] = (1, 4, 8)
     work_dir: Path = Path(".rtdetr-edge/bench")
     predictor_runs: int = 20
+    repetitions: int = 3
 
 
 @dataclass
@@ -49,69 +69,83 @@ class BenchReport:
     model: str
     model_digest: str
     cpu_threads: int
-    predictor_ms: dict[str, dict[int, float]] = field(default_factory=dict)
-    """backend → batch size → median ms per call."""
-    http_p50_ms_c1: float = 0.0
-    http_p90_ms_c1: float = 0.0
-    http_throughput: dict[int, float] = field(default_factory=dict)
-    start_to_ready_s: dict[str, float] = field(default_factory=dict)
+    cpu: str = ""
+    """CPU model and ISA flags (printed with every table: speeds differ by CPU kind)."""
+    repetitions: int = 0
+    predictor_ms: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    """backend → batch size → median ms per call, one per repetition."""
+    http_p50_ms_c1: dict[str, list[float]] = field(default_factory=dict)
+    http_throughput: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    """backend → concurrency → images/s, one per repetition."""
+    start_to_ready_s: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """backend → cold | warm → seconds."""
     preprocess_ms: float = 0.0
     predictor_cpu_ms_per_image: dict[str, dict[int, float]] = field(default_factory=dict)
     """CPU time (all threads) per image: on a CPU-only box the server competes for the same cores."""
-    server_cpu_ms_per_request: dict[int, float] = field(default_factory=dict)
-    loadgen_cpu_ms_per_request: dict[int, float] = field(default_factory=dict)
+    server_cpu_ms_per_request: dict[str, dict[int, float]] = field(default_factory=dict)
+    loadgen_cpu_ms_per_request: dict[str, dict[int, float]] = field(default_factory=dict)
 
-    def predictor_throughput(self, backend: str) -> dict[int, float]:
-        return {b: b * 1000.0 / ms for b, ms in self.predictor_ms[backend].items()}
+    def median_ms(self, backend: str, batch: int) -> float:
+        return statistics.median(self.predictor_ms[backend][batch])
 
     def derived(self) -> dict[str, float]:
-        paddle_b1 = self.predictor_ms["paddle"][1]
-        best = max(self.predictor_throughput("paddle").values())
-        top_concurrency = max(self.http_throughput)
-        values = {
-            "server_overhead_ms": self.http_p50_ms_c1 - paddle_b1,
-            "best_predictor_images_per_s": best,
-            "http_vs_predictor_at_top_concurrency": self.http_throughput[top_concurrency] / best,
-            "cold_vs_warm_start": self.start_to_ready_s["cold"] / self.start_to_ready_s["warm"],
-        }
-        if "onnxruntime" in self.predictor_ms:
-            values["onnxruntime_speedup_b1"] = paddle_b1 / self.predictor_ms["onnxruntime"][1]
+        """Ratios of medians, each measured side by side in this run."""
+        values: dict[str, float] = {}
+        for backend in self.predictor_ms:
+            best = max(b * 1000.0 / self.median_ms(backend, b) for b in self.predictor_ms[backend])
+            top = max(self.http_throughput[backend])
+            values[f"{backend}_server_overhead_ms"] = statistics.median(self.http_p50_ms_c1[backend]) - self.median_ms(backend, 1)
+            values[f"{backend}_http_vs_predictor_at_c{top}"] = statistics.median(self.http_throughput[backend][top]) / best
+            starts = self.start_to_ready_s[backend]
+            values[f"{backend}_cold_vs_warm_start"] = statistics.median(starts["cold"]) / statistics.median(starts["warm"])
+        if set(BACKENDS) <= set(self.predictor_ms):
+            values["onnxruntime_speedup_b1"] = self.median_ms("paddle", 1) / self.median_ms("onnxruntime", 1)
         return values
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "derived": self.derived()}
 
     def to_markdown(self) -> str:
-        derived = self.derived()
+        header = f"CPU: {self.cpu}; {self.cpu_threads} threads; min / median of {self.repetitions} repetitions"
+        batches = list(next(iter(self.predictor_ms.values())))
         lines = [
-            f"model: {self.model} ({self.model_digest[:19]}…), {self.cpu_threads} CPU threads",
+            f"model: {self.model} ({self.model_digest[:19]}…)",
             "",
-            "| predictor (median ms per call) | " + " | ".join(f"batch {b}" for b in self.predictor_ms["paddle"]) + " |",
-            "| --- | " + " | ".join("---" for _ in self.predictor_ms["paddle"]) + " |",
+            header,
+            "",
+            "| predictor fp32 (ms per call) | " + " | ".join(f"batch {b}" for b in batches) + " |",
+            "| --- | " + " | ".join("---" for _ in batches) + " |",
         ]
         for backend, by_batch in self.predictor_ms.items():
-            lines.append(f"| {backend} fp32 | " + " | ".join(f"{ms:.2f}" for ms in by_batch.values()) + " |")
+            lines.append(f"| {backend} | " + " | ".join(spread(v) for v in by_batch.values()) + " |")
+        concurrencies = list(next(iter(self.http_throughput.values())))
         lines += [
             "",
-            f"preprocessing (decode + resize + normalize, 1 thread): {self.preprocess_ms:.2f} ms/image",
-            f"HTTP /v1/detect at concurrency 1: p50 {self.http_p50_ms_c1:.2f} ms, p90 {self.http_p90_ms_c1:.2f} ms",
-            "HTTP throughput (images/s): "
-            + ", ".join(f"c={c}: {rate:.1f}" for c, rate in self.http_throughput.items()),
-            f"start-to-ready: cold (empty cache) {self.start_to_ready_s['cold']:.2f} s, "
-            f"warm {self.start_to_ready_s['warm']:.2f} s",
-            "CPU per image: predictor (paddle) "
-            + ", ".join(f"b{b}: {ms:.1f} ms" for b, ms in self.predictor_cpu_ms_per_image["paddle"].items())
-            + "; whole server process "
-            + ", ".join(f"c={c}: {ms:.1f} ms" for c, ms in self.server_cpu_ms_per_request.items())
-            + "; load generator "
-            + ", ".join(f"c={c}: {ms:.1f} ms" for c, ms in self.loadgen_cpu_ms_per_request.items()),
+            header,
             "",
-            f"server overhead (HTTP p50 - predictor p50, decode included): {derived['server_overhead_ms']:.2f} ms",
-            f"HTTP throughput at c={max(self.http_throughput)} / best batched predictor throughput "
-            f"({derived['best_predictor_images_per_s']:.1f}/s): {derived['http_vs_predictor_at_top_concurrency']:.2f}",
+            "| HTTP /v1/detect | p50 at c=1 (ms) | "
+            + " | ".join(f"images/s c={c}" for c in concurrencies) + " | cold start (s) | warm start (s) |",
+            "| --- | --- | " + " | ".join("---" for _ in concurrencies) + " | --- | --- |",
         ]
-        if "onnxruntime_speedup_b1" in derived:
-            lines.append(f"ONNX Runtime vs Paddle oneDNN, batch 1: {derived['onnxruntime_speedup_b1']:.2f}x faster")
+        for backend, by_concurrency in self.http_throughput.items():
+            starts = self.start_to_ready_s[backend]
+            lines.append(
+                f"| {backend} | {spread(self.http_p50_ms_c1[backend])} | "
+                + " | ".join(spread(v) for v in by_concurrency.values())
+                + f" | {spread(starts['cold'])} | {spread(starts['warm'])} |"
+            )
+        lines += ["", f"preprocessing (decode + resize + normalize, 1 thread): {self.preprocess_ms:.2f} ms/image"]
+        for backend in self.predictor_ms:
+            lines.append(
+                f"CPU per image ({backend}): predictor "
+                + ", ".join(f"b{b}: {ms:.1f} ms" for b, ms in self.predictor_cpu_ms_per_image[backend].items())
+                + "; server process "
+                + ", ".join(f"c={c}: {ms:.1f} ms" for c, ms in self.server_cpu_ms_per_request[backend].items())
+                + "; load generator "
+                + ", ".join(f"c={c}: {ms:.1f} ms" for c, ms in self.loadgen_cpu_ms_per_request[backend].items())
+            )
+        lines.append("")
+        lines += [f"{name}: {value:.2f}" for name, value in self.derived().items()]
         return "\n".join(lines)
 
 
@@ -165,13 +199,14 @@ def free_port() -> int:
 
 
 class _Server:
-    def __init__(self, model_dir: Path, cache: Path, options: BenchOptions, log_file: Path) -> None:
+    def __init__(self, model_dir: Path, cache: Path, options: BenchOptions, log_file: Path, backend: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [
             sys.executable, "-m", "rtdetr_edge.cli", "serve", "--model", str(model_dir),
             "--cache-dir", str(cache), "--host", "127.0.0.1", "--port", str(self.port),
             "--cpu-threads", str(options.cpu_threads), "--max-batch-size", str(options.max_batch_size),
+            "--backend", backend,
         ]  # fmt: skip
         self.started = time.perf_counter()
         with log_file.open("w") as stream:
@@ -185,8 +220,8 @@ class _Server:
             try:
                 if requests.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
                     return time.perf_counter() - self.started
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or busy (Paddle's predictor creation holds the GIL)
             time.sleep(0.02)
         raise RuntimeError("server did not become ready")
 
@@ -224,14 +259,13 @@ def run_bench(options: BenchOptions) -> BenchReport:
         model_dir = options.model_dir
     image_paths = options.images or default_images(work)
     image_bytes = [path.read_bytes() for path in image_paths]
-    cache = work / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
 
     from rtdetr_edge.model_files import ModelFiles
 
     report = BenchReport(
-        model=str(model_dir), model_digest=ModelFiles.locate(model_dir).digest(), cpu_threads=options.cpu_threads
-    )
+        model=str(model_dir), model_digest=ModelFiles.locate(model_dir).digest(), cpu_threads=options.cpu_threads,
+        cpu=cpu_description(Path("/proc/cpuinfo").read_text()), repetitions=options.repetitions,
+    )  # fmt: skip
     timings = []
     for _ in range(50):
         for data in image_bytes:
@@ -240,39 +274,48 @@ def run_bench(options: BenchOptions) -> BenchReport:
             timings.append(time.perf_counter() - started)
     report.preprocess_ms = statistics.median(timings) * 1000
 
-    for backend in ("paddle", "onnxruntime"):
-        settings = PredictorSettings(
-            backend=backend, cpu_threads=options.cpu_threads, max_batch_size=options.max_batch_size  # type: ignore[arg-type]
-        )
-        report.predictor_ms[backend], report.predictor_cpu_ms_per_image[backend] = measure_predictor(
-            model_dir, settings, work / "predictor-cache", image_bytes, options.predictor_runs
-        )
+    # Repetitions interleave the backends, so a slow phase of the machine hits both alike.
+    for _ in range(options.repetitions):
+        for backend in BACKENDS:
+            settings = PredictorSettings(
+                backend=backend, cpu_threads=options.cpu_threads, max_batch_size=options.max_batch_size  # type: ignore[arg-type]
+            )
+            wall, cpu = measure_predictor(model_dir, settings, work / "predictor-cache", image_bytes, options.predictor_runs)
+            for batch, ms in wall.items():
+                report.predictor_ms.setdefault(backend, {}).setdefault(batch, []).append(ms)
+            report.predictor_cpu_ms_per_image[backend] = cpu
+            _measure_server(model_dir, image_paths, options, backend, report)
+    return report
 
-    cold = _Server(model_dir, cache, options, work / "server-cold.log")
-    report.start_to_ready_s["cold"] = cold.wait_ready()
+
+def _measure_server(model_dir: Path, image_paths: list[Path], options: BenchOptions, backend: str, report: BenchReport) -> None:
+    """Cold start (empty cache), warm start, then the load at each concurrency, over HTTP."""
+    work = options.work_dir
+    cache = work / f"cache-{backend}"
+    shutil.rmtree(cache, ignore_errors=True)
+    starts = report.start_to_ready_s.setdefault(backend, {"cold": [], "warm": []})
+    cold = _Server(model_dir, cache, options, work / f"server-{backend}-cold.log", backend)
+    starts["cold"].append(cold.wait_ready())
     cold.stop()
-    server = _Server(model_dir, cache, options, work / "server-warm.log")
-    report.start_to_ready_s["warm"] = server.wait_ready()
+    server = _Server(model_dir, cache, options, work / f"server-{backend}-warm.log", backend)
+    starts["warm"].append(server.wait_ready())
     try:
         for concurrency in options.concurrency:
             server_cpu = process_cpu_seconds(server.process.pid)
             children_cpu = _children_cpu_seconds()
             result = run_load(server.url, image_paths, concurrency, options.requests)
             requests_done = len(result["latencies"])  # type: ignore[arg-type]
-            report.server_cpu_ms_per_request[concurrency] = (
+            report.server_cpu_ms_per_request.setdefault(backend, {})[concurrency] = (
                 (process_cpu_seconds(server.process.pid) - server_cpu) * 1000 / requests_done
             )
             # The load generator also warms up with a few requests; count them in.
-            report.loadgen_cpu_ms_per_request[concurrency] = (
+            report.loadgen_cpu_ms_per_request.setdefault(backend, {})[concurrency] = (
                 (_children_cpu_seconds() - children_cpu) * 1000 / (requests_done + LOADGEN_WARMUP_REQUESTS)
             )
             latencies = sorted(result["latencies"])  # type: ignore[arg-type]
-            report.http_throughput[concurrency] = len(latencies) / float(result["wall_seconds"])  # type: ignore[arg-type]
+            throughput = len(latencies) / float(result["wall_seconds"])  # type: ignore[arg-type]
+            report.http_throughput.setdefault(backend, {}).setdefault(concurrency, []).append(throughput)
             if concurrency == 1:
-                report.http_p50_ms_c1 = latencies[len(latencies) // 2] * 1000
-                report.http_p90_ms_c1 = latencies[int(len(latencies) * 0.9)] * 1000
+                report.http_p50_ms_c1.setdefault(backend, []).append(latencies[len(latencies) // 2] * 1000)
     finally:
         server.stop()
-    return report
-
-
