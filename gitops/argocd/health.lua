@@ -43,14 +43,11 @@ if ready ~= nil and ready.status == "True" then
   return health
 end
 
--- Stalled=True (kstatus): only a change can help. The reasons are listed too, for statuses
--- written before the operator set Stalled.
+-- Stalled=True (kstatus, the condition Flux reads too): the operator will not get further without
+-- a change (an invalid spec, a failed quantization or gate, a refused child, a stuck rollout).
+-- Reasons are not listed here: the operator decides Stalled, so both tools always agree.
 local stalled = condition(obj.status.conditions, "Stalled")
-local degraded = {
-  InvalidSpec = true, QuantizationFailed = true, ExportFailed = true, AccuracyGateFailed = true,
-  ApplyFailed = true, ProgressDeadlineExceeded = true,
-}
-if ready ~= nil and ((stalled ~= nil and stalled.status == "True") or degraded[ready.reason]) then
+if ready ~= nil and stalled ~= nil and stalled.status == "True" then
   health.status = "Degraded"
   health.message = ready.reason .. ": " .. (ready.message or "")
   return health

@@ -81,6 +81,8 @@ COMPONENTS = (
     ),
     Component("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
     Component("helm", "helm.sh/helm/v4", {"helm": "helm.sh/helm/v4/cmd/helm"}),
+    # Argo CD's health-script engine (gopher-lua with the globals Argo CD's controller sets up).
+    Component("argocd-lua", "github.com/yuin/gopher-lua", {"argocd-lua": "."}),
 )
 
 

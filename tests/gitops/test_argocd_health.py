@@ -1,30 +1,15 @@
-"""The shipped Argo CD health script, run by a real Lua 5.1 interpreter (Argo CD's gopher-lua
-implements Lua 5.1) against the statuses the operator writes."""
+"""The shipped Argo CD health script on Argo CD's own Lua engine (gopher-lua, in the environment
+Argo CD gives custom health scripts) and on lupa (C Lua 5.1), which must agree, over the status
+shapes the operator writes. The real tier checks the same on statuses the operator wrote
+(tests/operator/test_demo_rollout.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import lupa.lua51 as lua51
 import pytest
 
-SCRIPT = (Path(__file__).resolve().parents[2] / "gitops" / "argocd" / "health.lua").read_text()
-
-
-def to_lua(runtime: Any, value: Any) -> Any:
-    if isinstance(value, dict):
-        return runtime.table_from({k: to_lua(runtime, v) for k, v in value.items()})
-    if isinstance(value, list):
-        return runtime.table_from([to_lua(runtime, v) for v in value])
-    return value
-
-
-def health(obj: dict[str, Any]) -> dict[str, Any]:
-    runtime = lua51.LuaRuntime(unpack_returned_tuples=True)
-    runtime.globals().obj = to_lua(runtime, obj)
-    result = runtime.execute(SCRIPT)
-    return {"status": result["status"], "message": result["message"]}
+from .argocd import agrees_with_kstatus, verdicts
 
 
 def model(generation: int = 2, observed: int | None = 2, **conditions: tuple[str, str, str]) -> dict[str, Any]:
@@ -51,9 +36,12 @@ CASES = [
                       Available=("True", "MinimumReplicasAvailable", "2")), "serving sha256:abc"),
     ("Degraded", model(Ready=("False", "AccuracyGateFailed",
                               "mAP 53.1 -> 51.0 (drop 2.1 > 0.5); the previous model keeps serving"),
-                       Available=("True", "MinimumReplicasAvailable", "2")), "previous model keeps serving"),
-    ("Degraded", model(Ready=("False", "InvalidSpec", "spec.arch must be one of …")), "InvalidSpec"),
-    ("Degraded", model(Ready=("False", "QuantizationFailed", "out of GPU memory")), "out of GPU memory"),
+                       Available=("True", "MinimumReplicasAvailable", "2"),
+                       Stalled=("True", "AccuracyGateFailed", "mAP 53.1 -> 51.0")), "previous model keeps serving"),
+    ("Degraded", model(Ready=("False", "InvalidSpec", "spec.arch must be one of …"),
+                       Stalled=("True", "InvalidSpec", "spec.arch must be one of …")), "InvalidSpec"),
+    ("Degraded", model(Ready=("False", "QuantizationFailed", "out of GPU memory"),
+                       Stalled=("True", "QuantizationFailed", "out of GPU memory")), "out of GPU memory"),
     ("Degraded", model(Ready=("False", "ApplyFailed", "Job x: exceeded quota: gpu-team (403)"),
                        Stalled=("True", "ApplyFailed", "Job x: exceeded quota")), "exceeded quota"),
     ("Degraded", model(Ready=("False", "ProgressDeadlineExceeded", 'ReplicaSet "m-1" has timed out progressing.'),
@@ -68,6 +56,14 @@ CASES = [
 
 @pytest.mark.parametrize(("expected", "obj", "fragment"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_health(expected: str, obj: dict[str, Any], fragment: str) -> None:
-    result = health(obj)
+    (result,) = verdicts([obj])
     assert result["status"] == expected, result
     assert fragment in result["message"]
+    assert agrees_with_kstatus(obj, result)
+
+
+def test_a_failure_reason_alone_is_not_degraded() -> None:
+    """Degraded follows the operator's Stalled condition, not a list of reasons kept in Lua
+    (which drifted: it named reasons the operator never stalls on, and missed others)."""
+    (result,) = verdicts([model(Ready=("False", "Unschedulable", "0/3 nodes"), Stalled=("False", "Progressing", ""))])
+    assert result["status"] == "Progressing"

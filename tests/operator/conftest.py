@@ -25,6 +25,7 @@ import requests
 import yaml
 
 from tests.cluster.build import binary
+from tests.gitops.argocd import agrees_with_kstatus, verdicts
 from tests.cluster.controlplane import ControlPlane
 from tests.cluster.nodes import create_nodes
 from tests.cluster.pod_runner import RUNNER_LABEL, RUNNER_NODE, PodRunner
@@ -55,6 +56,9 @@ class Cluster:
     runner: PodRunner
     workdir: Path
     volumes_made: set[str] = field(default_factory=set)
+    observed_models: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """Every RTDETRModel version a test read (uid, resourceVersion → object): Argo CD's verdict on
+    each is checked after the test (:func:`argocd_and_flux_read_every_status_alike`)."""
 
     @cached_property
     def http(self) -> requests.Session:
@@ -140,6 +144,8 @@ class Cluster:
     def model(self, namespace: str, name: str) -> dict[str, Any]:
         found = self.get(f"{MODELS}/namespaces/{namespace}/rtdetrmodels/{name}")
         assert found is not None, f"{namespace}/{name} not found"
+        metadata = found["metadata"]
+        self.observed_models[(metadata["uid"], metadata["resourceVersion"])] = found
         return found
 
     def patch_model(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -276,6 +282,23 @@ def demo_namespace(cluster: Cluster, shapes_data: dict[str, Path], pod_security:
     shutil.rmtree(artifacts, ignore_errors=True)
     cluster.volume(namespace, "rtdetr-artifacts", artifacts)
     return namespace
+
+
+@pytest.fixture(autouse=True)
+def argocd_and_flux_read_every_status_alike(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each real-tier test: Argo CD's engine (gopher-lua) and lupa give the same verdict on
+    every status the operator wrote that the test read, and that verdict matches what Flux's
+    kstatus reads (Degraded exactly when Stalled=True; Healthy when Ready=True)."""
+    yield
+    if "cluster" not in request.fixturenames:
+        return
+    made: Cluster = request.getfixturevalue("cluster")
+    observed = list(made.observed_models.values())
+    made.observed_models.clear()
+    if not observed:
+        return
+    for obj, verdict in zip(observed, verdicts(observed)):
+        assert agrees_with_kstatus(obj, verdict), f"Argo CD says {verdict} for {json.dumps(obj.get('status'))[:2000]}"
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -23,6 +23,7 @@ import requests
 
 from rtdetr_operator.names import quantize_job_name
 
+from ..gitops.argocd import verdicts
 from .conftest import RESYNC_SECONDS, Cluster, OperatorRelease, demo_namespace, load_sample
 
 NAME = "shapes-demo"
@@ -67,8 +68,10 @@ def test_apply_quantize_gate_and_serve(demo: Demo) -> None:
     cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=300)
     demo.timings["ready"] = time.monotonic() - started
 
-    status = cluster.model(namespace, NAME)["status"]
+    serving = cluster.model(namespace, NAME)
+    status = serving["status"]
     assert status["phase"] == "Ready" and status["observedGeneration"] == 1
+    assert verdicts([serving])[0]["status"] == "Healthy", "Argo CD's engine reads a serving model as Healthy"
     assert status["accuracy"]["baselineMap"] > 10 and status["accuracy"]["mapDrop"] <= 2.0
     assert status["serving"]["readyReplicas"] == 1
     # The documented columns, printed by the API server itself (server-side Table).
@@ -218,7 +221,10 @@ def test_failed_gate_keeps_the_served_model(demo: Demo) -> None:
     assert detect(cluster.ready_endpoints(namespace, NAME)[0])["digest"] == served
     warnings = [e for e in cluster.events(namespace) if e["reason"] == "AccuracyGateFailed"]
     assert warnings and warnings[0]["type"] == "Warning"
-    status = cluster.model(namespace, NAME)["status"]
+    refused = cluster.model(namespace, NAME)
+    (argo,) = verdicts([refused])
+    assert argo["status"] == "Degraded" and "previous model keeps serving" in argo["message"], argo
+    status = refused["status"]
     assert status["candidate"]["gate"]["passed"] is False and status["accuracy"] == status["served"]["accuracy"], status
 
     # The verdict outlives its Job: deleting it must not re-run the pipeline nor lose the result.

@@ -209,8 +209,8 @@ class ServingSpec(ApiModel):
     device: Device = Field("gpu", description="gpu = Paddle Inference with TensorRT; cpu = see cpuRuntime.")
     cpu_runtime: CpuRuntime = Field(
         "onnxruntime",
-        description="CPU pods only. onnxruntime: the fastest measured on CPU (RT-DETR-R18: FP32 1.5x, INT8 "
-        "2.5x Paddle's oneDNN FP32); its INT8 model is ONNX Runtime's static QDQ quantization, calibrated "
+        description="CPU pods only. onnxruntime: the fastest measured on CPU (RT-DETR-R18: FP32 1.25-1.6x, INT8 "
+        "3.1x Paddle's oneDNN FP32); its INT8 model is ONNX Runtime's static QDQ quantization, calibrated "
         "on dataset.trainImages (quantization.method ptq). paddle: Paddle Inference with oneDNN; serves "
         "ACT's QAT model, which runs slower than FP32 on CPU.",
     )
