@@ -358,7 +358,7 @@ def _run_stages(
             "digest": candidate_digest,
             "uri": f"{final_uri}/{MODEL_SUBDIR}",
             "sizeBytes": candidate_files.size_bytes(),
-            "quantized": candidate_files.is_quantized(),
+            "quantized": candidate_files.is_quantized_for(candidate_settings.backend),
             "method": quantization.method,
         },
         "source": {"digest": source.digest(), "sizeBytes": source.size_bytes()},
@@ -375,7 +375,7 @@ def _run_stages(
         },
         "shapeRanges": shape_ranges_ref,
         "categoryIds": category_map,
-        "device": device,
+        "device": candidate_settings.device,  # where the gate measured (ONNX Runtime INT8: CPU)
         "timingsSeconds": {name: round(value, 1) for name, value in timings.items()},
         "tools": plan.tools,
         "finishedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -90,6 +90,7 @@ def test_cpu_int8_is_onnxruntime_quantization_gated_on_onnxruntime(
     assert result["gate"]["passed"], result["gate"]
     assert baseline["map"] - candidate["map"] < 2.0 and candidate["map"] > 30
     assert result.get("shapeRanges") is None
+    assert result["model"]["quantized"] is True and result["device"] == "cpu"
     final = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl")).final
     model = ModelFiles.locate(final / "model")
     assert model.onnx_int8 is not None and model.is_quantized_for("onnxruntime") and not model.is_quantized()

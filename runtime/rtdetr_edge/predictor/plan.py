@@ -89,7 +89,8 @@ def check_supported(settings: PredictorSettings, model_is_quantized: bool) -> No
             )
         raise UnsupportedSettingsError(
             "precision int8 needs a quantized model (the output of 'rtdetr-edge quantize'); "
-            "this model is FP32 — serve it with precision fp32/fp16 or quantize it first"
+            "this model has no PaddleSlim INT8 program — serve it with precision fp32/fp16, quantize it "
+            "first, or serve its model.int8.onnx (if it has one) with --backend onnxruntime"
         )
     if settings.precision != "int8" and model_is_quantized:
         raise UnsupportedSettingsError(
