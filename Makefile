@@ -32,8 +32,9 @@ $(SCAN_STAMP):
 install: $(STAMP) $(SCAN_STAMP)
 
 # The real control plane for the operator tests (etcd, kube-apiserver, controller-manager,
-# scheduler, kwok) and the helm CLI, built with Go from the pins in tests/cluster/go/*/go.mod
-# into ~/.cache/rtdetr-edge/cluster (once per machine: ~15 min on 2 cores; then seconds).
+# scheduler, kwok), the helm CLI, Flux's source/kustomize controllers and gopher-lua (Argo CD's
+# Lua engine), built with Go from the pins in tests/cluster/go/*/go.mod into
+# ~/.cache/rtdetr-edge/cluster (once per machine: ~18 min on 2 cores; then seconds).
 cluster-tools: install
 	$(BIN)/python -m tests.cluster.build
 

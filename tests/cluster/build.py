@@ -81,6 +81,13 @@ COMPONENTS = (
     ),
     Component("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
     Component("helm", "helm.sh/helm/v4", {"helm": "helm.sh/helm/v4/cmd/helm"}),
+    # Flux, for the GitOps loop: it clones from a local git server and applies through the API server.
+    Component(
+        "flux",
+        "github.com/fluxcd/source-controller",
+        {"source-controller": "github.com/fluxcd/source-controller",
+         "kustomize-controller": "github.com/fluxcd/kustomize-controller"},
+    ),
     # Argo CD's health-script engine (gopher-lua with the globals Argo CD's controller sets up).
     Component("argocd-lua", "github.com/yuin/gopher-lua", {"argocd-lua": "."}),
 )

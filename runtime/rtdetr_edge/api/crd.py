@@ -93,6 +93,11 @@ def build_crd() -> dict[str, Any]:
         spec["properties"][section]["default"] = {}
     status = _schema(RTDETRModelStatus)
     assert status["properties"]["phase"]["enum"] == list(PHASES)
+    # Until the operator has written a status, a new object reads as "generation 1, observed 0":
+    # kstatus (Flux's wait, kubectl wait --for=jsonpath, Argo CD) reports it in progress instead of
+    # Current, which a status-less custom resource otherwise is (Flux declared a model Ready 0.1 s
+    # after applying it, before quantization had started: tests/operator/test_gitops.py).
+    status["default"] = {"observedGeneration": 0}
     root = {
         "type": "object",
         "description": "An RT-DETR detector quantized to INT8 with PaddleSlim ACT, checked against its FP32 COCO mAP, "
