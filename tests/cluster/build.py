@@ -174,6 +174,17 @@ def binary(name: str) -> Path:
     return ensure_component(component, go_version()) / name
 
 
+def downloaded_module(module: str, version: str) -> Path:
+    """Where Go unpacked ``module@version``, downloaded from the module proxy (for data files it
+    ships, e.g. CRDs of a project whose code does not build here)."""
+    result = subprocess.run(["go", "mod", "download", "-json", f"{module}@{version}"], capture_output=True, text=True,
+                            cwd=GO_MODULES, env={**os.environ, "GOTOOLCHAIN": "local"})  # fmt: skip
+    found = re.search(r'"Dir":\s*"([^"]+)"', result.stdout)
+    if found is None:
+        raise RuntimeError(f"go mod download {module}@{version}: {result.stdout[-1000:]} {result.stderr[-1000:]}")
+    return Path(found.group(1))
+
+
 def module_dir(component: str, module: str) -> Path:
     """Where Go unpacked ``module`` (as pinned by our ``component`` go.mod): for data files it ships."""
     result = subprocess.run(["go", "list", "-m", "-f", "{{.Dir}}", module], cwd=GO_MODULES / component,

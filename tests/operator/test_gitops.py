@@ -24,7 +24,7 @@ import yaml
 
 from tests.cluster.flux import FluxControllers, crd_files
 
-from ..gitops.argocd import verdicts
+from ..gitops.argocd import APPLICATION_EXAMPLE, application_crd, verdicts
 from ..gitops.git_server import GitServer, commit_and_push
 from .conftest import Cluster, OperatorRelease, demo_namespace, load_sample
 from .test_demo_rollout import PIPELINE_TIMEOUT, detect
@@ -80,6 +80,15 @@ class GitOps:
         return condition, time.monotonic() - started
 
 
+def wait_established(cluster: Cluster, *names: str) -> None:
+    def established(name: str) -> bool:
+        crd = cluster.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}") or {}
+        conditions = (crd.get("status") or {}).get("conditions") or []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    cluster.wait(lambda: all(established(name) for name in names), 60, f"CRDs {names} established")
+
+
 @pytest.fixture(scope="module")
 def gitops(cluster: Cluster, operator: OperatorRelease, shapes_data: dict[str, Path],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitOps]:  # fmt: skip
@@ -87,8 +96,7 @@ def gitops(cluster: Cluster, operator: OperatorRelease, shapes_data: dict[str, P
     namespace = demo_namespace(cluster, shapes_data)
     for crd in crd_files():
         cluster.kubectl("apply", "--server-side", "-f", str(crd))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/gitrepositories.source.toolkit.fluxcd.io", "crd/kustomizations.kustomize.toolkit.fluxcd.io")  # fmt: skip
+    wait_established(cluster, "gitrepositories.source.toolkit.fluxcd.io", "kustomizations.kustomize.toolkit.fluxcd.io")
     flux = FluxControllers(cluster.plane.kubeconfig, work / "flux")
     server = GitServer(work / "git")
     try:
@@ -149,3 +157,20 @@ def test_a_commit_that_fails_the_gate_is_reported_by_flux_while_the_old_model_se
     assert detect(cluster.ready_endpoints(namespace, NAME)[0])["digest"] == served, "the old model keeps serving"
     print(f"GitOps: failing commit -> Kustomization Ready=False {seconds:.0f} s: {condition['message']}")
     print(f"GitOps timings: {gitops.timings}")
+
+
+def test_the_argocd_application_example_is_a_valid_application(cluster: Cluster) -> None:
+    """No Argo CD controller builds here; the shipped Application example is still checked by the
+    real API server against Argo CD's own Application CRD (from its module), as ``kubectl apply``
+    would on a cluster with Argo CD."""
+    cluster.kubectl("apply", "--server-side", "-f", str(application_crd()))
+    wait_established(cluster, "applications.argoproj.io")
+    namespace = cluster.namespace(pod_security="restricted")
+    application = yaml.safe_load(APPLICATION_EXAMPLE.read_text())
+    application["metadata"]["namespace"] = namespace
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(application))
+    assert "application.argoproj.io/rtdetr-models created (server dry run)" in result.stdout
+    broken = copy.deepcopy(application)
+    broken["spec"]["syncPolicy"]["automated"]["prune"] = "sometimes"
+    refused = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(broken), check=False)
+    assert refused.returncode != 0 and "prune" in refused.stderr, "the CRD's schema really checks the example"
