@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from rtdetr_edge.api.spec import Method, wire_config
+from rtdetr_edge.api.spec import CpuRuntime, Method, wire_config
 
 PLAN_SCHEMA = "rtdetr.io/pipeline-plan/v1"
 RESULT_SCHEMA = "rtdetr.io/quantize-result/v1"
@@ -29,7 +29,7 @@ class EffectiveQuantization(PlanModel):
     """The ACT settings that run: the arch's defaults (configs/act/) with the spec's overrides."""
 
     method: Method
-    runtime: Literal["paddle", "onnxruntime"] = "paddle"
+    runtime: CpuRuntime = "paddle"
     """Which runtime the INT8 model is made for: paddle = PaddleSlim's QDQ model (TensorRT on GPU,
     oneDNN on CPU); onnxruntime = ONNX Runtime's static QDQ quantization (CPU serving)."""
     train_iter: int = Field(ge=1)
