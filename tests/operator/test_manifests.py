@@ -221,3 +221,26 @@ def test_the_job_is_handed_the_operators_plan() -> None:
     assert plan.quantization.train_iter == 500 and plan.tools["paddleslim"] == "2.6.0"
     staged = yaml.safe_load(configmap["data"]["resource.yaml"])
     assert pipeline_digest(parse_resource(staged).spec) != decision.pipeline_digest, "why the Job must not recompute it"
+
+
+@pytest.mark.parametrize(
+    ("sample", "serving", "backend"),
+    [("rtdetr-r50.yaml", {}, "paddle"), ("rtdetr-r18-cpu.yaml", {}, "onnxruntime"),
+     ("rtdetr-r18-cpu.yaml", {"cpuRuntime": "paddle"}, "paddle")],
+)  # fmt: skip
+def test_pods_run_the_runtime_and_shape_ranges_the_gate_measured(sample: str, serving: dict[str, str], backend: str) -> None:
+    """GPU pods run Paddle (TensorRT) with the Job's shape ranges; CPU pods run serving.cpuRuntime
+    and get no shape-range file (CPU predictors read none)."""
+    body = body_of(sample)
+    body["spec"]["serving"].update(serving)
+    if serving.get("cpuRuntime") == "paddle":
+        body["spec"]["quantization"]["method"] = "qat"
+    model = parse_resource(body)
+    served: dict[str, Any] = {"pipelineDigest": pipeline_digest(model.spec), "model": {"uri": "pvc://a/m", "digest": "x"}}
+    if model.spec.serving.device == "gpu":
+        served["shapeRanges"] = {"file": "shapes/x-b4.pbtxt"}
+    args = build_runtime_deployment(body, model, OperatorSettings(), served)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--backend") + 1] == backend
+    assert ("--shape-ranges" in args) == (model.spec.serving.device == "gpu")
+    if "--shape-ranges" in args:
+        assert args[args.index("--shape-ranges") + 1] == "/mnt/pvc/a/shapes/x-b4.pbtxt"
