@@ -88,15 +88,19 @@ def build_act_config(settings: QuantizeSettings) -> dict[str, Any]:
     return {"Distillation": dict(config["Distillation"]), "QuantAware": quant, "TrainConfig": train}
 
 
-def feed_batches(images: list[Path], batch_size: int, count: int) -> Iterator[dict[str, Any]]:
-    """``count`` batches, cycling through ``images``: a training run never stops for lack of epochs."""
+def feed_at(images: list[Path], batch_size: int, index: int) -> dict[str, Any]:
+    """The ``index``-th batch, cycling through ``images``: a run never stops for lack of epochs."""
     if not images:
         raise QuantizationError("no training images")
-    position = 0
-    for _ in range(count):
-        chunk = [images[(position + i) % len(images)] for i in range(batch_size)]
-        position += batch_size
-        yield stack_batch([read_image(path) for path in chunk]).as_feed()
+    start = index * batch_size
+    chunk = [images[(start + i) % len(images)] for i in range(batch_size)]
+    return stack_batch([read_image(path) for path in chunk]).as_feed()
+
+
+def feed_batches(images: list[Path], batch_size: int, count: int) -> Iterator[dict[str, Any]]:
+    """``count`` batches from :func:`feed_at`, in order."""
+    for index in range(count):
+        yield feed_at(images, batch_size, index)
 
 
 class _LossCapture(logging.Handler):
@@ -219,17 +223,15 @@ def _run_onnxruntime_ptq(
         raise QuantizationError("no training images")
     progress = ProgressReporter(progress_file, "calibrate", batches)
 
-    def feed_at(index: int) -> dict[str, Any]:
+    def calibration_feed(index: int) -> dict[str, Any]:
         progress.update(index + 1)
-        start = index * settings.batch_size
-        chunk = [train_images[(start + i) % len(train_images)] for i in range(settings.batch_size)]
-        return stack_batch([read_image(path) for path in chunk]).as_feed()
+        return feed_at(train_images, settings.batch_size, index)
 
     save_dir.mkdir()
     shutil.copy2(model_copy / PROGRAM_NAME, save_dir / PROGRAM_NAME)
     shutil.copy2(model_copy / PARAMS_NAME, save_dir / PARAMS_NAME)
     quantize_for_onnxruntime(
-        ModelFiles.locate(save_dir), feed_at, batches, save_dir / ONNX_INT8_NAME, config, ONNX_OPSET
+        ModelFiles.locate(save_dir), calibration_feed, batches, save_dir / ONNX_INT8_NAME, config, ONNX_OPSET
     )
     return config, batches, None
 

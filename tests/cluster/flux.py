@@ -11,19 +11,13 @@ object as Current.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 from tests.cluster.build import binary, module_dir
+from tests.cluster.controlplane import free_port
 
 CONTROLLER_MODULES = ("github.com/fluxcd/source-controller", "github.com/fluxcd/kustomize-controller")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def crd_files() -> list[Path]:
@@ -37,7 +31,7 @@ class FluxControllers:
     def __init__(self, kubeconfig: Path, workdir: Path) -> None:
         self.workdir = workdir
         (workdir / "artifacts").mkdir(parents=True, exist_ok=True)
-        storage_port = _free_port()
+        storage_port = free_port("127.0.0.1")
         common = ["--enable-leader-election=false", "--log-level=info", "--log-encoding=console"]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
@@ -58,7 +52,7 @@ class FluxControllers:
 
     @staticmethod
     def _ports() -> list[str]:
-        return [f"--metrics-addr=127.0.0.1:{_free_port()}", f"--health-addr=127.0.0.1:{_free_port()}"]
+        return [f"--metrics-addr=127.0.0.1:{free_port('127.0.0.1')}", f"--health-addr=127.0.0.1:{free_port('127.0.0.1')}"]
 
     def log(self, name: str) -> str:
         return (self.workdir / f"{name}.log").read_text(errors="replace")

@@ -1,6 +1,6 @@
 """A real PaddleDetection RT-DETR export with seeded random weights.
 
-The repository ships the real RT-DETR-R18 inference graph (``models/rtdetr_r18vd_6x_coco``:
+The repository ships the real RT-DETR-R18 inference graph (``tests/fixtures/models/rtdetr_r18vd_6x_coco``:
 PaddleDetection's export, 817 ops, no weights: the trained 80 MB cannot be downloaded here).
 This module makes the weights from the graph, deterministically from a seed, so tests and
 benchmarks run the exact program a user's export runs. Detections are meaningless (random
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdetr_edge.files import file_sha256
+from rtdetr_edge.model_files import LABELS_FILE, PARAMS_NAME, PROGRAM_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 R18_GRAPH = REPO_ROOT / "tests" / "fixtures" / "models" / "rtdetr_r18vd_6x_coco"
@@ -46,9 +47,9 @@ def _initial_values(program: object) -> dict[str, str]:
 def seeded_export(graph_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     """Write ``graph_dir``'s program with seeded weights to ``out_dir`` (reused when it matches)."""
     graph_dir, out_dir = Path(graph_dir), Path(out_dir)
-    wanted = {"graph_sha256": file_sha256(graph_dir / "model.pdmodel"), "seed": seed}
+    wanted = {"graph_sha256": file_sha256(graph_dir / PROGRAM_NAME), "seed": seed}
     marker = out_dir / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == wanted and (out_dir / "model.pdiparams").is_file():
+    if marker.is_file() and json.loads(marker.read_text()) == wanted and (out_dir / PARAMS_NAME).is_file():
         return out_dir
 
     from rtdetr_edge.paddle_import import import_paddle
@@ -56,7 +57,7 @@ def seeded_export(graph_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     paddle = import_paddle()
     paddle.enable_static()
     try:
-        program = paddle.static.deserialize_program((graph_dir / "model.pdmodel").read_bytes())
+        program = paddle.static.deserialize_program((graph_dir / PROGRAM_NAME).read_bytes())
         block = program.global_block()
         feeds = [block.var(op.output("Out")[0]) for op in block.ops if op.type == "feed"]
         fetches = [block.var(op.input("X")[0]) for op in block.ops if op.type == "fetch"]
@@ -85,9 +86,9 @@ def seeded_export(graph_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     staging = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    shutil.copyfile(graph_dir / "model.pdmodel", staging / "model.pdmodel")
-    shutil.copyfile(graph_dir / "infer_cfg.yml", staging / "infer_cfg.yml")
-    (staging / "model.pdiparams").write_bytes(params)
+    shutil.copyfile(graph_dir / PROGRAM_NAME, staging / PROGRAM_NAME)
+    shutil.copyfile(graph_dir / LABELS_FILE, staging / LABELS_FILE)
+    (staging / PARAMS_NAME).write_bytes(params)
     (staging / MARKER).write_text(json.dumps(wanted))
     if out_dir.exists():
         shutil.rmtree(out_dir)
