@@ -88,6 +88,8 @@ def start_server(model_dir: Path, cache_dir: Path, log_dir: Path, *extra: str, m
         "--host", "127.0.0.1", "--port", str(port), "--model-name", model_name,
         "--max-batch-size", "4", *extra,
     ]  # fmt: skip
+    if "--backend" not in extra:
+        command += ["--backend", "paddle"]  # the server tiers test Paddle unless told (CLI default: auto)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_file.open("w") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, text=True, env=env)

@@ -22,6 +22,8 @@ import click
 from rtdetr_edge import __version__
 from rtdetr_edge.api.spec import ARCHES
 from rtdetr_edge.errors import RtdetrEdgeError
+from rtdetr_edge.model_files import ModelFiles
+from rtdetr_edge.predictor.plan import default_backend
 from rtdetr_edge.predictor.settings import BACKENDS, CPU_INT8_MODES, DEVICES, PRECISIONS, PredictorSettings
 
 log = logging.getLogger("rtdetr_edge")
@@ -51,6 +53,9 @@ def options(*decorators: Callable[[Callable[..., Any]], Callable[..., Any]]) -> 
     return apply
 
 
+AUTO = "auto"
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "rtdetr-edge"
@@ -62,7 +67,11 @@ CACHE_DIR = option("--cache-dir", env=True, type=PATH, default=default_cache_dir
 PREDICTOR = options(
     DEVICE,
     option("--precision", env=True, type=click.Choice(PRECISIONS), default="fp32"),
-    option("--backend", env=True, type=click.Choice(BACKENDS), default="paddle"),
+    option(
+        "--backend", env=True, type=click.Choice((AUTO, *BACKENDS)), default=AUTO,
+        help="auto: paddle (TensorRT) on GPU; on CPU onnxruntime (the faster CPU runtime), except an INT8 "
+        "model without model.int8.onnx, which only Paddle runs",
+    ),
     option("--max-batch-size", env=True, type=click.IntRange(1, 64), default=4),
     option("--cpu-threads", env=True, type=click.IntRange(1), default=2),
     option("--gpu-device-id", env=True, type=click.IntRange(0), default=0),
@@ -88,11 +97,24 @@ def usable(device: str) -> str:
     return device
 
 
+def chosen_backend(params: dict[str, Any]) -> str:
+    """``--backend``, with ``auto`` resolved for this device, precision and model."""
+    if params["backend"] != AUTO:
+        return str(params["backend"])
+    try:
+        has_onnx_int8 = ModelFiles.locate(params["model"]).onnx_int8 is not None
+    except RtdetrEdgeError:  # no model: warm-up reports it, with its cause
+        has_onnx_int8 = False
+    backend = default_backend(params["device"], params["precision"], has_onnx_int8)
+    logging.getLogger(__name__).info("backend auto: %s (%s, %s)", backend, params["device"], params["precision"])
+    return backend
+
+
 def predictor_settings(params: dict[str, Any]) -> PredictorSettings:
     usable(params["device"])
     try:
         return PredictorSettings(
-            device=params["device"], precision=params["precision"], backend=params["backend"],
+            device=params["device"], precision=params["precision"], backend=chosen_backend(params),
             max_batch_size=params["max_batch_size"], cpu_threads=params["cpu_threads"],
             gpu_device_id=params["gpu_device_id"], cpu_int8=params["cpu_int8"],
         )  # fmt: skip

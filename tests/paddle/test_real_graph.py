@@ -137,3 +137,27 @@ def test_cpu_int8_artifact_is_small_and_serves(r18: Path, batch: ModelInputs, fi
     finally:
         warmed.predictor.close()
     assert outputs.bbox.shape == (300, 6) and np.isfinite(outputs.bbox).all()
+
+
+@pytest.mark.slow
+def test_act_makes_a_small_tensorrt_int8_model_that_serves(
+    r18: Path, batch: ModelInputs, fixture_images: list[Path], tmp_path: Path
+) -> None:
+    """PaddleSlim ACT (quant-aware training with distillation) on the real graph, as a GPU
+    resource's Job runs it, for 2 iterations: the QDQ model TensorRT builds INT8 engines from
+    holds under a third of the FP32 weights and serves. Most of the time is ACT's graph passes."""
+    report = quantize_model(
+        r18, fixture_images[:2], tmp_path / "int8", QuantizeSettings(arch="r18vd", method="qat", train_iter=2, eval_iter=1)
+    )
+    model = ModelFiles.locate(tmp_path / "int8")
+    assert model.is_quantized() and model.onnx_int8 is None
+    assert report.iterations == 2 and report.final_loss is not None and np.isfinite(report.final_loss)
+    assert report.params_ratio <= 0.3, report
+    counts = model.op_counts()
+    assert counts["conv2d"] == 57 and counts["quantize_linear"] >= 57, "every conv of the graph is quantized"
+    warmed = warm_up(tmp_path / "int8", PredictorSettings(precision="int8", max_batch_size=1), tmp_path)
+    try:
+        outputs = warmed.predictor.predict(batch)
+    finally:
+        warmed.predictor.close()
+    assert outputs.bbox.shape == (300, 6) and np.isfinite(outputs.bbox).all()

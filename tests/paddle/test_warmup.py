@@ -87,7 +87,7 @@ def test_corrupt_entry_is_rebuilt(tiny_model_dir: Path, tmp_path: Path) -> None:
 def test_two_concurrent_warmups_build_once(tiny_model_dir: Path, tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "rtdetr_edge.cli", "--log-level", "WARNING", "warmup",
-        "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path), "--backend", "onnxruntime",
+        "--model", str(tiny_model_dir), "--cache-dir", str(tmp_path),
     ]  # fmt: skip
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     reports = []
@@ -97,6 +97,7 @@ def test_two_concurrent_warmups_build_once(tiny_model_dir: Path, tmp_path: Path)
         reports.append(json.loads(out))
     assert sorted(r["engine_cache"] for r in reports) == ["built", "hit"]
     assert [r["shape_collection"] for r in reports] == ["not-needed", "not-needed"]
+    assert [r["backend"] for r in reports] == ["onnxruntime"] * 2, "--backend auto: ONNX Runtime for FP32 on CPU"
     assert len(EngineCache(tmp_path).entries()) == 1
 
 

@@ -12,6 +12,7 @@ from rtdetr_edge.predictor.plan import (
     PaddlePlan,
     PrecisionArg,
     check_supported,
+    default_backend,
     plan_predictor,
     plan_shape_collection,
     uses_shape_ranges,
@@ -122,3 +123,17 @@ def test_impossible_combinations_explain_the_fix(settings: PredictorSettings, qu
 def test_settings_validation(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         PredictorSettings(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "has_onnx_int8", "expected"),
+    [
+        ("gpu", "fp16", False, "paddle"),  # TensorRT
+        ("gpu", "int8", True, "paddle"),  # model.int8.onnx is for CPUs; TensorRT runs the QAT program
+        ("cpu", "fp32", False, "onnxruntime"),  # 312 vs 418 ms on R18
+        ("cpu", "int8", True, "onnxruntime"),  # ONNX Runtime's own INT8 model: 129 ms
+        ("cpu", "int8", False, "paddle"),  # PaddleSlim's QDQ program: ONNX Runtime on its conversion = 0 mAP
+    ],
+)
+def test_auto_backend_is_the_fastest_correct_runtime(device: str, precision: str, has_onnx_int8: bool, expected: str) -> None:
+    assert default_backend(device, precision, has_onnx_int8) == expected
