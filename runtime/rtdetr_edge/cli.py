@@ -106,7 +106,7 @@ def chosen_backend(params: dict[str, Any]) -> str:
     except RtdetrEdgeError:  # no model: warm-up reports it, with its cause
         has_onnx_int8 = False
     backend = default_backend(params["device"], params["precision"], has_onnx_int8)
-    logging.getLogger(__name__).info("backend auto: %s (%s, %s)", backend, params["device"], params["precision"])
+    log.info("backend auto: %s (%s, %s)", backend, params["device"], params["precision"])
     return backend
 
 

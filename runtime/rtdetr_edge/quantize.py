@@ -145,6 +145,7 @@ def quantize_model(
     paddle.set_device("gpu" if settings.device == "gpu" else "cpu")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".quantize-", dir=out_dir.parent))
+    dynamic_mode = paddle.in_dynamic_mode()
     try:
         copy = work / "fp32"
         copy.mkdir()
@@ -180,6 +181,8 @@ def quantize_model(
         raise QuantizationError(f"{settings.method} quantization failed: {type(error).__name__}: {error}") from error
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if dynamic_mode and not paddle.in_dynamic_mode():
+            paddle.disable_static()  # ACT switches Paddle to static mode and leaves it there
     output = ModelFiles.locate(out_dir)
     report = QuantizeReport(
         method=settings.method,

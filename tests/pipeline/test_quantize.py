@@ -12,6 +12,7 @@ import pytest
 
 from rtdetr_edge.coco import list_images
 from rtdetr_edge.model_files import ModelFiles
+from rtdetr_edge.paddle_import import import_paddle
 from rtdetr_edge.quantize import QuantizationError, QuantizeSettings, quantize_model
 
 
@@ -23,6 +24,7 @@ def test_qat_makes_a_small_qdq_model_and_leaves_the_export_alone(
     shapes_model: Path, shapes_dataset: Path, tmp_path: Path
 ) -> None:
     before = file_digests(shapes_model)
+    import_paddle().disable_static()  # dynamic, as in a fresh process
     progress = tmp_path / "progress.json"
     out = tmp_path / "int8"
     report = quantize_model(
@@ -38,6 +40,7 @@ def test_qat_makes_a_small_qdq_model_and_leaves_the_export_alone(
     state = json.loads(progress.read_text())
     assert state["stage"] == "quantize" and state["done"] == state["total"] == 6 and state["loss"] is not None
     assert not list(tmp_path.glob(".quantize-*")), "the work directory is removed"
+    assert import_paddle().in_dynamic_mode(), "Paddle is left in the mode it was in (ACT switches to static)"
 
 
 def test_ptq(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
