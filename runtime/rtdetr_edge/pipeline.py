@@ -335,7 +335,7 @@ def _run_stages(
         shape_name = f"{candidate_digest.split(':', 1)[1]}-b{spec.serving.max_batch_size}.pbtxt"
         (staging / SHAPES_SUBDIR).mkdir()
         shape_ranges = collect_shape_ranges(
-            candidate_files, PredictorSettings(max_batch_size=spec.serving.max_batch_size),
+            candidate_files, PredictorSettings(device="cpu", max_batch_size=spec.serving.max_batch_size),
             staging / SHAPES_SUBDIR / shape_name,
         )  # fmt: skip
         timings["shape_ranges"] = time.perf_counter() - mark

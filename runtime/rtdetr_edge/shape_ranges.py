@@ -69,7 +69,7 @@ def shape_file_covers(ranges: dict[str, ShapeRange], max_batch_size: int) -> boo
 
 
 def collect_shape_ranges(model: ModelFiles, settings: PredictorSettings, out_file: Path) -> dict[str, ShapeRange]:
-    """Run the model on CPU at every batch size and publish the shape file at ``out_file``."""
+    """Run the model on ``settings.device`` at every batch size and publish the shape file at ``out_file``."""
     staging = out_file.with_name(f".{out_file.name}.{os.getpid()}.tmp")
     staging.unlink(missing_ok=True)
     predictor = PaddlePredictor(model, plan_shape_collection(settings, str(staging)))

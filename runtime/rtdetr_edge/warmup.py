@@ -2,7 +2,7 @@
 
 1. Shape ranges (TensorRT only; CPU predictors skip this step): reuse
    ``shapes/<model>-b<max>.pbtxt`` or the pipeline's seed if it covers every batch
-   size, else collect it on CPU (under a per-model lock) and publish atomically.
+   size, else collect it on the serving device (under a per-model lock) and publish atomically.
 2. Engine: key = hash(model digest, shape-file digest, backend, device,
    precision, max batch, device identity, versions). A verified entry is loaded;
    a missing or corrupt one is built in a staging directory under the key's lock

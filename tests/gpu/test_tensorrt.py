@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.paddle_import import import_paddle, import_paddle_inference
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.preprocess import preprocess_bytes, stack_batch
+from rtdetr_edge.shape_ranges import collect_shape_ranges
 from rtdetr_edge.warmup import warm_up
 
 
@@ -64,3 +66,12 @@ def test_other_weights_get_their_own_engine(tiny_model_dir: Path, other_model_di
     first.predictor.close()
     second.predictor.close()
     assert second.report.engine_cache == "built" and second.report.engine_dir != first.report.engine_dir
+
+
+def test_collecting_on_the_gpu_records_what_the_cpu_does(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A GPU pod collects on its GPU (keeping activations out of host memory); the quantize Job
+    on its CPU. TensorRT must get the same tensors and ranges either way."""
+    model = ModelFiles.locate(tiny_model_dir)
+    on_gpu = collect_shape_ranges(model, PredictorSettings(device="gpu", max_batch_size=2), tmp_path / "gpu.pbtxt")
+    on_cpu = collect_shape_ranges(model, PredictorSettings(max_batch_size=2), tmp_path / "cpu.pbtxt")
+    assert on_gpu == on_cpu and on_gpu["image"].max_shape[0] == 2

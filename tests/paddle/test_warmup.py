@@ -40,7 +40,8 @@ def test_cold_then_warm_without_shape_collection(tiny_model_dir: Path, tmp_path:
 
 def shape_file(model_dir: Path, cache: Path, max_batch_size: int, seed: Path | None = None) -> tuple[Path, str]:
     model = ModelFiles.locate(model_dir)
-    settings = PredictorSettings(device="gpu", max_batch_size=max_batch_size)
+    # Collected on this CPU, as the quantize Job does (a GPU pod collects on its GPU: tests/gpu).
+    settings = PredictorSettings(device="cpu", max_batch_size=max_batch_size)
     return ensure_shape_file(model, model.digest(), settings, EngineCache(cache), seed)
 
 

@@ -92,11 +92,17 @@ def test_only_tensorrt_uses_shape_ranges() -> None:
     assert not uses_shape_ranges(PredictorSettings(device="cpu", backend="onnxruntime"))
 
 
-def test_shape_collection_plan_runs_on_cpu_without_ir_passes() -> None:
-    plan = plan_shape_collection(PredictorSettings(device="gpu"), "/tmp/shapes.pbtxt")
-    assert plan.methods()[0] == "disable_gpu"
-    assert plan.call("switch_ir_optim").args == (False,)
-    assert plan.call("collect_shape_range_info").args == ("/tmp/shapes.pbtxt",)
+def test_shape_collection_runs_without_ir_passes_on_the_settings_device() -> None:
+    on_cpu = plan_shape_collection(PredictorSettings(device="cpu", cpu_threads=3), "/tmp/shapes.pbtxt")
+    assert on_cpu.methods()[:2] == ["disable_gpu", "set_cpu_math_library_num_threads"]
+    assert on_cpu.call("set_cpu_math_library_num_threads").args == (3,)
+    # A GPU pod collects on its GPU: the activations stay out of the pod's host memory.
+    on_gpu = plan_shape_collection(PredictorSettings(device="gpu", gpu_device_id=1), "/tmp/shapes.pbtxt")
+    assert on_gpu.call("enable_use_gpu").args == (1024, 1) and "disable_gpu" not in on_gpu.methods()
+    for plan in (on_cpu, on_gpu):
+        assert plan.call("switch_ir_optim").args == (False,)
+        assert plan.call("collect_shape_range_info").args == ("/tmp/shapes.pbtxt",)
+        assert not plan.uses_tensorrt and "enable_tensorrt_engine" not in plan.methods()
 
 
 @pytest.mark.parametrize(
