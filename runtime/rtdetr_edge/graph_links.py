@@ -3,8 +3,8 @@
 Every edge the quantization passes add goes through ``IrGraph.link_to``, whose two
 ``assert node in self.graph.nodes()`` copy the whole graph into a new Python set — per
 edge. Profiled on the real RT-DETR-R18 graph (ACT, 2 training iterations, 588 s in all):
-22,105 links spent 342 s in those asserts, before the first training step. The nodes
-being linked were just created by the same pass, so the checks can never fail there.
+22,105 links spent 342 s in those asserts, before the first training step. The passes link
+nodes they took from the graph or just created in it, so the checks cannot fail there.
 
 :func:`unchecked_graph_links` links the same two nodes the same way, without the checks,
 for the duration of a quantization only (Paddle is pinned: 2.6.2;

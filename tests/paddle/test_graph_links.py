@@ -43,7 +43,8 @@ def test_unchecked_links_connect_the_same_nodes_and_are_restored() -> None:
     original = IrGraph.link_to
     graph = _ir_graph()
     op = next(iter(graph.all_op_nodes()))
-    new_var = graph.create_var_node(name="extra", var_type=op.outputs[0].type(), shape=[1, 4], var_dtype=op.outputs[0].dtype())
+    output = op.outputs[0]
+    new_var = graph.create_var_node(name="extra", var_type=output.type(), shape=[1, 4], var_dtype=output.dtype())
     with unchecked_graph_links():
         assert IrGraph.link_to is link_unchecked
         graph.link_to(op, new_var)

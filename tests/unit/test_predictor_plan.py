@@ -141,5 +141,7 @@ def test_settings_validation(kwargs: dict[str, object]) -> None:
         ("cpu", "int8", False, "paddle"),  # PaddleSlim's QDQ program: ONNX Runtime on its conversion = 0 mAP
     ],
 )
-def test_auto_backend_is_the_fastest_correct_runtime(device: str, precision: str, has_onnx_int8: bool, expected: str) -> None:
+def test_auto_backend_is_the_fastest_correct_runtime(
+    device: str, precision: str, has_onnx_int8: bool, expected: str
+) -> None:
     assert default_backend(device, precision, has_onnx_int8) == expected
