@@ -18,6 +18,7 @@ from typing import Any
 import lupa.lua51 as lua51
 
 SCRIPT_FILE = Path(__file__).resolve().parents[2] / "gitops" / "argocd" / "health.lua"
+SCRIPT = SCRIPT_FILE.read_text()
 APPLICATION_EXAMPLE = SCRIPT_FILE.with_name("application.yaml")
 # Argo CD's Application CRD comes from this module (its code does not build with Go 1.26 here:
 # only its manifests are used). v3.5.0: the newest whose go.mod accepts Go 1.26.
@@ -28,7 +29,6 @@ def application_crd() -> Path:
     from ..cluster.build import downloaded_module
 
     return downloaded_module(*ARGO_CD_MODULE) / "manifests" / "crds" / "application-crd.yaml"
-SCRIPT = SCRIPT_FILE.read_text()
 
 
 def _to_lua(runtime: Any, value: Any) -> Any:

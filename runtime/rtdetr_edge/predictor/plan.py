@@ -121,6 +121,13 @@ def uses_shape_ranges(settings: PredictorSettings) -> bool:
     return settings.backend == "paddle" and settings.device == "gpu"
 
 
+def _device_calls(settings: PredictorSettings) -> tuple[ConfigCall, ...]:
+    """Where a Paddle predictor runs: the GPU (with its initial memory pool) or the CPU's math threads."""
+    if settings.device == "gpu":
+        return (_call("enable_use_gpu", settings.gpu_memory_pool_mb, settings.gpu_device_id),)
+    return (_call("disable_gpu"), _call("set_cpu_math_library_num_threads", settings.cpu_threads))
+
+
 def plan_shape_collection(settings: PredictorSettings, shape_file: str) -> PaddlePlan:
     """A predictor that records every tensor's shape range into ``shape_file``, on ``settings.device``.
 
@@ -132,13 +139,9 @@ def plan_shape_collection(settings: PredictorSettings, shape_file: str) -> Paddl
     memory at batch 4, more than a serving pod's limits. The quantize Job collects on its CPU,
     where memory is sized for quantization and the GPU stays free for evaluation.
     """
-    if settings.device == "gpu":
-        device: tuple[ConfigCall, ...] = (_call("enable_use_gpu", settings.gpu_memory_pool_mb, settings.gpu_device_id),)
-    else:
-        device = (_call("disable_gpu"), _call("set_cpu_math_library_num_threads", settings.cpu_threads))
     return PaddlePlan(
         calls=(
-            *device,
+            *_device_calls(settings),
             _call("switch_ir_optim", False),
             _call("collect_shape_range_info", shape_file),
             _call("disable_glog_info"),
@@ -162,10 +165,9 @@ def plan_predictor(
         return OnnxRuntimePlan(intra_op_threads=settings.cpu_threads)
     if settings.device == "cpu":
         calls = [
-            _call("disable_gpu"),
+            *_device_calls(settings),
             _call("switch_ir_optim", True),
             _call("enable_memory_optim"),
-            _call("set_cpu_math_library_num_threads", settings.cpu_threads),
             _call("enable_mkldnn"),
             _call("set_mkldnn_cache_capacity", settings.max_batch_size * MKLDNN_CACHE_CAPACITY_PER_BATCH),
         ]
@@ -181,7 +183,7 @@ def plan_predictor(
         # RT-DETR FP16 on Ampere gives wrong boxes with TF32 math enabled (reported upstream).
         environment = (("NVIDIA_TF32_OVERRIDE", "0"),)
     calls = [
-        _call("enable_use_gpu", settings.gpu_memory_pool_mb, settings.gpu_device_id),
+        *_device_calls(settings),
         _call("switch_ir_optim", True),
         _call("enable_memory_optim"),
         _call(
