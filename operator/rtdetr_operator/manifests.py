@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from rtdetr_edge.api.job import PipelinePlan
+from rtdetr_edge.cpu_isa import node_affinity_for
 from rtdetr_edge.resource import RTDETRModel, serving_backend
 from rtdetr_edge.storage import parse_uri
 from rtdetr_operator import GROUP, VERSION
@@ -301,6 +302,12 @@ def build_runtime_deployment(
     shape_args = []
     if served.get("shapeRanges"):
         shape_args = ["--shape-ranges", f"{model_dir.rsplit('/', 1)[0]}/{served['shapeRanges']['file']}"]
+    # Where the gate ran: a CPU pod refuses a model whose numbers differ on its own CPU, and a model
+    # that is not portable across ISA levels only goes to nodes of its gate's INT8 arithmetic.
+    measured_on_isa = (served.get("measuredOn") or {}).get("isaLevel") if serving.device == "cpu" else None
+    isa_args = ["--measured-on-isa", measured_on_isa] if measured_on_isa else []
+    affinity = node_affinity_for(measured_on_isa) if measured_on_isa and served["model"].get("isaPortable") is False else None
+    placement = {"affinity": affinity} if affinity else {}
     claim = parse_uri(model_uri).claim  # serving needs only the artifacts claim, read-only
     volumes = [
         {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
@@ -324,6 +331,7 @@ def build_runtime_deployment(
         "args": [
             "--model", model_dir,
             *shape_args,
+            *isa_args,
             "--model-name", model.name,
             "--device", serving.device,
             "--backend", serving_backend(serving),
@@ -357,6 +365,7 @@ def build_runtime_deployment(
     spec = pod_spec(
         [container], volumes, settings, settings.runtime_service_account, serving.node_selector,
         device_tolerations(serving.tolerations, serving.device), terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
+        **placement,
     )  # fmt: skip
     if "hostPath" in volumes[1]:
         spec["initContainers"] = [_engine_cache_owner(image, settings)]

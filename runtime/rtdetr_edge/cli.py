@@ -15,12 +15,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from rtdetr_edge import __version__
 from rtdetr_edge.api.spec import ARCHES
+from rtdetr_edge.cpu_isa import IsaLevel
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor.plan import default_backend
@@ -153,7 +154,10 @@ def cli(log_level: str) -> None:
 @option("--shutdown-delay-seconds", env=True, type=click.FloatRange(0), default=0.0,
         help="on SIGTERM, report not-ready and keep serving this long before draining (pods the operator creates: 10)")
 @option("--shape-ranges", env=True, type=PATH, default=None,
-        help="shape-range file collected by the quantize Job for this model (skips collection; missing: collected)")  # fmt: skip
+        help="shape-range file collected by the quantize Job for this model (skips collection; missing: collected)")
+@option("--measured-on-isa", env=True, type=click.Choice(get_args(IsaLevel)), default=None,
+        help="CPU ISA level the model's accuracy gate ran on (the operator sets it): an INT8 model that computes "
+        "other numbers on this CPU is refused")  # fmt: skip
 def serve(**params: Any) -> int:
     """Warm up a model and serve detection over HTTP."""
     from rtdetr_edge.server.model_service import ServeOptions
@@ -173,6 +177,7 @@ def serve(**params: Any) -> int:
         max_image_pixels=params["max_image_pixels"],
         preprocess_threads=settings.cpu_threads,
         shape_seed=params["shape_ranges"],
+        measured_on_isa=params["measured_on_isa"],
     )
     return run_server(serve_options, params["host"], params["port"], params["drain_seconds"],
                       shutdown_delay=params["shutdown_delay_seconds"])  # fmt: skip

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 
+from rtdetr_edge.cpu_isa import this_cpu
 from rtdetr_edge.predictor.settings import PredictorSettings
-
-# ISA extensions that change which oneDNN kernels run (and INT8 speed).
-_CPU_FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "avx_vnni")
 
 
 @dataclass(frozen=True)
@@ -27,20 +24,6 @@ class DeviceIdentity:
         return {"kind": self.kind, "product": self.product, "capability": self.capability}
 
 
-def parse_cpuinfo(text: str) -> tuple[str, tuple[str, ...]]:
-    """Model name and the ISA flags we care about, from ``/proc/cpuinfo`` text."""
-    model = ""
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and not model:
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return model or platform.processor() or "unknown-cpu", tuple(f for f in _CPU_FLAGS_OF_INTEREST if f in flags)
-
-
 def detect_device_identity(settings: PredictorSettings) -> DeviceIdentity:
     if settings.device == "gpu":
         from rtdetr_edge.paddle_import import import_paddle
@@ -48,12 +31,8 @@ def detect_device_identity(settings: PredictorSettings) -> DeviceIdentity:
         paddle = import_paddle()
         properties = paddle.device.cuda.get_device_properties(settings.gpu_device_id)
         return DeviceIdentity("gpu", str(properties.name), f"{properties.major}.{properties.minor}")
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    model, flags = parse_cpuinfo(text)
-    return DeviceIdentity("cpu", model, ",".join(flags) or platform.machine())
+    cpu = this_cpu()
+    return DeviceIdentity("cpu", cpu.product, ",".join(cpu.isa_flags()) or platform.machine())
 
 
 def software_versions(settings: PredictorSettings) -> dict[str, str]:

@@ -71,3 +71,9 @@ class WarmupError(RtdetrEdgeError):
     """Shape collection, engine build or the self-test failed."""
 
     code = "warmup_failed"
+
+
+class CpuIsaMismatchError(WarmupError):
+    """This CPU computes an INT8 model's numbers differently from the CPU its accuracy gate ran on."""
+
+    code = "cpu_isa_mismatch"

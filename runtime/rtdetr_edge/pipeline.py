@@ -26,6 +26,8 @@ from typing import Any
 from filelock import FileLock
 
 from rtdetr_edge.coco import class_to_category_ids, list_images, load_ground_truth
+from rtdetr_edge.cpu_isa import this_cpu
+from rtdetr_edge.device_identity import detect_device_identity
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.files import write_text_atomic
 from rtdetr_edge.gate import accuracy_gate
@@ -49,6 +51,7 @@ RESULT_FILE = "result.json"
 MODEL_SUBDIR = "model"
 SHAPES_SUBDIR = "shapes"
 TERMINATION_LOG = Path("/dev/termination-log")
+EVALUATION_PROGRESS_SECONDS = 2.0  # the phase reporter writes at once; images are reported this often
 DEFAULT_NUM_CLASSES = 80  # COCO, when the export has no infer_cfg.yml label_list
 
 
@@ -114,7 +117,8 @@ def read_result(paths: ArtifactPaths) -> dict[str, Any] | None:
 
 def termination_summary(result: dict[str, Any]) -> str:
     """One JSON line ≤ 4 KiB for the Pod's termination message (what the operator reads)."""
-    picked = {key: result[key] for key in ("pipelineDigest", "model", "accuracy", "shapeRanges", "reason", "gate") if key in result}
+    keys = ("pipelineDigest", "model", "accuracy", "shapeRanges", "reason", "gate", "measuredOn")
+    picked = {key: result[key] for key in keys if key in result}
     summary = JobSummary.model_validate(
         {**picked, "schema": RESULT_SCHEMA, "ok": result.get("status") == "Succeeded", "message": str(result.get("message", ""))}
     )
@@ -212,6 +216,15 @@ def evaluation_settings(spec: Any, int8_runtime: str, device: str) -> tuple[Pred
     return baseline, candidate
 
 
+def measured_on(settings: PredictorSettings) -> dict[str, Any]:
+    """Where the gate ran (JobSummary's ``measuredOn``): serving pods compare their CPU with it."""
+    identity = detect_device_identity(settings)
+    on: dict[str, Any] = {"device": identity.kind, "product": identity.product}
+    if identity.kind == "cpu":
+        on["isaLevel"] = this_cpu().level
+    return on
+
+
 def _run_stages(
     model: RTDETRModel,
     resolver: StorageResolver,
@@ -224,6 +237,7 @@ def _run_stages(
     from rtdetr_edge.evaluate import evaluate_model
     from rtdetr_edge.quantize import QuantizeSettings, quantize_model
     from rtdetr_edge.shape_ranges import collect_shape_ranges
+    from rtdetr_edge.warmup import cpu_numerics_portable
 
     spec = model.spec
     wrong_tools = tool_version_problems(plan.tools, installed_tool_versions())
@@ -284,6 +298,7 @@ def _run_stages(
                 calibration_batches=quantization.calibration_batches,
                 device=device,
                 runtime=quantization.runtime,
+                onnxruntime=quantization.onnxruntime,
             ),
             progress_file=paths.progress_file,
         )
@@ -297,8 +312,12 @@ def _run_stages(
     )  # fmt: skip
 
     def evaluation_progress(label: str, step: int) -> Any:
+        last = [float("-inf")]  # when images_done was last reported: every 2 s, not every image
+
         def report(done: int, total: int, elapsed: float) -> None:
-            phases.update(step, phase=label, images_done=done, images_total=total)
+            if done == total or elapsed - last[0] >= EVALUATION_PROGRESS_SECONDS:
+                last[0] = elapsed
+                phases.update(step, phase=label, images_done=done, images_total=total)
             if done == total or done % 50 == 0:
                 log.info("%s: %d/%d images (%.0fs)", label, done, total, elapsed)
 
@@ -360,6 +379,7 @@ def _run_stages(
             "sizeBytes": candidate_files.size_bytes(),
             "quantized": candidate_files.is_quantized_for(candidate_settings.backend),
             "method": quantization.method,
+            "isaPortable": cpu_numerics_portable(candidate_files, candidate_settings),
         },
         "source": {"digest": source.digest(), "sizeBytes": source.size_bytes()},
         "quantize": quantize_report,
@@ -375,7 +395,7 @@ def _run_stages(
         },
         "shapeRanges": shape_ranges_ref,
         "categoryIds": category_map,
-        "device": candidate_settings.device,  # where the gate measured (ONNX Runtime INT8: CPU)
+        "measuredOn": measured_on(candidate_settings),  # ONNX Runtime INT8: CPU, wherever the Job runs
         "timingsSeconds": {name: round(value, 1) for name, value in timings.items()},
         "tools": plan.tools,
         "finishedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rtdetr_edge.api.job import OnnxRuntimeInt8
 from rtdetr_edge.coco import read_image
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.graph_links import unchecked_graph_links
@@ -52,6 +53,7 @@ class QuantizeSettings:
     calibration_batches: int = 32
     device: str = "cpu"
     runtime: str = "paddle"  # paddle | onnxruntime: which runtime the INT8 model is made for
+    onnxruntime: OnnxRuntimeInt8 | None = None  # the plan's recipe; made from quantize_op_types when absent
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,7 @@ def _run_onnxruntime_ptq(
     model_copy: Path, train_images: list[Path], save_dir: Path, settings: QuantizeSettings, progress_file: Path | None
 ) -> tuple[dict[str, Any], int, None]:
     from rtdetr_edge.predictor.plan import ONNX_OPSET
-    from rtdetr_edge.quantize_onnx import ort_quantization_config, quantize_for_onnxruntime
+    from rtdetr_edge.quantize_onnx import quantize_for_onnxruntime
 
     if settings.method != "ptq":
         raise QuantizationError(
@@ -223,7 +225,8 @@ def _run_onnxruntime_ptq(
             "(QAT models are for Paddle: TensorRT on GPU)"
         )
     ops = settings.quantize_op_types or tuple(act_defaults(settings.arch)["QuantAware"]["quantize_op_types"])
-    config = {**ort_quantization_config(ops), "batches": settings.calibration_batches}
+    recipe = settings.onnxruntime or OnnxRuntimeInt8.for_paddle_ops(ops)
+    config = {"method": "ptq", "runtime": "onnxruntime", **recipe.model_dump(by_alias=True), "batches": settings.calibration_batches}
     batches = settings.calibration_batches
     if not train_images:
         raise QuantizationError("no training images")
@@ -237,7 +240,7 @@ def _run_onnxruntime_ptq(
     shutil.copy2(model_copy / PROGRAM_NAME, save_dir / PROGRAM_NAME)
     shutil.copy2(model_copy / PARAMS_NAME, save_dir / PARAMS_NAME)
     quantize_for_onnxruntime(
-        ModelFiles.locate(save_dir), calibration_feed, batches, save_dir / ONNX_INT8_NAME, config, ONNX_OPSET
+        ModelFiles.locate(save_dir), calibration_feed, batches, save_dir / ONNX_INT8_NAME, recipe, ONNX_OPSET
     )
     return config, batches, None
 

@@ -4,57 +4,59 @@ Why not PaddleSlim's model on CPU: Paddle 2.6.2 runs ACT's QDQ graph with FP32 k
 (RT-DETR-R18 3.5x slower than FP32), its oneDNN INT8 passes quantize no convolution of it
 ("quantized 0 conv2d ops", only pool2d: -12 mAP, FP32 speed), and paddle2onnx 1.3.1 turns it
 into a graph whose scores are all equal. ONNX Runtime's own quantizer, calibrated on the
-resource's training images, gives VNNI INT8 kernels: 2.4x ONNX Runtime's FP32 speed on R18
-(BENCHMARKS.md), with the accuracy gate measured through the same ONNX Runtime session
-that serves.
+resource's training images, gives integer kernels: RT-DETR-R18 2.4x ONNX Runtime's FP32 speed
+with AVX-512 VNNI, 1.5x on AVX2 (BENCHMARKS.md), with the accuracy gate measured through the same
+ONNX Runtime session that serves. Its weights have 7 bits, so every x86 CPU computes the same
+numbers (:mod:`rtdetr_edge.cpu_isa`).
 
-The decisions (:func:`ort_quantization_config`) are pure; :func:`quantize_for_onnxruntime`
+The recipe (:class:`~rtdetr_edge.api.job.OnnxRuntimeInt8`, in the operator's plan) and
+:func:`weights_portable` are pure; :func:`quantize_for_onnxruntime`
 is the adapter that runs paddle2onnx and ``onnxruntime.quantization``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+import numpy as np
+
+from rtdetr_edge.api.job import OnnxRuntimeInt8
 from rtdetr_edge.model_files import ModelFiles
+from rtdetr_edge.progress import PROGRESS_PREFIX
 
 log = logging.getLogger(__name__)
 
-# Paddle op type (quantization.quantizeOpTypes) -> the ONNX op paddle2onnx emits for it.
-ONNX_OP_FOR_PADDLE_OP = {
-    "conv2d": "Conv",
-    "depthwise_conv2d": "Conv",
-    "matmul_v2": "MatMul",
-    "matmul": "MatMul",
-    "mul": "MatMul",
-}
+PORTABLE_WEIGHT_LIMIT = 64
+"""|w| at most this (7 bits): uint8 x int8 pairs sum to at most 2 x 255 x 64 = 32,640 and never
+saturate int16 (:mod:`rtdetr_edge.cpu_isa`)."""
 
 
-def ort_quantization_config(quantize_op_types: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """How ONNX Runtime quantizes (recorded in the report; measured on the shapes model and R18).
+def weights_portable(weights: Iterable[np.ndarray]) -> bool:
+    """Whether INT8 weights compute the same integers on every x86 CPU (pure)."""
+    return all(int(np.abs(w.astype(np.int16)).max(initial=0)) <= PORTABLE_WEIGHT_LIMIT for w in weights)
 
-    QDQ with per-channel signed weights and unsigned activations is what ORT's CPU kernels fuse
-    into VNNI/AVX2 integer convolutions and matmuls; percentile calibration kept the most mAP on
-    the shapes model (44.74 FP32 -> 44.01 INT8, min-max 43.59).
-    """
-    ops = sorted({ONNX_OP_FOR_PADDLE_OP[op] for op in quantize_op_types if op in ONNX_OP_FOR_PADDLE_OP})
-    if not ops:
-        raise ValueError(f"none of {list(quantize_op_types)} maps to an ONNX op ONNX Runtime quantizes")
-    return {
-        "method": "ptq",
-        "runtime": "onnxruntime",
-        "format": "QDQ",
-        "calibration": "percentile",
-        "perChannel": True,
-        "activations": "uint8",
-        "weights": "int8",
-        "opTypes": ops,
-    }
+
+def int8_weights_portable(onnx_file: Path) -> bool:
+    """:func:`weights_portable` of the int8 weights a QDQ model dequantizes, read from its bytes
+    (so a model made by an earlier release, or by hand, is judged by what it is)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_file)).graph
+    dequantized = {node.input[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    return weights_portable(
+        numpy_helper.to_array(tensor)
+        for tensor in graph.initializer
+        if tensor.name in dequantized and tensor.data_type == onnx.TensorProto.INT8
+    )
 
 
 CALIBRATION_CHUNK = 4
@@ -67,12 +69,28 @@ def calibration_stride(count: int, chunk: int = CALIBRATION_CHUNK) -> int:
     return max(size for size in range(1, min(chunk, count) + 1) if count % size == 0)
 
 
+class _PrintsToLog(io.TextIOBase):
+    """Stdout for a library that print()s: its lines go to the debug log, our progress lines
+    (printed from the calibration feed) to the real stdout."""
+
+    def __init__(self, stdout: TextIO) -> None:
+        self._stdout = stdout
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.startswith(PROGRESS_PREFIX):
+                print(line, file=self._stdout, flush=True)
+            elif line.strip():
+                log.debug("onnxruntime: %s", line.strip())
+        return len(text)
+
+
 def quantize_for_onnxruntime(
     model: ModelFiles,
     feed_at: Callable[[int], dict[str, Any]],
     count: int,
     out_file: Path,
-    config: dict[str, Any],
+    config: OnnxRuntimeInt8,
     opset: int,
 ) -> Path:
     """Write the INT8 QDQ ONNX model of ``model`` to ``out_file`` (atomically).
@@ -119,18 +137,20 @@ def quantize_for_onnxruntime(
         # The recorded config drives the call (no second copy of the choices).
         types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
         methods = {"percentile": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}
-        quantize_static(
-            str(prepared),
-            str(staging),
-            Reader(inputs),
-            quant_format=QuantFormat[config["format"]],
-            per_channel=config["perChannel"],
-            activation_type=types[config["activations"]],
-            weight_type=types[config["weights"]],
-            op_types_to_quantize=list(config["opTypes"]),
-            calibrate_method=methods[config["calibration"]],
-            extra_options={"CalibStridedMinMax": calibration_stride(count)},
-        )
+        with contextlib.redirect_stdout(_PrintsToLog(sys.stdout)):  # ORT's calibrator print()s its steps
+            quantize_static(
+                str(prepared),
+                str(staging),
+                Reader(inputs),
+                quant_format=QuantFormat[config.format],
+                per_channel=config.per_channel,
+                reduce_range=config.weight_bits == 7,
+                activation_type=types[config.activations],
+                weight_type=types[config.weights],
+                op_types_to_quantize=list(config.op_types),
+                calibrate_method=methods[config.calibration],
+                extra_options={"CalibStridedMinMax": calibration_stride(count)},
+            )
         os.replace(staging, out_file)
-    log.info("ONNX Runtime INT8 model %s (%.1f MB, %s)", out_file, out_file.stat().st_size / 1e6, config["opTypes"])
+    log.info("ONNX Runtime INT8 model %s (%.1f MB, %s)", out_file, out_file.stat().st_size / 1e6, config.op_types)
     return out_file

@@ -31,7 +31,7 @@ from rtdetr_edge.api.spec import (
     RTDETRModelSpec,
     ServingSpec,
 )
-from rtdetr_edge.api.job import EffectiveQuantization, PipelinePlan
+from rtdetr_edge.api.job import EffectiveQuantization, OnnxRuntimeInt8, PipelinePlan
 from rtdetr_edge.files import digest_hex
 
 DISTRIBUTION = "rtdetr-edge"
@@ -197,17 +197,20 @@ def effective_quantization(arch: str, quantization: QuantizationSpec, serving: S
     """The ACT settings that will actually run: the arch defaults with the spec's overrides."""
     defaults = act_defaults(arch)
     train = defaults["TrainConfig"]
+    runtime = int8_runtime(serving) if quantization.method != "none" else "paddle"
+    op_types = list(quantization.quantize_op_types or defaults["QuantAware"]["quantize_op_types"])
     return EffectiveQuantization(
         method=quantization.method,
-        runtime=int8_runtime(serving) if quantization.method != "none" else "paddle",
+        runtime=runtime,
         train_iter=quantization.train_iter or int(train["train_iter"]),
         eval_iter=quantization.eval_iter or int(train["eval_iter"]),
         learning_rate=float(quantization.learning_rate or train["learning_rate"]["learning_rate"]),
-        quantize_op_types=list(quantization.quantize_op_types or defaults["QuantAware"]["quantize_op_types"]),
+        quantize_op_types=op_types,
         batch_size=quantization.batch_size,
         calibration_batches=quantization.calibration_batches,
         max_map_drop=quantization.max_map_drop,
         min_baseline_map=quantization.min_baseline_map,
+        onnxruntime=OnnxRuntimeInt8.for_paddle_ops(op_types) if runtime == "onnxruntime" else None,
     )
 
 

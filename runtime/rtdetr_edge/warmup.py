@@ -7,6 +7,8 @@
    precision, max batch, device identity, versions). A verified entry is loaded;
    a missing or corrupt one is built in a staging directory under the key's lock
    and published by rename, so two processes on one node never build twice.
+0. Numerics: a CPU INT8 model whose numbers differ on this CPU from what its accuracy gate
+   measured (8-bit ONNX Runtime weights, gated with VNNI, served without) is refused.
 3. Self-test: batch 1 and the max batch must give well-formed outputs.
 Only then is the predictor handed to the caller (the server reports ready).
 """
@@ -22,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdetr_edge.cpu_isa import IsaLevel, isa_mismatch, this_cpu
 from rtdetr_edge.device_identity import detect_device_identity, software_versions
 from rtdetr_edge.engine_cache import EngineCache, EngineEntry, EngineKey, engine_cache_key
 from rtdetr_edge.files import digest_hex, file_sha256
-from rtdetr_edge.errors import WarmupError
+from rtdetr_edge.errors import CpuIsaMismatchError, WarmupError
 from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor import Predictor
 from rtdetr_edge.predictor.onnx_backend import ONNX_FILE_NAME, OnnxRuntimePredictor, convert_to_onnx
@@ -119,17 +122,44 @@ def ensure_shape_file(
         return shape_file, "collected"
 
 
+def cpu_numerics_portable(model: ModelFiles, settings: PredictorSettings) -> bool:
+    """Whether ``model`` run with ``settings`` computes the same numbers on every x86 ISA level:
+    ONNX Runtime INT8 with 7-bit weights does (read from the model), Paddle's oneDNN INT8 kernels
+    are not checked (opt-in, CPU-specific); FP32 kernels, and GPUs (engines per GPU), are."""
+    if settings.device != "cpu" or settings.precision != "int8":
+        return True
+    if settings.backend == "onnxruntime" and model.onnx_int8 is not None:
+        from rtdetr_edge.quantize_onnx import int8_weights_portable
+
+        return int8_weights_portable(model.onnx_int8)
+    return settings.backend == "paddle" and settings.cpu_int8 == "simulated"
+
+
+def check_cpu_numerics(model: ModelFiles, settings: PredictorSettings, measured_on: IsaLevel | None) -> None:
+    """Refuse to serve an INT8 model whose numbers differ on this CPU from those its gate measured
+    on ``measured_on`` (:func:`rtdetr_edge.cpu_isa.isa_mismatch`)."""
+    if measured_on is None or settings.device != "cpu":
+        return
+    here = this_cpu().level
+    problem = isa_mismatch(cpu_numerics_portable(model, settings), measured_on, here)
+    if problem:
+        raise CpuIsaMismatchError(problem)
+    log.info("CPU %s: INT8 numerics as measured by the gate (%s)", here, measured_on)
+
+
 def warm_up(
     model_dir: str | Path,
     settings: PredictorSettings,
     cache_dir: str | Path,
     shape_seed: Path | None = None,
+    measured_on: IsaLevel | None = None,
 ) -> WarmedModel:
     """Return a self-tested predictor for ``model_dir``, reusing the engine cache.
 
     ``shape_seed``: a shape-range file collected earlier for this model (the
     pipeline's ``shapes/`` artifact); used instead of collecting when it covers
-    the batch sizes.
+    the batch sizes. ``measured_on``: the CPU ISA level the model's accuracy gate ran on; a model
+    whose numbers differ here is refused (:class:`CpuIsaMismatchError`).
     """
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -137,6 +167,7 @@ def warm_up(
     digest = model.digest()
     quantized = model.is_quantized_for(settings.backend)
     check_supported(settings, quantized)  # fail before any expensive work
+    check_cpu_numerics(model, settings, measured_on)
     cache = EngineCache(cache_dir)
     timings["identify"] = time.perf_counter() - started
 

@@ -244,3 +244,48 @@ def test_pods_run_the_runtime_and_shape_ranges_the_gate_measured(sample: str, se
     assert ("--shape-ranges" in args) == (model.spec.serving.device == "gpu")
     if "--shape-ranges" in args:
         assert args[args.index("--shape-ranges") + 1] == "/mnt/pvc/a/shapes/x-b4.pbtxt"
+
+
+NFD = "feature.node.kubernetes.io/cpu-cpuid."
+
+
+@pytest.mark.parametrize(
+    ("sample", "measured_on", "portable", "affinity_terms"),
+    [
+        ("rtdetr-r18-cpu.yaml", "avx2", True, None),  # 7-bit weights: any x86 node serves the gated numbers
+        ("rtdetr-r18-cpu.yaml", "avx512-vnni", True, None),
+        # 8-bit weights: only nodes of the gate's INT8 arithmetic (NFD labels; terms are ORed)
+        ("rtdetr-r18-cpu.yaml", "avx512-vnni", False,
+         [[(NFD + "AVX512VNNI", "In")], [(NFD + "AVXVNNI", "In")], [(NFD + "AMXINT8", "In")]]),
+        ("rtdetr-r18-cpu.yaml", "avx2", False,
+         [[(NFD + "AVX2", "In"), (NFD + "AVX512VNNI", "DoesNotExist"), (NFD + "AVXVNNI", "DoesNotExist"),
+           (NFD + "AMXINT8", "DoesNotExist")]]),
+        ("rtdetr-r50.yaml", None, True, None),  # GPU: TensorRT engines are per GPU anyway
+    ],
+)  # fmt: skip
+def test_cpu_pods_know_where_their_gate_ran(
+    sample: str, measured_on: str | None, portable: bool, affinity_terms: list[list[tuple[str, str]]] | None
+) -> None:
+    """The Job's measuredOn reaches every CPU pod (which refuses a model whose numbers differ on its
+    CPU); a model that is not portable is placed on nodes of its gate's ISA class."""
+    body = body_of(sample)
+    model = parse_resource(body)
+    served: dict[str, Any] = {
+        "pipelineDigest": pipeline_digest(model.spec),
+        "model": {"uri": "pvc://a/m", "digest": "x", "isaPortable": portable},
+        "measuredOn": {"device": "cpu", "product": "AMD EPYC", **({"isaLevel": measured_on} if measured_on else {})},
+    }
+    deployment = build_runtime_deployment(body, model, OperatorSettings(), served)
+    pod = deployment["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    if measured_on:
+        assert args[args.index("--measured-on-isa") + 1] == measured_on
+    else:
+        assert "--measured-on-isa" not in args
+    if affinity_terms is None:
+        assert "affinity" not in pod
+    else:
+        terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert [[(e["key"], e["operator"]) for e in term["matchExpressions"]] for term in terms] == affinity_terms
+        assert all(e.get("values", ["true"]) == ["true"] for term in terms for e in term["matchExpressions"])
+    kubernetes_validate.validate(deployment, desired_version=KUBERNETES_VERSIONS[-1], strict=True)

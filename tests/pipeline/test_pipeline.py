@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from rtdetr_edge.coco import DatasetError
+from rtdetr_edge.cpu_isa import this_cpu
 from rtdetr_edge.api.job import RESULT_SCHEMA, TERMINATION_LIMIT, JobSummary
 from rtdetr_edge.pipeline import (
     PipelineError,
@@ -26,6 +27,7 @@ from rtdetr_edge.pipeline import (
 from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.preprocess import preprocess_bytes, stack_batch
+from rtdetr_edge.quantize_onnx import int8_weights_portable
 from rtdetr_edge.resource import parse_resource, pipeline_plan
 from rtdetr_edge.storage import StorageResolver
 from rtdetr_edge.warmup import warm_up
@@ -78,7 +80,8 @@ def test_cpu_int8_is_onnxruntime_quantization_gated_on_onnxruntime(
     shapes_model: Path, shapes_dataset: Path, tmp_path: Path, fixture_images: list[Path]
 ) -> None:
     """The CPU default: ONNX Runtime's static INT8 model, measured by the ONNX Runtime session that
-    serves it, beside the FP32 export on the same runtime; no shape ranges (CPU reads none)."""
+    serves it, beside the FP32 export on the same runtime; no shape ranges (CPU reads none). Its
+    7-bit weights keep it within the gate on AVX2 (8-bit weights lost 4.9 mAP there) and with VNNI."""
     document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts", method="ptq", calibrationBatches=8)
     document["spec"]["serving"]["cpuRuntime"] = "onnxruntime"
     assert pipeline_plan(parse_resource(document).spec).quantization.runtime == "onnxruntime"
@@ -88,12 +91,17 @@ def test_cpu_int8_is_onnxruntime_quantization_gated_on_onnxruntime(
     assert (candidate["backend"], candidate["precision"]) == ("onnxruntime", "int8")
     assert result["quantize"]["act_config"]["runtime"] == "onnxruntime"
     assert result["gate"]["passed"], result["gate"]
-    assert baseline["map"] - candidate["map"] < 2.0 and candidate["map"] > 30
+    assert baseline["map"] - candidate["map"] <= document["spec"]["quantization"]["maxMapDrop"] and baseline["map"] > 30
     assert result.get("shapeRanges") is None
-    assert result["model"]["quantized"] is True and result["device"] == "cpu"
+    cpu = this_cpu()
+    assert result["measuredOn"] == {"device": "cpu", "product": cpu.product, "isaLevel": cpu.level}
+    assert result["model"]["quantized"] is True and result["model"]["isaPortable"] is True
+    assert JobSummary.model_validate_json(termination_summary(result)).measured_on.isa_level == cpu.level  # type: ignore[union-attr]
     final = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl")).final
     model = ModelFiles.locate(final / "model")
     assert model.onnx_int8 is not None and model.is_quantized_for("onnxruntime") and not model.is_quantized()
+    assert int8_weights_portable(model.onnx_int8), "7-bit weights: no CPU saturates them"
+    assert result["quantize"]["act_config"]["weightBits"] == 7
     assert (final / "model" / "infer_cfg.yml").is_file(), "labels travel with the model"
     # What the gate measured is what serves: the same INT8 file, through warm-up.
     warmed = warm_up(final / "model", PredictorSettings(backend="onnxruntime", precision="int8"), tmp_path / "serve")

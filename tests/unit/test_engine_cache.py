@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rtdetr_edge.device_identity import DeviceIdentity, parse_cpuinfo
+from rtdetr_edge.device_identity import DeviceIdentity
 from rtdetr_edge.engine_cache import EngineCache, EngineKey, engine_cache_key
 
 BASE_KEY = EngineKey(
@@ -103,8 +103,3 @@ def test_shape_file_path_is_per_model_and_batch(tmp_path: Path) -> None:
     a = cache.shape_file("sha256:" + "a" * 64, 4)
     assert a != cache.shape_file("sha256:" + "b" * 64, 4)
     assert a != cache.shape_file("sha256:" + "a" * 64, 8)
-
-
-def test_parse_cpuinfo() -> None:
-    text = "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 fma sse4_2\n\nprocessor\t: 1\n"
-    assert parse_cpuinfo(text) == ("AMD EPYC 7B13", ("avx2", "fma"))

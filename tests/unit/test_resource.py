@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import yaml
 
+from rtdetr_edge.api.job import OnnxRuntimeInt8
 from rtdetr_edge.resource import (
     SpecError,
     configs_dir,
@@ -120,6 +121,20 @@ def test_digest_changes_with_what_changes_the_model() -> None:
         {"quantization__maxMapDrop": 1.0},
     ):
         assert pipeline_digest(parse_resource(with_spec(**changes)).spec) != reference, changes
+
+
+def test_the_onnxruntime_recipe_is_in_the_plan_and_its_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU INT8 resource's plan carries ONNX Runtime's recipe (7-bit weights: the same numbers on
+    every CPU), and a different recipe is a different model, never the old one reused."""
+    cpu = parse_resource(with_spec(serving={"device": "cpu", "precision": "int8"}, quantization={"method": "ptq"})).spec
+    plan = pipeline_plan(cpu)
+    recipe = plan.quantization.onnxruntime
+    assert recipe is not None and recipe.weight_bits == 7 and recipe.op_types == ["Conv", "MatMul"]
+    assert pipeline_plan(parse_resource(base()).spec).quantization.onnxruntime is None, "GPU: PaddleSlim's model"
+    # An earlier release's recipe (8-bit weights) gives another digest.
+    monkeypatch.setattr(OnnxRuntimeInt8, "for_paddle_ops", classmethod(lambda cls, ops: recipe.model_copy(update={"weight_bits": 8})))
+    assert pipeline_plan(cpu).quantization.onnxruntime.weight_bits == 8  # type: ignore[union-attr]
+    assert pipeline_plan(cpu).pipeline_digest != plan.pipeline_digest
 
 
 def test_digest_ignores_serving_compression_and_storage() -> None:

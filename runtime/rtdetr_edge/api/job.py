@@ -25,6 +25,44 @@ class PlanModel(BaseModel):
     model_config = wire_config(frozen=True, extra="forbid")
 
 
+ONNX_OP_FOR_PADDLE_OP = {
+    "conv2d": "Conv",
+    "depthwise_conv2d": "Conv",
+    "matmul_v2": "MatMul",
+    "matmul": "MatMul",
+    "mul": "MatMul",
+}
+"""Paddle op type (quantization.quantizeOpTypes) -> the ONNX op paddle2onnx emits for it."""
+
+
+class OnnxRuntimeInt8(PlanModel):
+    """How ONNX Runtime's static quantization makes the CPU INT8 model (``model.int8.onnx``).
+
+    QDQ with per-channel signed weights and unsigned activations is what ORT's CPU kernels fuse
+    into integer convolutions and matmuls; percentile calibration kept the most mAP on the shapes
+    model. ``weightBits`` 7 (ORT's reduce_range) keeps every weight within ±64 so no CPU saturates
+    (:mod:`rtdetr_edge.cpu_isa`): measured on the shapes model (320 validation images, FP32 41.63),
+    8-bit weights give 38.70 on AVX2 and 41.06 with VNNI's exact arithmetic; 7-bit weights 40.98
+    on AVX2 and 41.05 exact, at the same speed (RT-DETR-R18 on AVX2: 262 vs 271 ms)."""
+
+    format: Literal["QDQ"] = "QDQ"
+    calibration: Literal["percentile", "minmax"] = "percentile"
+    per_channel: bool = True
+    activations: Literal["uint8"] = "uint8"
+    weights: Literal["int8"] = "int8"
+    weight_bits: Literal[7, 8] = 7
+    op_types: list[str]
+    """ONNX ops to quantize (from quantization.quantizeOpTypes)."""
+
+    @classmethod
+    def for_paddle_ops(cls, quantize_op_types: list[str] | tuple[str, ...]) -> OnnxRuntimeInt8:
+        """The recipe for these Paddle op types, the defaults above otherwise."""
+        ops = sorted({ONNX_OP_FOR_PADDLE_OP[op] for op in quantize_op_types if op in ONNX_OP_FOR_PADDLE_OP})
+        if not ops:
+            raise ValueError(f"none of {list(quantize_op_types)} maps to an ONNX op ONNX Runtime quantizes")
+        return cls(op_types=ops)
+
+
 class EffectiveQuantization(PlanModel):
     """The ACT settings that run: the arch's defaults (configs/act/) with the spec's overrides."""
 
@@ -40,6 +78,9 @@ class EffectiveQuantization(PlanModel):
     calibration_batches: int = Field(ge=1)
     max_map_drop: float = Field(ge=0)
     min_baseline_map: float = Field(ge=0)
+    onnxruntime: OnnxRuntimeInt8 | None = None
+    """The ONNX Runtime recipe (runtime onnxruntime only): part of the digest, so a new recipe
+    makes a new model instead of reusing one made by the old."""
 
 
 class PipelinePlan(PlanModel):
@@ -63,6 +104,17 @@ class ModelRef(SummaryModel):
     size_bytes: int | None = None
     quantized: bool | None = None
     method: str | None = None
+    isa_portable: bool | None = None
+    """Computes the same numbers on every x86 CPU level (false: an ONNX Runtime INT8 model with
+    8-bit weights, whose results differ with and without VNNI; see rtdetr_edge.cpu_isa)."""
+
+
+class MeasuredOn(SummaryModel):
+    """Where the accuracy gate ran: the device, its product name and, on CPU, its ISA level."""
+
+    device: Literal["cpu", "gpu"]
+    product: str
+    isa_level: str | None = None
 
 
 class Accuracy(SummaryModel):
@@ -94,6 +146,7 @@ class JobSummary(SummaryModel):
     accuracy: Accuracy | None = None
     shape_ranges: ShapeRangesRef | None = None
     gate: GateVerdict | None = None
+    measured_on: MeasuredOn | None = None
     reason: str | None = None
     """Why it failed (``ok`` false): PipelineFailed, ToolVersionMismatch, DatasetFailed, …"""
     message: str = ""
@@ -126,10 +179,14 @@ class JobSummary(SummaryModel):
             raise ValueError("a summary without pipelineDigest and model cannot be served")
         served: dict[str, object] = {
             "pipelineDigest": self.pipeline_digest,
-            "model": self.model.model_dump(by_alias=True, include={"digest", "uri", "size_bytes"}, exclude_none=True),
+            "model": self.model.model_dump(
+                by_alias=True, include={"digest", "uri", "size_bytes", "isa_portable"}, exclude_none=True
+            ),
             "accuracy": self.accuracy.model_dump(by_alias=True) if self.accuracy else {},
             "gate": self.gate.model_dump(by_alias=True) if self.gate else {},
         }
+        if self.measured_on is not None:  # serving pods compare their CPU with it
+            served["measuredOn"] = self.measured_on.model_dump(by_alias=True, exclude_none=True)
         if self.shape_ranges is not None:  # collected for GPU (TensorRT) serving only
             served["shapeRanges"] = {"file": self.shape_ranges.file}
         return served

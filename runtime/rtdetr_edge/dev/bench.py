@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from rtdetr_edge.cpu_isa import ISA_FLAGS, int8_arithmetic, parse_cpuinfo
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.preprocess import preprocess_bytes, stack_batch
 from rtdetr_edge.dev.synthetic import encode_jpeg, render_scene
@@ -33,17 +34,14 @@ LOADGEN_WARMUP_REQUESTS = 10
 
 
 BACKENDS = ("paddle", "onnxruntime")
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-"""The CPU features that decide oneDNN's and ONNX Runtime's kernels (INT8: VNNI/AMX)."""
 
 
 def cpu_description(cpuinfo: str) -> str:
-    """``model name; flags: …`` from /proc/cpuinfo text, the ISA flags that matter for speed (pure)."""
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "?")
-    flags_line = next((line.split(":", 1)[1] for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-    present = set(flags_line.split())
-    flags = [flag for flag in ISA_FLAGS if flag in present]
-    return f"{model}, {os.cpu_count()} CPUs; flags: {' '.join(flags) or 'none of ' + ' '.join(ISA_FLAGS)}"
+    """``model name, N CPUs, ISA level; flags: …`` from /proc/cpuinfo text: the ISA flags that
+    decide oneDNN's and ONNX Runtime's kernels (INT8: VNNI/AMX), printed beside every table (pure)."""
+    cpu = parse_cpuinfo(cpuinfo)
+    flags = " ".join(cpu.isa_flags()) or "none of " + " ".join(ISA_FLAGS)
+    return f"{cpu.product}, {os.cpu_count()} CPUs, ISA level {cpu.level} (INT8 {int8_arithmetic(cpu.level)}); flags: {flags}"
 
 
 def spread(values: list[float]) -> str:

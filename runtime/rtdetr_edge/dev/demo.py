@@ -1,9 +1,11 @@
 """``rtdetr-edge demo``: the no-cluster first run.
 
 Puts the shipped shapes model and a generated COCO-layout dataset where the sample
-resource's ``pvc://`` URIs point, then runs ``configs/samples/demo-shapes.yaml``
-exactly as ``rtdetr-edge run`` would: ACT quantization, FP32 vs INT8 mAP, the
-accuracy gate, warm-up, and a server answering real requests.
+resources' ``pvc://`` URIs point, then runs two samples exactly as ``rtdetr-edge run`` would:
+``configs/samples/demo-shapes.yaml`` (ACT quantization for TensorRT: FP32 vs INT8 mAP and the
+accuracy gate, the GPU path's accuracy measured on this CPU), then
+``configs/samples/demo-shapes-cpu.yaml`` (ONNX Runtime's INT8 model, what a CPU site serves:
+mAP and latency on this machine's CPU), warmed up and served to real requests.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rtdetr_edge.resource import configs_dir
 log = logging.getLogger(__name__)
 
 DEMO_RESOURCE = "samples/demo-shapes.yaml"
+DEMO_CPU_RESOURCE = "samples/demo-shapes-cpu.yaml"
 DEMO_WEIGHTS = "shapes-tiny"  # package data: exported by `rtdetr-edge train-tiny`
 DEMO_TRAIN_IMAGES = 64
 DEMO_VAL_IMAGES = 64
@@ -65,13 +68,9 @@ def prepare_demo_inputs(root: Path) -> None:
 def run_demo(work_dir: Path, host: str, port: int, serve: bool = True) -> int:
     prepare_demo_inputs(work_dir)
     val_images = sorted((work_dir / "pvc" / "datasets" / "shapes" / "val2017").glob("*.jpg"))
-    return run_local(
-        RunOptions(
-            resource_file=configs_dir() / DEMO_RESOURCE,
-            root=work_dir,
-            host=host,
-            port=port,
-            serve=serve,
-            sample_images=val_images[:3],
-        )
-    )
+    tensorrt_path = run_local(RunOptions(resource_file=configs_dir() / DEMO_RESOURCE, root=work_dir, serve=False))
+    if tensorrt_path != 0:
+        return tensorrt_path
+    cpu_path = RunOptions(configs_dir() / DEMO_CPU_RESOURCE, work_dir, host=host, port=port, serve=serve,
+                          sample_images=val_images[:3])  # fmt: skip
+    return run_local(cpu_path)

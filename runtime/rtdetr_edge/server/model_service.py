@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdetr_edge.cpu_isa import IsaLevel
 from rtdetr_edge.errors import NotReadyError, RtdetrEdgeError
 from rtdetr_edge.labels import load_labels
 from rtdetr_edge.postprocess import ModelOutputs, select_detections, to_detections
@@ -51,6 +52,9 @@ class ServeOptions:
     preprocess_threads: int = 2
     shape_seed: Path | None = None
     """A shape-range file collected by the quantize Job for this model (skips collection)."""
+    measured_on_isa: IsaLevel | None = None
+    """The CPU ISA level the model's accuracy gate ran on; an INT8 model computing other numbers
+    on this CPU is refused (warm-up fails with the cause and what to do)."""
 
 
 class ModelService:
@@ -124,8 +128,9 @@ class ModelService:
     def _warm_up(self) -> None:
         started = time.perf_counter()
         try:
+            options = self.options
             warmed = warm_up(
-                self.options.model_dir, self.options.predictor, self.options.cache_dir, self.options.shape_seed
+                options.model_dir, options.predictor, options.cache_dir, options.shape_seed, options.measured_on_isa
             )
         except RtdetrEdgeError as error:
             self._fail(str(error))
