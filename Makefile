@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | sha256sum | cut -c1-16)
 
-.PHONY: install cluster-tools cluster demo test test-fast bench lock crd clean
+.PHONY: install cluster-tools cluster demo test test-fast bench bench-cpu lock crd clean
 
 # PaddleSlim 2.6.0's metadata pins opencv-python==4.6.0.66 and swig, which it does
 # not need, so it is installed with --no-deps; its real imports are in the runtime extra.
@@ -54,6 +54,15 @@ test-fast: install cluster-tools
 
 bench: install
 	$(BIN)/rtdetr-edge bench
+
+# CPU INT8 vs every FP32 path (Paddle, ONNX Runtime, OpenVINO) on this CPU, plus each INT8 variant's mAP.
+BENCH_STAMP := $(VENV)/.installed-bench-openvino-2026.4.1-nncf-3.4.0
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@
+
+bench-cpu: $(BENCH_STAMP)
+	$(BIN)/rtdetr-edge bench-cpu
 
 # Regenerate the images' exact pins (requirements/*.txt) after changing pyproject.toml.
 lock: install

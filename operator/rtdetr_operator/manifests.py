@@ -306,7 +306,8 @@ def build_runtime_deployment(
     # that is not portable across ISA levels only goes to nodes of its gate's INT8 arithmetic.
     measured_on_isa = (served.get("measuredOn") or {}).get("isaLevel") if serving.device == "cpu" else None
     isa_args = ["--measured-on-isa", measured_on_isa] if measured_on_isa else []
-    affinity = node_affinity_for(measured_on_isa) if measured_on_isa and served["model"].get("isaPortable") is False else None
+    portable = served["model"].get("isaPortable") is not False
+    affinity = node_affinity_for(measured_on_isa) if measured_on_isa and not portable else None
     placement = {"affinity": affinity} if affinity else {}
     claim = parse_uri(model_uri).claim  # serving needs only the artifacts claim, read-only
     volumes = [

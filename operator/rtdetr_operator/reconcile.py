@@ -22,6 +22,7 @@ from typing import Any
 
 from rtdetr_edge.api.job import JobSummary
 from rtdetr_edge.api.status import IN_FLIGHT_PHASES
+from rtdetr_edge.cpu_isa import NFD_PREFIX
 from rtdetr_edge.resource import RTDETRModel, SpecError, parse_resource, pipeline_plan
 from rtdetr_operator.conditions import Condition, changed, find, set_conditions
 from rtdetr_operator.exporter import EXPORT_ANNOTATION, build_export_job, exported_model_uri
@@ -167,6 +168,19 @@ def cluster_problems(model: RTDETRModel, settings: OperatorSettings) -> list[str
 
 def runtime_spec_hash(deployment: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(deployment["spec"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def isa_placement_hint(served: dict[str, Any]) -> str:
+    """Why an unschedulable serving pod may be waiting for a CPU kind (manifests place a model that
+    is not ISA-portable by Node Feature Discovery's labels), or ""."""
+    level = (served.get("measuredOn") or {}).get("isaLevel")
+    if served["model"].get("isaPortable") is not False or not level:
+        return ""
+    return (
+        f"this model's INT8 numbers hold only on {level}-class CPUs, found by Node Feature Discovery's "
+        f"{NFD_PREFIX}* node labels: install NFD (or label such nodes), or re-quantize it with this release "
+        "(7-bit weights serve on every CPU)"
+    )
 
 
 def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed, now: str) -> Decision:
@@ -358,8 +372,9 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
                                      "; ".join(p for p in (deployment.stalled_message, deployment.pod_problem) if p)))  # fmt: skip
         elif deployment is not None and deployment.pod_problem_reason:
             phase = "Deploying"
+            hint = isa_placement_hint(serve) if deployment.pod_problem_reason == "Unschedulable" else ""
             updates.append(Condition("Ready", "False", deployment.pod_problem_reason,
-                                     f"serving {deployment.pod_problem_message}"))  # fmt: skip
+                                     "; ".join(p for p in (f"serving {deployment.pod_problem_message}", hint) if p)))  # fmt: skip
         else:
             phase = "Deploying"
             ready = deployment.available_replicas if deployment else 0

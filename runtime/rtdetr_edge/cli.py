@@ -449,6 +449,33 @@ def bench(images: tuple[Path, ...], **params: Any) -> int:
     return 0
 
 
+@cli.command("bench-cpu")
+@click.argument("images", nargs=-1, type=EXISTING_FILE)
+@option("--model", type=EXISTING_DIR, default=None, help="an RT-DETR export to time (default: the shipped R18 graph)")
+@option("--cpu-threads", type=click.IntRange(1), default=2)
+@option("--repetitions", type=click.IntRange(1), default=3, help="every runtime, interleaved")
+@option("--runs", type=click.IntRange(1), default=8, help="timed calls per runtime and repetition")
+@option("--calibration-images", type=click.IntRange(1), default=8, help="of IMAGES, for the INT8 models")
+@option("--work-dir", type=PATH, default=Path(".rtdetr-edge/bench-cpu"))
+@option("--accuracy/--no-accuracy", default=True, help="also mAP of each INT8 variant on the shapes model")
+@dev_tool
+def bench_cpu(images: tuple[Path, ...], **params: Any) -> int:
+    """CPU INT8 vs every FP32 path on this CPU, side by side (IMAGES: photos to time and calibrate on;
+    default: tests/fixtures/images)."""
+    from rtdetr_edge.dev.bench_cpu import CpuBenchOptions, run_cpu_bench
+    from rtdetr_edge.dev.real_graph import REPO_ROOT
+
+    photos = list(images) or sorted((REPO_ROOT / "tests" / "fixtures" / "images").glob("*.jpg"))
+    if not photos:
+        raise click.UsageError("give IMAGES (JPEG photos): tests/fixtures/images is not in this install")
+    click.echo(run_cpu_bench(CpuBenchOptions(
+        model_dir=params["model"], images=photos, work_dir=params["work_dir"], cpu_threads=params["cpu_threads"],
+        repetitions=params["repetitions"], runs=params["runs"], calibration_images=params["calibration_images"],
+        accuracy=params["accuracy"],
+    )))  # fmt: skip
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; its return value is the exit status. Usage errors exit 2, failures 1,
     each with ``error: <cause>`` as the last line of stderr."""

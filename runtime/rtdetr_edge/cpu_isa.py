@@ -35,6 +35,7 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "a
 # Node Feature Discovery's labels (feature.node.kubernetes.io/cpu-cpuid.<FLAG>=true) for the flags
 # that make INT8 arithmetic exact; a node labelled with any of them adds products exactly.
 NFD_PREFIX = "feature.node.kubernetes.io/cpu-cpuid."
+MISMATCH_MESSAGE_LIMIT = 390
 EXACT_INT8_NFD_FLAGS = ("AVX512VNNI", "AVXVNNI", "AMXINT8")
 
 
@@ -65,18 +66,19 @@ def int8_arithmetic(level: IsaLevel) -> Int8Arithmetic:
 
 def isa_mismatch(portable: bool, measured_on: IsaLevel | None, here: IsaLevel) -> str | None:
     """Why this CPU (``here``) must not serve an INT8 model whose gate ran on ``measured_on``
-    (None: it may). A ``portable`` model (7-bit weights) computes the same integers everywhere."""
+    (None: it may). A ``portable`` model (7-bit weights) computes the same integers everywhere.
+    At most :data:`MISMATCH_MESSAGE_LIMIT` characters: it is a serving pod's last line, of which the
+    resource's status keeps the end."""
     if portable or measured_on is None:
         return None
     gated, local = int8_arithmetic(measured_on), int8_arithmetic(here)
     if gated == local != "unknown":
         return None
     return (
-        f"the accuracy gate measured this INT8 model on a {measured_on} CPU ({gated} INT8 arithmetic); this node "
-        f"is {here} ({local}): its 8-bit weights give different detections here (ONNX Runtime's int16 "
-        "saturation without VNNI). Re-quantize it with this release (7-bit weights: the same results on "
-        f"every CPU), or serve it only on {measured_on}-class nodes (serving.nodeSelector, e.g. Node Feature "
-        f"Discovery's {NFD_PREFIX}AVX512VNNI=true)"
+        f"the accuracy gate measured this INT8 model on an {measured_on} CPU ({gated} INT8 arithmetic); this node "
+        f"is {here} ({local}), where its 8-bit weights give other detections. Re-quantize it with this release "
+        f"(7-bit weights: the same numbers on every CPU) or pin serving.nodeSelector to {measured_on}-class nodes "
+        f"(e.g. {NFD_PREFIX}AVX512VNNI=true)"
     )
 
 
@@ -92,7 +94,8 @@ def node_affinity_for(measured_on: IsaLevel) -> dict[str, Any] | None:
     if arithmetic == "exact":  # any one of the flags (terms are ORed)
         terms = [{"matchExpressions": [label(flag, "In")]} for flag in EXACT_INT8_NFD_FLAGS]
     elif arithmetic == "saturating":  # AVX2 and none of them (expressions are ANDed)
-        terms = [{"matchExpressions": [label("AVX2", "In"), *(label(flag, "DoesNotExist") for flag in EXACT_INT8_NFD_FLAGS)]}]
+        absent = [label(flag, "DoesNotExist") for flag in EXACT_INT8_NFD_FLAGS]
+        terms = [{"matchExpressions": [label("AVX2", "In"), *absent]}]
     else:
         return None
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from rtdetr_edge.coco import CocoGroundTruth, iterate_batches
-from rtdetr_edge.postprocess import select_detections
+from rtdetr_edge.postprocess import ModelOutputs, select_detections
+from rtdetr_edge.preprocess import ModelInputs
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.warmup import warm_up
 
@@ -83,6 +84,34 @@ def coco_map(ground_truth: dict[str, object], predictions: list[dict[str, object
     return max(ap, 0.0) * 100.0, max(ap50, 0.0) * 100.0
 
 
+def coco_predictions(
+    predict: Callable[[ModelInputs], ModelOutputs],
+    ground_truth: CocoGroundTruth,
+    class_to_category: list[int],
+    batch_size: int = 1,
+    on_progress: Callable[[int, int, float], None] | None = None,
+    started: float | None = None,
+) -> tuple[list[dict[str, object]], float]:
+    """``predict`` over every validation image → (COCO result dicts, seconds spent in ``predict``)."""
+    started = time.perf_counter() if started is None else started
+    predictions: list[dict[str, object]] = []
+    predictor_seconds = 0.0
+    by_path = {image.path: image for image in ground_truth.images}
+    done = 0
+    for paths, inputs in iterate_batches([image.path for image in ground_truth.images], batch_size):
+        mark = time.perf_counter()
+        outputs = predict(inputs)
+        predictor_seconds += time.perf_counter() - mark
+        for path, rows in zip(paths, outputs.split()):
+            image = by_path[path]
+            kept = select_detections(rows, image.height, image.width, 0.0, COCO_MAX_DETECTIONS)
+            predictions.extend(rows_to_coco(image.id, kept, class_to_category))
+        done += len(paths)
+        if on_progress is not None:
+            on_progress(done, len(ground_truth.images), time.perf_counter() - started)
+    return predictions, predictor_seconds
+
+
 def evaluate_model(
     model_dir: Path,
     settings: PredictorSettings,
@@ -95,22 +124,10 @@ def evaluate_model(
     """Warm up the serving predictor for ``model_dir`` and score it on ``ground_truth``."""
     started = time.perf_counter()
     warmed = warm_up(model_dir, settings, cache_dir)
-    predictions: list[dict[str, object]] = []
-    predictor_seconds = 0.0
-    by_path = {image.path: image for image in ground_truth.images}
-    done = 0
     try:
-        for paths, inputs in iterate_batches([image.path for image in ground_truth.images], batch_size):
-            mark = time.perf_counter()
-            outputs = warmed.predictor.predict(inputs)
-            predictor_seconds += time.perf_counter() - mark
-            for path, rows in zip(paths, outputs.split()):
-                image = by_path[path]
-                kept = select_detections(rows, image.height, image.width, 0.0, COCO_MAX_DETECTIONS)
-                predictions.extend(rows_to_coco(image.id, kept, class_to_category))
-            done += len(paths)
-            if on_progress is not None:
-                on_progress(done, len(ground_truth.images), time.perf_counter() - started)
+        predictions, predictor_seconds = coco_predictions(
+            warmed.predictor.predict, ground_truth, class_to_category, batch_size, on_progress, started
+        )
     finally:
         warmed.predictor.close()
     ap, ap50 = coco_map(ground_truth.document, predictions)

@@ -80,7 +80,7 @@ def summary_table(model: RTDETRModel, result: dict[str, Any], reused: bool, endp
     ]
     how = "reused (inputs unchanged)" if reused else f"ran in {result['timingsSeconds']['total']:.0f} s"
     lines = [f"{model.namespace}/{model.name}: pipeline {result['pipelineDigest'][7:19]} {how}, "
-             f"{candidate['images']} validation images, measured on {measured_where(result['measuredOn'])}"]  # fmt: skip
+             f"{candidate['images']} validation images, measured on {measured_where(result['measuredOn'])}"]
     for name, left, right in rows:
         lines.append(f"  {name:<22} {left:>16} {right:>18}")
     verdict = "PASSED" if gate["passed"] else "FAILED"

@@ -226,7 +226,8 @@ def _run_onnxruntime_ptq(
         )
     ops = settings.quantize_op_types or tuple(act_defaults(settings.arch)["QuantAware"]["quantize_op_types"])
     recipe = settings.onnxruntime or OnnxRuntimeInt8.for_paddle_ops(ops)
-    config = {"method": "ptq", "runtime": "onnxruntime", **recipe.model_dump(by_alias=True), "batches": settings.calibration_batches}
+    config = {"method": "ptq", "runtime": "onnxruntime", **recipe.model_dump(by_alias=True)}
+    config["batches"] = settings.calibration_batches
     batches = settings.calibration_batches
     if not train_images:
         raise QuantizationError("no training images")

@@ -16,7 +16,7 @@ from rtdetr_edge.resource import parse_resource, pipeline_digest
 from rtdetr_operator.conditions import find
 from rtdetr_operator.names import pipeline_configmap_name, quantize_job_name
 from rtdetr_operator.pod_status import pod_problem
-from rtdetr_operator.reconcile import Decision, DeploymentObservation, JobObservation, Observed
+from rtdetr_operator.reconcile import Decision, DeploymentObservation, JobObservation, Observed, isa_placement_hint
 from rtdetr_operator.reconcile import decide as decide_as_written
 from rtdetr_operator.settings import OperatorSettings
 
@@ -388,3 +388,19 @@ def test_the_user_guide_explains_every_reason_the_operator_sets() -> None:
     table = table[: table.index("\n\n", table.index("| --- |"))]
     missing = sorted(r for r in literal | computed | STUCK_CONTAINER_REASONS if f"`{r}`" not in table)
     assert len(literal) > 15 and not missing, missing
+
+
+@pytest.mark.parametrize(
+    ("served", "hint"),
+    [
+        ({"model": {"isaPortable": False}, "measuredOn": {"device": "cpu", "isaLevel": "avx512-vnni"}},
+         "only on avx512-vnni-class CPUs"),
+        ({"model": {"isaPortable": True}, "measuredOn": {"device": "cpu", "isaLevel": "avx512-vnni"}}, ""),
+        ({"model": {}, "measuredOn": {"device": "gpu", "product": "Tesla T4"}}, ""),  # GPU, or an older Job's summary
+        ({"model": {"isaPortable": False}}, ""),
+    ],
+)  # fmt: skip
+def test_an_unschedulable_cpu_specific_model_says_what_it_waits_for(served: dict[str, Any], hint: str) -> None:
+    """A model that is not ISA-portable is placed by NFD labels: a cluster without them must hear why."""
+    text = isa_placement_hint(served)
+    assert (hint in text and "Node Feature Discovery" in text) if hint else text == ""

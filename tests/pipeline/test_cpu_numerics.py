@@ -39,7 +39,8 @@ def ort_int8_model(request: pytest.FixtureRequest, shapes_model: Path, shapes_da
     bits = request.param
     out = tmp_path_factory.mktemp(f"ort-int8-{bits}") / "model"
     recipe = OnnxRuntimeInt8(op_types=["Conv", "MatMul"], weight_bits=bits)
-    settings = QuantizeSettings(arch="tiny", method="ptq", calibration_batches=4, runtime="onnxruntime", onnxruntime=recipe)
+    settings = QuantizeSettings(arch="tiny", method="ptq", calibration_batches=4, runtime="onnxruntime",
+                                onnxruntime=recipe)  # fmt: skip
     quantize_model(shapes_model, list_images(shapes_dataset / "train2017"), out, settings)
     return bits, out
 
@@ -53,7 +54,9 @@ def test_only_7_bit_weights_are_portable(ort_int8_model: tuple[int, Path]) -> No
     assert cpu_numerics_portable(model, PredictorSettings(backend="onnxruntime", precision="fp32")), "FP32 kernels"
 
 
-def test_serving_refuses_8_bit_weights_gated_on_another_cpu_class(ort_int8_model: tuple[int, Path], tmp_path: Path) -> None:
+def test_serving_refuses_8_bit_weights_gated_on_another_cpu_class(
+    ort_int8_model: tuple[int, Path], tmp_path: Path
+) -> None:
     bits, model_dir = ort_int8_model
     here = this_cpu().level
     warm_up(model_dir, INT8_ORT, tmp_path / "cache", measured_on=here).predictor.close()  # gated here: served
@@ -73,4 +76,4 @@ def test_serve_exits_with_the_mismatch_as_its_last_line(ort_int8_model: tuple[in
                           "--measured-on-isa", other_class_level())  # fmt: skip
     assert server.process.wait(timeout=120) != 0
     last = server.log().strip().splitlines()[-1]
-    assert "the accuracy gate measured this INT8 model on a" in last and "nodeSelector" in last, last
+    assert "the accuracy gate measured this INT8 model on an" in last and "nodeSelector" in last, last

@@ -96,7 +96,8 @@ def test_cpu_int8_is_onnxruntime_quantization_gated_on_onnxruntime(
     cpu = this_cpu()
     assert result["measuredOn"] == {"device": "cpu", "product": cpu.product, "isaLevel": cpu.level}
     assert result["model"]["quantized"] is True and result["model"]["isaPortable"] is True
-    assert JobSummary.model_validate_json(termination_summary(result)).measured_on.isa_level == cpu.level  # type: ignore[union-attr]
+    measured_on = JobSummary.model_validate_json(termination_summary(result)).measured_on
+    assert measured_on is not None and measured_on.isa_level == cpu.level
     final = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl")).final
     model = ModelFiles.locate(final / "model")
     assert model.onnx_int8 is not None and model.is_quantized_for("onnxruntime") and not model.is_quantized()

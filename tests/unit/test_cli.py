@@ -75,7 +75,9 @@ def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_development_tools_say_where_they_live(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setitem(sys.modules, "rtdetr_edge.dev", None)  # as in the images: the package is absent
-    for argv in (["demo", "--no-serve"], ["tiny-model", "x"], ["bench"], ["make-dataset", "x"], ["train-tiny", "x"]):
+    tools = (["demo", "--no-serve"], ["tiny-model", "x"], ["bench"], ["bench-cpu"], ["make-dataset", "x"],
+             ["train-tiny", "x"])
+    for argv in tools:
         assert cli.main(argv) == 2, argv
         assert "error: this is a development tool, not part of this image" in capsys.readouterr().err
 

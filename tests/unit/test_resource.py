@@ -132,7 +132,8 @@ def test_the_onnxruntime_recipe_is_in_the_plan_and_its_digest(monkeypatch: pytes
     assert recipe is not None and recipe.weight_bits == 7 and recipe.op_types == ["Conv", "MatMul"]
     assert pipeline_plan(parse_resource(base()).spec).quantization.onnxruntime is None, "GPU: PaddleSlim's model"
     # An earlier release's recipe (8-bit weights) gives another digest.
-    monkeypatch.setattr(OnnxRuntimeInt8, "for_paddle_ops", classmethod(lambda cls, ops: recipe.model_copy(update={"weight_bits": 8})))
+    eight_bit = recipe.model_copy(update={"weight_bits": 8})
+    monkeypatch.setattr(OnnxRuntimeInt8, "for_paddle_ops", classmethod(lambda cls, ops: eight_bit))
     assert pipeline_plan(cpu).quantization.onnxruntime.weight_bits == 8  # type: ignore[union-attr]
     assert pipeline_plan(cpu).pipeline_digest != plan.pipeline_digest
 

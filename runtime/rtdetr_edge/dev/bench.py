@@ -41,7 +41,8 @@ def cpu_description(cpuinfo: str) -> str:
     decide oneDNN's and ONNX Runtime's kernels (INT8: VNNI/AMX), printed beside every table (pure)."""
     cpu = parse_cpuinfo(cpuinfo)
     flags = " ".join(cpu.isa_flags()) or "none of " + " ".join(ISA_FLAGS)
-    return f"{cpu.product}, {os.cpu_count()} CPUs, ISA level {cpu.level} (INT8 {int8_arithmetic(cpu.level)}); flags: {flags}"
+    level = f"ISA level {cpu.level} (INT8 {int8_arithmetic(cpu.level)})"
+    return f"{cpu.product}, {os.cpu_count()} CPUs, {level}; flags: {flags}"
 
 
 def spread(values: list[float]) -> str:
