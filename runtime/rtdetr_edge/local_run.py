@@ -82,7 +82,7 @@ def summary_table(model: RTDETRModel, result: dict[str, Any], reused: bool, endp
     lines = [f"{model.namespace}/{model.name}: pipeline {result['pipelineDigest'][7:19]} {how}, "
              f"{candidate['images']} validation images, measured on {measured_where(result['measuredOn'])}"]
     for name, left, right in rows:
-        lines.append(f"  {name:<22} {left:>16} {right:>18}")
+        lines.append(f"  {name:<16} {left:>20} {right:>20}")
     verdict = "PASSED" if gate["passed"] else "FAILED"
     lines.append(f"  accuracy gate {verdict}: {gate['message']}")
     if simulated:

@@ -101,3 +101,31 @@ def test_run_serves_the_quantized_model(
         process.send_signal(signal.SIGTERM)
         process.wait(60)
     assert process.returncode == 0
+
+
+def pipeline_result(backend: str, fp32_ms: float, int8_ms: float) -> dict[str, object]:
+    evaluation = {"map": 44.0, "map50": 59.0, "images": 64, "device": "cpu", "backend": backend}
+    return {
+        "pipelineDigest": "sha256:" + "a" * 64, "timingsSeconds": {"total": 30.0}, "gate": {"passed": True, "message": "ok"},
+        "source": {"sizeBytes": 1_000_000}, "model": {"sizeBytes": 2_000_000}, "quantize": {"output_bytes": 300_000},
+        "measuredOn": {"device": "cpu", "product": "AMD EPYC", "isaLevel": "avx2"},
+        "baseline": {**evaluation, "precision": "fp32", "latency_ms": fp32_ms},
+        "candidate": {**evaluation, "precision": "int8", "latency_ms": int8_ms},
+    }  # fmt: skip
+
+
+def test_the_summary_never_prints_a_simulated_int8_latency_as_a_speed(shapes_model: Path, shapes_dataset: Path,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    """PaddleSlim's model on a CPU runs its QDQ graph in FP32 kernels (accuracy for TensorRT): its
+    latency is not INT8's. ONNX Runtime's INT8 is the CPU serving path: its latency is real, and the
+    size is the file it loads. Every table says which CPU measured it."""
+    from rtdetr_edge.local_run import summary_table
+    from rtdetr_edge.resource import parse_resource
+
+    model = parse_resource(resource(shapes_model, shapes_dataset, tmp_path))
+    tensorrt = summary_table(model, pipeline_result("paddle", 17.1, 105.4), reused=False, endpoint=None)
+    assert "105.4" not in tensorrt and "(GPU: TensorRT)" in tensorrt and "INT8 (for TensorRT)" in tensorrt
+    assert "measured on cpu AMD EPYC, ISA avx2" in tensorrt
+    cpu = summary_table(model, pipeline_result("onnxruntime", 5.8, 11.2), reused=False, endpoint=None)
+    assert "11.2 ms" in cpu and "0.30 MB" in cpu and "INT8 is slower than FP32 here" in cpu
+    assert "slower" not in summary_table(model, pipeline_result("onnxruntime", 375.0, 241.0), reused=False, endpoint=None)

@@ -38,7 +38,7 @@ Runner = Callable[[Feed], list[np.ndarray]]
 
 RECIPE_7_BIT = "onnxruntime int8, 7-bit weights (shipped)"
 RECIPE_8_BIT = "onnxruntime int8, 8-bit weights"
-EXACT_8_BIT = "onnxruntime int8, 8-bit weights, exact arithmetic (VNNI's numbers)"
+EXACT = ", exact arithmetic (VNNI's numbers)"
 
 
 @dataclass(frozen=True)
@@ -201,8 +201,9 @@ def accuracy_table(options: CpuBenchOptions, cpu: str) -> str:
     runners: dict[str, Runner] = {
         "onnxruntime fp32": onnxruntime_runner(models.fp32, threads),
         RECIPE_7_BIT: onnxruntime_runner(models.int8_7_bit, threads),
+        RECIPE_7_BIT + EXACT: onnxruntime_runner(models.int8_7_bit, threads, optimized=False),
         RECIPE_8_BIT: onnxruntime_runner(models.int8_8_bit, threads),
-        EXACT_8_BIT: onnxruntime_runner(models.int8_8_bit, threads, optimized=False),
+        RECIPE_8_BIT + EXACT: onnxruntime_runner(models.int8_8_bit, threads, optimized=False),
     }
     if openvino_available():
         feeds = [stack_batch([read_image(p)]).as_feed() for p in calibration]
