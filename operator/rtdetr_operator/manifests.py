@@ -291,6 +291,13 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
     return build_job(body, model, quantize_job_name(model.name, digest), digest, labels, spec, settings)
 
 
+def isa_bound_level(served: dict[str, Any]) -> str | None:
+    """The ISA level a served model's numbers are bound to (its gate's), or None when the model is
+    portable across levels or its Job recorded none."""
+    level = (served.get("measuredOn") or {}).get("isaLevel")
+    return str(level) if level and served["model"].get("isaPortable") is False else None
+
+
 def build_runtime_deployment(
     body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings, served: dict[str, Any]
 ) -> dict[str, Any]:
@@ -306,8 +313,8 @@ def build_runtime_deployment(
     # that is not portable across ISA levels only goes to nodes of its gate's INT8 arithmetic.
     measured_on_isa = (served.get("measuredOn") or {}).get("isaLevel") if serving.device == "cpu" else None
     isa_args = ["--measured-on-isa", measured_on_isa] if measured_on_isa else []
-    portable = served["model"].get("isaPortable") is not False
-    affinity = node_affinity_for(measured_on_isa) if measured_on_isa and not portable else None
+    bound_to = isa_bound_level(served) if serving.device == "cpu" else None
+    affinity = node_affinity_for(bound_to) if bound_to else None
     placement = {"affinity": affinity} if affinity else {}
     claim = parse_uri(model_uri).claim  # serving needs only the artifacts claim, read-only
     volumes = [

@@ -33,6 +33,7 @@ from rtdetr_operator.manifests import (
     build_runtime_deployment,
     build_service,
     endpoint,
+    isa_bound_level,
 )
 from rtdetr_operator.names import pipeline_configmap_name
 from rtdetr_operator.settings import OperatorSettings, host_path_problem
@@ -173,8 +174,8 @@ def runtime_spec_hash(deployment: dict[str, Any]) -> str:
 def isa_placement_hint(served: dict[str, Any]) -> str:
     """Why an unschedulable serving pod may be waiting for a CPU kind (manifests place a model that
     is not ISA-portable by Node Feature Discovery's labels), or ""."""
-    level = (served.get("measuredOn") or {}).get("isaLevel")
-    if served["model"].get("isaPortable") is not False or not level:
+    level = isa_bound_level(served)
+    if level is None:
         return ""
     return (
         f"this model's INT8 numbers hold only on {level}-class CPUs, found by Node Feature Discovery's "
@@ -372,7 +373,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
                                      "; ".join(p for p in (deployment.stalled_message, deployment.pod_problem) if p)))  # fmt: skip
         elif deployment is not None and deployment.pod_problem_reason:
             phase = "Deploying"
-            hint = isa_placement_hint(serve) if deployment.pod_problem_reason == "Unschedulable" else ""
+            hint = isa_placement_hint(served) if deployment.pod_problem_reason == "Unschedulable" else ""
             updates.append(Condition("Ready", "False", deployment.pod_problem_reason,
                                      "; ".join(p for p in (f"serving {deployment.pod_problem_message}", hint) if p)))  # fmt: skip
         else:

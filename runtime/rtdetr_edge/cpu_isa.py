@@ -56,7 +56,7 @@ def isa_level(flags: set[str] | frozenset[str]) -> IsaLevel:
     return "unknown"
 
 
-def int8_arithmetic(level: IsaLevel) -> Int8Arithmetic:
+def int8_arithmetic(level: str) -> Int8Arithmetic:
     if level in ("amx", "avx512-vnni", "avx-vnni"):
         return "exact"
     if level in ("avx512", "avx2"):
@@ -82,7 +82,7 @@ def isa_mismatch(portable: bool, measured_on: IsaLevel | None, here: IsaLevel) -
     )
 
 
-def node_affinity_for(measured_on: IsaLevel) -> dict[str, Any] | None:
+def node_affinity_for(measured_on: str) -> dict[str, Any] | None:
     """A required node affinity to nodes whose INT8 arithmetic is that of ``measured_on``, by Node
     Feature Discovery's labels (None: no label tells it). For models that are not portable; a
     cluster without NFD has no such labels, so the pods stay Pending and say why."""

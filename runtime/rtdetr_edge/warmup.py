@@ -1,5 +1,7 @@
 """Warm-up: the manual "run it twice" flow, made safe to repeat and to run concurrently.
 
+0. Numerics: a CPU INT8 model whose numbers differ on this CPU from what its accuracy gate
+   measured (8-bit ONNX Runtime weights, gated with VNNI, served without) is refused.
 1. Shape ranges (TensorRT only; CPU predictors skip this step): reuse
    ``shapes/<model>-b<max>.pbtxt`` or the pipeline's seed if it covers every batch
    size, else collect it on the serving device (under a per-model lock) and publish atomically.
@@ -7,8 +9,6 @@
    precision, max batch, device identity, versions). A verified entry is loaded;
    a missing or corrupt one is built in a staging directory under the key's lock
    and published by rename, so two processes on one node never build twice.
-0. Numerics: a CPU INT8 model whose numbers differ on this CPU from what its accuracy gate
-   measured (8-bit ONNX Runtime weights, gated with VNNI, served without) is refused.
 3. Self-test: batch 1 and the max batch must give well-formed outputs.
 Only then is the predictor handed to the caller (the server reports ready).
 """
@@ -144,7 +144,7 @@ def check_cpu_numerics(model: ModelFiles, settings: PredictorSettings, measured_
     problem = isa_mismatch(cpu_numerics_portable(model, settings), measured_on, here)
     if problem:
         raise CpuIsaMismatchError(problem)
-    log.info("CPU %s: INT8 numerics as measured by the gate (%s)", here, measured_on)
+    log.info("CPU %s computes the numbers the gate measured on %s", here, measured_on)
 
 
 def warm_up(
