@@ -138,10 +138,16 @@ def cpu_numerics_portable(model: ModelFiles, settings: PredictorSettings) -> boo
 def check_cpu_numerics(model: ModelFiles, settings: PredictorSettings, measured_on: IsaLevel | None) -> None:
     """Refuse to serve an INT8 model whose numbers differ on this CPU from those its gate measured
     on ``measured_on`` (:func:`rtdetr_edge.cpu_isa.isa_mismatch`)."""
-    if measured_on is None or settings.device != "cpu":
+    if settings.device != "cpu":
+        return
+    portable = cpu_numerics_portable(model, settings)
+    if measured_on is None:
+        if not portable:
+            log.warning("this INT8 model's numbers depend on the CPU (8-bit weights) and where its gate ran is "
+                        "unknown: pass --measured-on-isa, or re-quantize it with this release (7-bit weights)")  # fmt: skip
         return
     here = this_cpu().level
-    problem = isa_mismatch(cpu_numerics_portable(model, settings), measured_on, here)
+    problem = isa_mismatch(portable, measured_on, here)
     if problem:
         raise CpuIsaMismatchError(problem)
     log.info("CPU %s computes the numbers the gate measured on %s", here, measured_on)
