@@ -48,8 +48,10 @@ def cuda_available() -> bool:
     return bool(paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0)
 
 
-def measured_where(measured_on: dict[str, Any]) -> str:
-    """``cpu AMD EPYC, ISA avx2`` / ``gpu Tesla T4``: where the gate's numbers come from."""
+def measured_where(result: dict[str, Any]) -> str:
+    """``cpu AMD EPYC, ISA avx2`` / ``gpu Tesla T4``: where the gate's numbers come from (a result
+    of an earlier release recorded only the device)."""
+    measured_on = result.get("measuredOn") or {"device": result.get("device", "?"), "product": "(CPU not recorded)"}
     where = f"{measured_on['device']} {measured_on['product']}"
     return where + (f", ISA {measured_on['isaLevel']}" if measured_on.get("isaLevel") else "")
 
@@ -80,7 +82,7 @@ def summary_table(model: RTDETRModel, result: dict[str, Any], reused: bool, endp
     ]
     how = "reused (inputs unchanged)" if reused else f"ran in {result['timingsSeconds']['total']:.0f} s"
     lines = [f"{model.namespace}/{model.name}: pipeline {result['pipelineDigest'][7:19]} {how}, "
-             f"{candidate['images']} validation images, measured on {measured_where(result['measuredOn'])}"]
+             f"{candidate['images']} validation images, measured on {measured_where(result)}"]
     for name, left, right in rows:
         lines.append(f"  {name:<16} {left:>20} {right:>20}")
     verdict = "PASSED" if gate["passed"] else "FAILED"

@@ -227,7 +227,9 @@ def pipeline_plan(spec: RTDETRModelSpec) -> PipelinePlan:
         "arch": spec.arch,
         "source": {**spec.source.model_dump(), "sha256": spec.source.sha256 or ""},
         "dataset": spec.dataset.model_dump(),
-        "quantization": quantization.model_dump(),
+        # exclude_none: a field added to the plan moves no digest of a resource that does not use it
+        # (a moved digest re-runs hours of quantization for every user after an upgrade).
+        "quantization": quantization.model_dump(exclude_none=True),
         "tools": tools,
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))

@@ -129,3 +129,6 @@ def test_the_summary_never_prints_a_simulated_int8_latency_as_a_speed(shapes_mod
     cpu = summary_table(model, pipeline_result("onnxruntime", 5.8, 11.2), reused=False, endpoint=None)
     assert "11.2 ms" in cpu and "0.30 MB" in cpu and "INT8 is slower than FP32 here" in cpu
     assert "slower" not in summary_table(model, pipeline_result("onnxruntime", 375.0, 241.0), reused=False, endpoint=None)
+    earlier = {key: value for key, value in pipeline_result("paddle", 17.1, 105.4).items() if key != "measuredOn"}
+    earlier["device"] = "cpu"  # what the previous release recorded; its results are reused as they are
+    assert "measured on cpu (CPU not recorded)" in summary_table(model, earlier, reused=True, endpoint=None)
