@@ -35,8 +35,11 @@ ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "a
 # Node Feature Discovery's labels (feature.node.kubernetes.io/cpu-cpuid.<FLAG>=true) for the flags
 # that make INT8 arithmetic exact; a node labelled with any of them adds products exactly.
 NFD_PREFIX = "feature.node.kubernetes.io/cpu-cpuid."
-MISMATCH_MESSAGE_LIMIT = 390
 EXACT_INT8_NFD_FLAGS = ("AVX512VNNI", "AVXVNNI", "AMXINT8")
+
+MISMATCH_MESSAGE_LIMIT = 390
+"""Characters of :func:`isa_mismatch`'s message: a crashed pod's status keeps the last 400 of its
+last lines (rtdetr_operator.pod_status), and the message is the last one."""
 
 
 def isa_level(flags: set[str] | frozenset[str]) -> IsaLevel:
