@@ -78,14 +78,18 @@ def _quantities(resources: dict[str, Any]) -> dict[str, Any]:
 
 
 GPU_RESOURCE = "nvidia.com/gpu"
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"  # the device plugin's "mixed" MIG strategy: nvidia.com/mig-<profile>
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
 
 def device_resources(resources: dict[str, Any], device: str) -> dict[str, Any]:
-    """The container's resources: on ``gpu`` one GPU unless the spec names a count itself
-    (without it the NVIDIA device plugin gives the pod no GPU and Paddle finds no CUDA device)."""
+    """The container's resources: on ``gpu`` one GPU unless the spec names GPUs itself, a count of
+    ``nvidia.com/gpu`` or a MIG slice (``nvidia.com/mig-1g.10gb``: adding a whole GPU beside it would
+    ask the node for both). Without any the NVIDIA device plugin gives the pod no GPU and Paddle
+    finds no CUDA device."""
     result = _quantities(resources)
-    if device == "gpu" and not any(GPU_RESOURCE in result.get(section, {}) for section in ("limits", "requests")):
+    named = {name for section in ("limits", "requests") for name in result.get(section, {})}
+    if device == "gpu" and not any(name == GPU_RESOURCE or name.startswith(MIG_RESOURCE_PREFIX) for name in named):
         result.setdefault("limits", {})[GPU_RESOURCE] = "1"
     return result
 

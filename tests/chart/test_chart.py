@@ -251,3 +251,23 @@ def test_security_scan_has_no_unexplained_findings(tmp_path: Path) -> None:
     assert not failed, "unexplained findings (fix them or explain them in charts/rtdetr-edge/.checkov.yaml):\n" + "\n".join(failed)
 
 
+
+
+@pytest.mark.parametrize(
+    ("crds", "says", "never"),
+    [
+        ({"enabled": True, "keep": True}, "installed and upgraded with this chart", "yourself"),
+        ({"enabled": False, "keep": False}, "apply crds/rtdetrmodels.rtdetr.io.yaml yourself", "Uninstalling keeps"),
+    ],
+)
+def test_install_notes_tell_what_the_chart_does_with_the_crd(crds: dict[str, bool], says: str, never: str) -> None:
+    """The notes `helm install` prints, rendered by helm itself: what happens to the CRD follows the
+    values, and the first model's namespace is created before the model is applied into it."""
+    result = subprocess.run(
+        [helm(), "install", "rtdetr", str(CHART), "--dry-run=client", "--namespace", "rtdetr-system", "--values", "-"],
+        input=json.dumps({"crds": crds}), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert says in notes and never not in notes, notes
+    assert notes.index("kubectl create namespace vision") < notes.index("kubectl apply -f configs/samples/rtdetr-r50.yaml")

@@ -188,6 +188,11 @@ def test_device_defaults_run_as_shipped() -> None:
     assert pod["containers"][0]["resources"] == {"requests": {"nvidia.com/gpu": "2"}}, "the spec's own count wins"
     assert pod["tolerations"] == two["spec"]["serving"]["tolerations"]
 
+    mig = copy.deepcopy(bare)
+    mig["spec"]["serving"]["resources"] = {"limits": {"nvidia.com/mig-1g.10gb": 1}}
+    pod = build_runtime_deployment(mig, parse_resource(mig), OperatorSettings(), served)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"] == {"limits": {"nvidia.com/mig-1g.10gb": "1"}}, "a MIG slice is the GPU"
+
     cpu = body_of("rtdetr-r18-cpu.yaml")
     cpu_model = parse_resource(cpu)
     for pod in (build_quantize_job(cpu, cpu_model, digest, OperatorSettings())["spec"]["template"]["spec"],
