@@ -43,7 +43,7 @@ class OnnxRuntimeInt8(PlanModel):
     model. ``weightBits`` 7 (ORT's reduce_range) keeps every weight within ±64 so no CPU saturates
     (:mod:`rtdetr_edge.cpu_isa`): measured on the shapes model (320 validation images, FP32 41.63),
     8-bit weights give 38.70 on AVX2 and 41.06 with VNNI's exact arithmetic; 7-bit weights 40.98
-    on AVX2 and 41.05 exact, at the same speed (RT-DETR-R18 on AVX2: 262 vs 271 ms)."""
+    on AVX2 and 41.05 exact, at the same speed (RT-DETR-R18 on AVX2: 242 vs 241 ms, `make bench-cpu`)."""
 
     format: Literal["QDQ"] = "QDQ"
     calibration: Literal["percentile", "minmax"] = "percentile"
