@@ -20,7 +20,7 @@ from typing import Any, get_args
 import click
 
 from rtdetr_edge import __version__
-from rtdetr_edge.api.spec import ARCHES
+from rtdetr_edge.api.spec import ARCHES, DEFAULT_MAX_BATCH_SIZE, MAX_BATCH_SIZE_LIMIT
 from rtdetr_edge.cpu_isa import IsaLevel
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.model_files import ModelFiles
@@ -73,7 +73,7 @@ PREDICTOR = options(
         help="auto: paddle (TensorRT) on GPU; on CPU onnxruntime (the faster CPU runtime), except an INT8 "
         "model without model.int8.onnx, which only Paddle runs",
     ),
-    option("--max-batch-size", env=True, type=click.IntRange(1, 64), default=4),
+    option("--max-batch-size", env=True, type=click.IntRange(1, MAX_BATCH_SIZE_LIMIT), default=DEFAULT_MAX_BATCH_SIZE),
     option("--cpu-threads", env=True, type=click.IntRange(1), default=2),
     option("--gpu-device-id", env=True, type=click.IntRange(0), default=0),
     option(
@@ -425,7 +425,7 @@ def demo(work_dir: Path, host: str, port: int, no_serve: bool) -> int:
 @click.argument("images", nargs=-1, type=EXISTING_FILE)
 @option("--model", type=EXISTING_DIR, default=None, help="an RT-DETR export (default: the tiny model)")
 @option("--cpu-threads", type=click.IntRange(1), default=2)
-@option("--max-batch-size", type=click.IntRange(1, 64), default=4)
+@option("--max-batch-size", type=click.IntRange(1, MAX_BATCH_SIZE_LIMIT), default=DEFAULT_MAX_BATCH_SIZE)
 @option("--requests", type=click.IntRange(1), default=200, help="requests per HTTP measurement")
 @option("--concurrency", type=click.IntRange(1), multiple=True, default=(1, 4, 8), help="repeatable")
 @option("--work-dir", type=PATH, default=Path(".rtdetr-edge/bench"))

@@ -81,6 +81,12 @@ class EngineEntry:
     manifest: dict[str, object]
 
 
+def shape_file_name(model_digest: str, max_batch_size: int) -> str:
+    """The shape-range file of a model for batch 1..``max_batch_size`` (in the cache, and in the
+    quantize Job's artifacts)."""
+    return f"{digest_hex(model_digest)}-b{max_batch_size}.pbtxt"
+
+
 class EngineCache:
     """Filesystem adapter for the cache layout above."""
 
@@ -93,7 +99,7 @@ class EngineCache:
             directory.mkdir(parents=True, exist_ok=True)
 
     def shape_file(self, model_digest: str, max_batch_size: int) -> Path:
-        return self.shapes_dir / f"{digest_hex(model_digest)}-b{max_batch_size}.pbtxt"
+        return self.shapes_dir / shape_file_name(model_digest, max_batch_size)
 
     def lock(self, name: str) -> FileLock:
         """A cross-process lock; holding it for ``name`` means "I am the only builder"."""

@@ -28,6 +28,7 @@ from filelock import FileLock
 from rtdetr_edge.coco import class_to_category_ids, list_images, load_ground_truth
 from rtdetr_edge.cpu_isa import this_cpu
 from rtdetr_edge.device_identity import detect_device_identity
+from rtdetr_edge.engine_cache import shape_file_name
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.files import write_text_atomic
 from rtdetr_edge.gate import accuracy_gate
@@ -351,7 +352,7 @@ def _run_stages(
         # quantization, so serving pods never collect on first start. CPU predictors use none.
         phases.update(4, phase="shape-range collection")
         mark = time.perf_counter()
-        shape_name = f"{candidate_digest.split(':', 1)[1]}-b{spec.serving.max_batch_size}.pbtxt"
+        shape_name = shape_file_name(candidate_digest, spec.serving.max_batch_size)
         (staging / SHAPES_SUBDIR).mkdir()
         shape_ranges = collect_shape_ranges(
             candidate_files, PredictorSettings(device="cpu", max_batch_size=spec.serving.max_batch_size),

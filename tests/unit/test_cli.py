@@ -121,3 +121,23 @@ def test_gpu_on_a_cpu_install_fails_before_paddle_loads(tmp_path: Path, capsys: 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: --device gpu needs the CUDA build of Paddle")
+
+
+def test_max_batch_size_has_one_bound_and_default_everywhere() -> None:
+    """The CLI, the predictor settings and the CRD take their bound and default from the API."""
+    import yaml
+
+    from rtdetr_edge.api.spec import DEFAULT_MAX_BATCH_SIZE, MAX_BATCH_SIZE_LIMIT
+    from rtdetr_edge.predictor.settings import PredictorSettings
+
+    for command in ("serve", "warmup", "evaluate", "bench"):
+        option = next(p for p in cli.cli.commands[command].params if p.name == "max_batch_size")
+        assert (option.type.max, option.default) == (MAX_BATCH_SIZE_LIMIT, DEFAULT_MAX_BATCH_SIZE), command
+    assert PredictorSettings().max_batch_size == DEFAULT_MAX_BATCH_SIZE
+    PredictorSettings(max_batch_size=MAX_BATCH_SIZE_LIMIT)
+    with pytest.raises(ValueError, match=f"within 1..{MAX_BATCH_SIZE_LIMIT}"):
+        PredictorSettings(max_batch_size=MAX_BATCH_SIZE_LIMIT + 1)
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "rtdetrmodels.rtdetr.io.yaml").read_text())
+    serving = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serving"]
+    field = serving["properties"]["maxBatchSize"]
+    assert (field["maximum"], field["default"]) == (MAX_BATCH_SIZE_LIMIT, DEFAULT_MAX_BATCH_SIZE)

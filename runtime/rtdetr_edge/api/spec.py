@@ -34,6 +34,9 @@ METHODS: tuple[str, ...] = get_args(Method)
 DEVICES: tuple[str, ...] = get_args(Device)
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 CPU_RUNTIMES: tuple[str, ...] = get_args(CpuRuntime)
+MAX_BATCH_SIZE_LIMIT = 64
+"""The largest serving.maxBatchSize (and --max-batch-size) accepted: engines and shape ranges cover 1..it."""
+DEFAULT_MAX_BATCH_SIZE = 4
 
 # What the API server accepts where the operator runs: models and datasets come from a mounted
 # claim or a download; `rtdetr-edge run` also takes file:// (checked in Python by parse_uri).
@@ -215,7 +218,9 @@ class ServingSpec(ApiModel):
         "ACT's QAT model, which runs slower than FP32 on CPU.",
     )
     precision: Precision = Field("int8", description="int8 serves the quantized model; fp16/fp32 the FP32 one.")
-    max_batch_size: int = Field(4, ge=1, le=64, description="Largest batch a pod forms (and its engines cover).")
+    max_batch_size: int = Field(
+        DEFAULT_MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE_LIMIT, description="Largest batch a pod forms (and its engines cover)."
+    )
     batch_window_micros: int = Field(2000, ge=0, le=1_000_000, description="How long a pod waits to fill a batch.")
     score_threshold: float = Field(0.5, ge=0, le=1, description="Detections below this score are dropped.")
     engine_cache: EngineCacheSpec | None = None

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from rtdetr_edge.api.spec import CPU_RUNTIMES, DEVICES, PRECISIONS, CpuRuntime, Device, Precision
+from rtdetr_edge.api.spec import (
+    CPU_RUNTIMES,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEVICES,
+    MAX_BATCH_SIZE_LIMIT,
+    PRECISIONS,
+    CpuRuntime,
+    Device,
+    Precision,
+)
 
 Backend = CpuRuntime
 """``paddle`` on a GPU is Paddle Inference with TensorRT; on a CPU either runs."""
@@ -23,7 +32,7 @@ class PredictorSettings:
     backend: Backend = "paddle"
     """``onnxruntime`` is CPU only: fp32 converts the Paddle export with paddle2onnx at warm-up;
     int8 runs the model's ``model.int8.onnx`` (ONNX Runtime's static QDQ quantization)."""
-    max_batch_size: int = 4
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     """Largest batch the server forms; shape ranges and TensorRT engines cover 1..this."""
     cpu_threads: int = 2
     """Math threads for oneDNN / ONNX Runtime (and for shape collection)."""
@@ -46,8 +55,8 @@ class PredictorSettings:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if not 1 <= self.max_batch_size <= 64:
-            raise ValueError(f"max_batch_size must be within 1..64, got {self.max_batch_size}")
+        if not 1 <= self.max_batch_size <= MAX_BATCH_SIZE_LIMIT:
+            raise ValueError(f"max_batch_size must be within 1..{MAX_BATCH_SIZE_LIMIT}, got {self.max_batch_size}")
         if self.cpu_int8 not in CPU_INT8_MODES:
             raise ValueError(f"cpu_int8 must be one of {CPU_INT8_MODES}, got {self.cpu_int8!r}")
         if self.cpu_threads < 1:
