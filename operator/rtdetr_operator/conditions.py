@@ -20,10 +20,13 @@ class Condition:
 def set_conditions(
     current: list[dict[str, Any]], updates: list[Condition], generation: int, now: str
 ) -> list[dict[str, Any]]:
-    """Apply ``updates`` to ``current``; unrelated condition types are kept as they are."""
+    """Apply ``updates`` to ``current``; unrelated condition types are kept as they are. A later
+    update of a type replaces an earlier one; either way its lastTransitionTime is judged against
+    ``current`` (a status that ends as it began keeps its time, whatever was decided between)."""
     by_type = {c.get("type"): dict(c) for c in current if isinstance(c, dict)}
+    original = dict(by_type)
     for update in updates:
-        previous = by_type.get(update.type)
+        previous = original.get(update.type)
         transition = now
         if previous is not None and previous.get("status") == update.status and previous.get("lastTransitionTime"):
             transition = previous["lastTransitionTime"]

@@ -24,7 +24,7 @@ from rtdetr_operator.exporter import export_job_name
 from rtdetr_operator.kube import ForeignObject, Kube
 from rtdetr_operator.manifests import ANNOTATION_PIPELINE
 from rtdetr_operator.names import COMPONENT_LABEL, INSTANCE_LABEL, MANAGED, quantize_job_name, runtime_name, selector_labels
-from rtdetr_operator.reconcile import JobObservation, Observed, PipelineJob, decide, with_apply_failures
+from rtdetr_operator.reconcile import ApplyFailure, JobObservation, Observed, PipelineJob, decide, with_apply_failures
 from rtdetr_operator.settings import OperatorSettings
 
 
@@ -127,17 +127,17 @@ class Reconciler:
             now = now_iso()
             decision = decide(body, self.settings, self.observe(body, children), now)
             namespace = body["metadata"]["namespace"]
-            failures = []
+            failures: list[ApplyFailure] = []
             for manifest in decision.ensure:
                 kind, name = manifest["kind"], manifest["metadata"]["name"]
                 try:
                     outcome = self.kube.ensure(manifest, children.live(manifest))
                 except ApiException as error:
-                    failures.append(f"{kind} {name}: {api_message(error)}")
+                    failures.append(ApplyFailure(kind, f"{kind} {name}: {api_message(error)}"))
                     logger.error("cannot apply %s %s: %s", kind, name, api_message(error))
                     continue
                 except ForeignObject as error:
-                    failures.append(str(error))
+                    failures.append(ApplyFailure(kind, str(error)))
                     logger.error("%s", error)
                     continue
                 log = logger.debug if outcome in ("unchanged", "exists") else logger.info
@@ -147,7 +147,7 @@ class Reconciler:
                     if self.kube.delete(kind, namespace, name):
                         logger.info("deleted superseded %s %s", kind, name)
                 except ApiException as error:
-                    failures.append(f"deleting {kind} {name}: {api_message(error)}")
+                    failures.append(ApplyFailure("", f"deleting {kind} {name}: {api_message(error)}"))
             decision = with_apply_failures(body, decision, failures, now)
             for event in decision.events:
                 kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])

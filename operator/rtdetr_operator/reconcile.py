@@ -123,6 +123,17 @@ class Decision:
     events: list[Event]
     pipeline_digest: str | None
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name) of superseded children
+    updates: list[Condition] = field(default_factory=list)
+    """The condition updates that made ``status``: applying a child may still fail
+    (:func:`with_apply_failures` then re-decides the conditions from the status as it was)."""
+
+
+@dataclass(frozen=True)
+class ApplyFailure:
+    """The API server refused a child: its kind and the sentence status shows."""
+
+    kind: str
+    text: str
 
 
 def superseded(model_name: str, jobs: tuple[PipelineJob, ...], keep: set[str]) -> list[tuple[str, str]]:
@@ -211,10 +222,11 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     except SpecError as error:
         message = "; ".join(error.errors[:5]) + (f" (+{len(error.errors) - 5} more)" if len(error.errors) > 5 else "")
         invalid = [Condition("Ready", "False", "InvalidSpec", message), available]
-        conditions = set_conditions(conditions_before, invalid + kstatus_conditions("Failed", invalid), generation, now)
+        invalid += kstatus_conditions("Failed", invalid)
+        conditions = set_conditions(conditions_before, invalid, generation, now)
         status = {**before, "observedGeneration": generation, "phase": "Failed", "conditions": conditions}
         status["progress"] = None
-        return Decision([], status, _events(conditions_before, conditions), None)
+        return Decision([], status, _events(conditions_before, conditions), None, updates=invalid)
 
     plan = pipeline_plan(model.spec)  # what the Job runs, computed here once
     digest = plan.pipeline_digest
@@ -405,23 +417,31 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     }
     keep = {digest} | ({str(serve["pipelineDigest"])} if serve is not None else set())
     delete = superseded(model.name, observed.pipeline_jobs, keep)
-    return Decision(ensure, status, _events(conditions_before, conditions), digest, delete)
+    return Decision(ensure, status, _events(conditions_before, conditions), digest, delete, updates)
 
 
-def with_apply_failures(body: dict[str, Any], decision: Decision, failures: list[str], now: str) -> Decision:
+def with_apply_failures(body: dict[str, Any], decision: Decision, failures: list[ApplyFailure], now: str) -> Decision:
     """The API server refused a child (quota, admission, RBAC, an invalid field): say which and
-    why in Ready (and Stalled: it needs a person), as a Warning, on top of what was decided.
-    The next resync tries again; the status clears by itself once the cause is gone."""
+    why in Ready (and Stalled: it needs a person), as a Warning, on top of what was decided; a
+    refused Job is not "created". The conditions are decided again from the status as it was, so a
+    refusal repeated at every resync leaves status as it is (no patch, no moved transition time,
+    no event). The next resync tries again; the status clears by itself once the cause is gone."""
     if not failures:
         return decision
-    message = "; ".join(failures)[:2000]
+    message = "; ".join(failure.text for failure in failures)[:2000]
+    refused_jobs = "; ".join(failure.text for failure in failures if failure.kind == "Job")[:2000]
     before = list((body.get("status") or {}).get("conditions") or [])
-    updates = [Condition("Ready", "False", "ApplyFailed", message)]
+    updates = [u for u in decision.updates if u.type not in ("Reconciling", "Stalled")]
+    if refused_jobs:
+        updates = [u for u in updates if u.reason != "JobCreated"]
+        updates.append(Condition("Quantized", "Unknown", "ApplyFailed", refused_jobs))
+    updates.append(Condition("Ready", "False", "ApplyFailed", message))
     updates += kstatus_conditions("Failed", updates)
     generation = int(body.get("metadata", {}).get("generation", 1))
-    conditions = set_conditions(list(decision.status.get("conditions") or []), updates, generation, now)
+    conditions = set_conditions(before, updates, generation, now)
     status = {**decision.status, "conditions": conditions}
-    return Decision(decision.ensure, status, _events(before, conditions), decision.pipeline_digest, decision.delete)
+    events = _events(before, conditions)
+    return Decision(decision.ensure, status, events, decision.pipeline_digest, decision.delete, updates)
 
 
 def kstatus_conditions(phase: str, updates: list[Condition]) -> list[Condition]:

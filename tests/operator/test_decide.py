@@ -314,16 +314,26 @@ def test_jobs_of_pipelines_the_spec_moved_on_from_are_deleted() -> None:
 
 
 def test_an_api_refusal_reaches_ready_and_clears_with_its_cause() -> None:
-    from rtdetr_operator.reconcile import with_apply_failures
+    from rtdetr_operator.reconcile import ApplyFailure, with_apply_failures
 
     body = r50()
     decision = decide(body, OperatorSettings(), Observed(), NOW)
-    failed = with_apply_failures(body, decision, ['Job rtdetr-r50-quantize-1: jobs.batch "x" is forbidden: exceeded quota (403)'], NOW)
+    refusal = [ApplyFailure("Job", 'Job rtdetr-r50-quantize-1: jobs.batch "x" is forbidden: exceeded quota (403)')]
+    failed = with_apply_failures(body, decision, refusal, NOW)
     ready = condition(failed.status, "Ready")
     assert ready["reason"] == "ApplyFailed" and "exceeded quota" in ready["message"]
     assert condition(failed.status, "Stalled")["status"] == "True"
     assert [(e.type, e.reason) for e in failed.events if e.reason == "ApplyFailed"] == [("Warning", "ApplyFailed")]
+    # A refused Job was not created: no condition and no event says it was.
+    assert condition(failed.status, "Quantized")["reason"] == "ApplyFailed"
+    assert not [e for e in failed.events if e.reason == "JobCreated"]
     assert with_apply_failures(body, decision, [], NOW) is decision
+
+    # The same refusal at the next resync leaves status exactly as it was: nothing to patch, no
+    # moved transition time (Stalled was True and stays True), no event.
+    again_body = {**body, "status": failed.status}
+    again = with_apply_failures(again_body, decide(again_body, OperatorSettings(), Observed(), LATER), refusal, LATER)
+    assert again.status["conditions"] == failed.status["conditions"] and again.events == []
     later = decide({**body, "status": failed.status}, OperatorSettings(), Observed(), LATER)  # the quota was raised
     assert condition(later.status, "Ready")["reason"] != "ApplyFailed"
 
@@ -404,3 +414,15 @@ def test_an_unschedulable_cpu_specific_model_says_what_it_waits_for(served: dict
     """A model that is not ISA-portable is placed by NFD labels: a cluster without them must hear why."""
     text = isa_placement_hint(served)
     assert (hint in text and "Node Feature Discovery" in text) if hint else text == ""
+
+
+def test_a_condition_that_ends_as_it_began_keeps_its_transition_time() -> None:
+    """Updates of one type applied in turn (decide's, then an API refusal's) are judged against
+    the status as it was, not against each other."""
+    from rtdetr_operator.conditions import Condition, set_conditions
+
+    before = [{"type": "Stalled", "status": "True", "reason": "ApplyFailed", "message": "m",
+               "lastTransitionTime": NOW, "observedGeneration": 1}]  # fmt: skip
+    flipped_back = set_conditions(before, [Condition("Stalled", "False", "Progressing"), Condition("Stalled", "True", "ApplyFailed", "m")], 1, LATER)
+    assert flipped_back == before
+    assert set_conditions(before, [Condition("Stalled", "False", "Progressing")], 1, LATER)[0]["lastTransitionTime"] == LATER

@@ -11,7 +11,7 @@ from typing import Any
 
 from tests.cluster.nodes import GPU_NODE, gpu_node
 
-from .conftest import CHART, Cluster, OperatorRelease, demo_namespace, load_sample
+from .conftest import CHART, RESYNC_SECONDS, Cluster, OperatorRelease, demo_namespace, load_sample
 
 R50 = "rtdetr-r50"
 STATUS_WITHIN = 60  # every fault must reach status within a minute
@@ -179,6 +179,17 @@ def test_quota_refusals_are_reported_with_the_servers_words(cluster: Cluster, op
     assert "exceeded quota: gpu-team" in refused["message"] and "count/jobs.batch" in refused["message"], refused
     assert refused["message"].startswith("Job rtdetr-r50-quantize-"), refused
     assert cluster.condition(namespace, R50, "Stalled")["status"] == "True"  # type: ignore[index]
+    # Refused at every resync, the status stays as it is: no write, no moved transition time, and
+    # nothing claims the Job was created.
+    time.sleep(RESYNC_SECONDS)  # the write that set ApplyFailed has landed
+    settled = cluster.model(namespace, R50)
+    time.sleep(3 * RESYNC_SECONDS)
+    later = cluster.model(namespace, R50)
+    assert later["metadata"]["resourceVersion"] == settled["metadata"]["resourceVersion"], (
+        settled["status"]["conditions"], later["status"]["conditions"])  # fmt: skip
+    assert cluster.condition(namespace, R50, "Quantized")["reason"] == "ApplyFailed"  # type: ignore[index]
+    created = [e for e in cluster.events(namespace) if e["reason"] == "JobCreated" and e["involvedObject"]["kind"] == "RTDETRModel"]
+    assert not created, [e["message"] for e in created]
 
     cluster.ok("PUT", f"{quota}/gpu-team", {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "gpu-team"},
                                             "spec": {"hard": {"count/jobs.batch": "5", "requests.nvidia.com/gpu": "0"}}})  # fmt: skip
