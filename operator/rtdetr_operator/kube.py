@@ -116,8 +116,10 @@ class Kube:
         cannot_create = replica_failure(deployment)
         if not problem[0] and cannot_create:
             problem = ("FailedCreate", cannot_create)
+        template = deployment["spec"].get("template") or {}
         return DeploymentObservation(
             annotations=dict(deployment["metadata"].get("annotations") or {}),
+            template_annotations=dict((template.get("metadata") or {}).get("annotations") or {}),
             replicas=replicas,
             current_replicas=int(status.get("replicas", 0)),
             generation=int(deployment["metadata"].get("generation", 0)),

@@ -396,7 +396,9 @@ def build_runtime_deployment(
             "selector": {"matchLabels": {**selector_labels(model.name), COMPONENT_LABEL: "runtime"}},
             # Never break what serves: new pods must be Ready before an old one goes.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": spec},
+            # The template's own annotations (not the Deployment's dict): what goes on the
+            # Deployment only (the operator's result and spec hash) must not restart pods.
+            "template": {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": spec},
         },
     }
 

@@ -39,7 +39,8 @@ from rtdetr_operator.names import pipeline_configmap_name
 from rtdetr_operator.settings import OperatorSettings, host_path_problem
 
 ANNOTATION_RESULT = "rtdetr.io/pipeline-result"
-ANNOTATION_SPEC_HASH = "rtdetr.io/runtime-spec-hash"
+ANNOTATION_TEMPLATE_HASH = "rtdetr.io/runtime-template-hash"
+ANNOTATION_SPEC_HASH = "rtdetr.io/runtime-spec-hash"  # 0.1.0's (see LEGACY_TEMPLATE_ANNOTATIONS)
 CAUSE_LINES = 5
 
 
@@ -74,6 +75,7 @@ class JobObservation:
 @dataclass(frozen=True)
 class DeploymentObservation:
     annotations: dict[str, str] = field(default_factory=dict)
+    template_annotations: dict[str, str] = field(default_factory=dict)  # its pod template's
     replicas: int = 0  # spec.replicas
     current_replicas: int = 0  # status.replicas: pods of every ReplicaSet, old ones included
     generation: int = 0
@@ -178,8 +180,45 @@ def cluster_problems(model: RTDETRModel, settings: OperatorSettings) -> list[str
     return problems
 
 
-def runtime_spec_hash(deployment: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(deployment["spec"], sort_keys=True).encode()).hexdigest()[:16]
+def template_hash(deployment: dict[str, Any]) -> str:
+    """What the Deployment's pods run: a change of it is a rollout, a replicas change is not."""
+    return hashlib.sha256(json.dumps(deployment["spec"]["template"], sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Release 0.1.0 hashed the whole spec (replicas included) and wrote the hash and the result on the
+# pod template too (it shared the Deployment's annotations dict): `serving.replicas` replaced pods.
+LEGACY_TEMPLATE_ANNOTATIONS = (ANNOTATION_RESULT, ANNOTATION_SPEC_HASH)
+
+
+def keep_legacy_template_annotations(desired: dict[str, Any], live: DeploymentObservation | None) -> None:
+    """A Deployment made by 0.1.0 keeps those template annotations while it serves the same
+    pipeline's model: dropping them is a template change, which would restart every serving pod
+    once on upgrade (and never finish on a node with one GPU). A new model drops them."""
+    kept = live.template_annotations if live is not None else {}
+    if kept.get(ANNOTATION_PIPELINE) != desired["metadata"]["annotations"][ANNOTATION_PIPELINE]:
+        return
+    template = desired["spec"]["template"]["metadata"]["annotations"]
+    template.update({key: kept[key] for key in LEGACY_TEMPLATE_ANNOTATIONS if key in kept})
+
+
+def _legacy_spec_hash(desired: dict[str, Any]) -> str | None:
+    """0.1.0's hash of ``desired`` (taken before its template held the hash), for a Deployment it
+    made that kept its template annotations (see above); None for any other."""
+    metadata = desired["spec"]["template"]["metadata"]
+    if ANNOTATION_SPEC_HASH not in metadata["annotations"]:
+        return None
+    annotations = {k: v for k, v in metadata["annotations"].items() if k != ANNOTATION_SPEC_HASH}
+    template = {**desired["spec"]["template"], "metadata": {**metadata, "annotations": annotations}}
+    spec = {**desired["spec"], "template": template}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def runs_template(live: DeploymentObservation, desired: dict[str, Any]) -> bool:
+    """The live Deployment's pod template is the desired one (its replicas may still differ)."""
+    if live.annotations.get(ANNOTATION_TEMPLATE_HASH) == desired["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH]:
+        return True
+    legacy = _legacy_spec_hash(desired)
+    return legacy is not None and live.annotations.get(ANNOTATION_SPEC_HASH) == legacy
 
 
 def isa_placement_hint(served: dict[str, Any]) -> str:
@@ -340,12 +379,13 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     # What the pods should serve: this spec's model once it passed its gate, else the one that
     # already serves (a running or failed candidate never takes it down).
     serve = served if served is not None else deployed
-    spec_hash = ""
+    desired: dict[str, Any] = {}
     if serve is not None:
         desired = build_runtime_deployment(body, model, settings, serve)
+        keep_legacy_template_annotations(desired, deployment)
+        # On the Deployment only (its pods need neither): what it serves, and the template it was given.
         desired["metadata"]["annotations"][ANNOTATION_RESULT] = json.dumps(serve, sort_keys=True, separators=(",", ":"))
-        spec_hash = runtime_spec_hash(desired)
-        desired["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = spec_hash
+        desired["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH] = template_hash(desired)
         # Applied at every reconcile: a new model or serving setting rolls out, drift is reverted.
         ensure += [desired, build_service(body, model, settings)]
         status_extra["served"] = serve
@@ -353,14 +393,20 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     if served is not None:
         status_extra["model"] = served["model"]
         replicas = model.spec.serving.replicas
-        # Every pod is of the current template (no old ReplicaSet's pods left): nothing to roll.
-        current = (
+        # The pods run the desired template, and no old ReplicaSet's pods are left (a replicas
+        # change is no rollout: the first reconcile after it still sees the old replicas).
+        settled = (
             deployment is not None
-            and deployment.annotations.get(ANNOTATION_SPEC_HASH) == spec_hash
+            and runs_template(deployment, desired)
+            and deployment.current_replicas == deployment.updated_replicas
+        )
+        # ... and there are as many as wanted: nothing to roll.
+        current = (
+            settled
+            and deployment is not None
             and deployment.observed_generation >= deployment.generation
             and deployment.replicas == replicas
             and deployment.updated_replicas >= replicas
-            and deployment.current_replicas == deployment.updated_replicas
         )
         # `kubectl rollout status` semantics: and every one of them is available.
         rolled_out = current and deployment is not None and deployment.available_replicas >= deployment.updated_replicas
@@ -374,7 +420,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         elif rolled_out:
             phase = "Ready"
             updates.append(Condition("Ready", "True", "Serving", serving_message))
-        elif current and was_serving and deployment is not None and deployment.available_replicas > 0:
+        elif settled and was_serving and deployment is not None and deployment.available_replicas > 0:
             # A scale-up, or a pod being replaced: the model still serves; say how many pods do.
             phase = "Ready"
             counts = f"{deployment.available_replicas}/{replicas} pods available"

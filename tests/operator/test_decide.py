@@ -5,6 +5,7 @@ would give."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from typing import Any
@@ -244,6 +245,10 @@ def test_a_scale_up_keeps_ready() -> None:
     body, observed = serving(body, available=2)
     assert observed.deployment is not None
     body["spec"]["serving"]["replicas"] = 3
+    # The reconcile the edit triggers sees the Deployment as it was (it applies the change after).
+    first = decide(body, OperatorSettings(), Observed(deployment=replace(observed.deployment, ready_replicas=2, available_replicas=2)), LATER)
+    kept, was = condition(first.status, "Ready"), condition(body["status"], "Ready")
+    assert (kept["status"], kept["reason"], kept["lastTransitionTime"]) == ("True", "Serving", was["lastTransitionTime"]), kept
     desired = next(m for m in decide(body, OperatorSettings(), Observed(deployment=observed.deployment), LATER).ensure
                    if m["kind"] == "Deployment")  # fmt: skip
     scaling = replace(observed.deployment, annotations=desired["metadata"]["annotations"], replicas=3, current_replicas=3,
@@ -254,6 +259,50 @@ def test_a_scale_up_keeps_ready() -> None:
     body["spec"]["serving"]["scoreThreshold"] = 0.3
     rolling = replace(scaling, current_replicas=4, updated_replicas=1, available_replicas=3)
     assert condition(decide(body, OperatorSettings(), Observed(deployment=rolling), LATER).status, "Ready")["reason"] == "RollingOut"
+
+
+def _runtime(decision: Decision) -> dict[str, Any]:
+    return next(m for m in decision.ensure if m["kind"] == "Deployment")
+
+
+def test_a_replicas_change_leaves_the_pod_template_as_it_is() -> None:
+    """A new pod template is a new ReplicaSet that replaces every serving pod: scaling must not
+    make one (the operator's result and spec hash live on the Deployment, not its pods)."""
+    body, observed = serving(r50(), available=2)
+    before = _runtime(decide(body, OperatorSettings(), observed, LATER))
+    body["spec"]["serving"]["replicas"] = 5
+    after = _runtime(decide(body, OperatorSettings(), observed, LATER))
+    assert after["spec"]["replicas"] == 5
+    assert after["spec"]["template"] == before["spec"]["template"]
+    assert after["metadata"]["annotations"]["rtdetr.io/runtime-template-hash"] == before["metadata"]["annotations"]["rtdetr.io/runtime-template-hash"]
+    assert set(after["spec"]["template"]["metadata"]["annotations"]) == {"rtdetr.io/pipeline-digest", "rtdetr.io/model-digest"}
+
+
+def test_a_deployment_made_by_0_1_0_is_not_restarted_by_the_upgrade() -> None:
+    """0.1.0 wrote its result and spec hash on the pod template too: the upgraded operator keeps
+    them there while the same model serves (dropping them would replace every pod once), reads
+    the Deployment as current (Ready stays, no event), and lets a new model drop them."""
+    from rtdetr_operator.reconcile import ANNOTATION_RESULT, ANNOTATION_SPEC_HASH, ANNOTATION_TEMPLATE_HASH
+
+    body, observed = serving(r50(), available=2)
+    assert observed.deployment is not None
+    new = _runtime(decide(body, OperatorSettings(), observed, LATER))
+    old = json.loads(json.dumps(new))  # as 0.1.0 made it: one annotations dict, the whole spec hashed
+    old["metadata"]["annotations"].pop(ANNOTATION_TEMPLATE_HASH)
+    old["spec"]["template"]["metadata"]["annotations"] = old["metadata"]["annotations"]
+    old_hash = hashlib.sha256(json.dumps(old["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    old["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = old_hash
+    live = replace(observed.deployment, annotations=old["metadata"]["annotations"], template_annotations=old["metadata"]["annotations"],
+                   ready_replicas=2, available_replicas=2)  # fmt: skip
+    upgraded = decide(body, OperatorSettings(), Observed(deployment=live), LATER)
+    template = _runtime(upgraded)["spec"]["template"]["metadata"]["annotations"]
+    assert template[ANNOTATION_SPEC_HASH] == old_hash and ANNOTATION_RESULT in template, "kept: no pod restarts"
+    assert condition(upgraded.status, "Ready") == condition(body["status"], "Ready") and upgraded.events == []
+
+    body["spec"]["quantization"]["maxMapDrop"] = 0.7  # a new pipeline: its model rolls out anyway
+    passed = JobObservation(succeeded=True, termination_message=summary(digest_of(body)))
+    swapped = decide(body, OperatorSettings(), Observed(quantize_job=passed, deployment=live), LATER)
+    assert ANNOTATION_SPEC_HASH not in _runtime(swapped)["spec"]["template"]["metadata"]["annotations"]
 
 
 @pytest.mark.parametrize(

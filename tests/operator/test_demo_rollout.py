@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -163,6 +164,38 @@ def test_serving_only_edit_rolls_out_without_quantizing(demo: Demo) -> None:
     cluster.wait(lambda: cluster.model(namespace, NAME)["status"].get("observedGeneration") == generation
                  and cluster.condition(namespace, NAME, "Ready")["status"] == "True", 180, "Ready on the new generation")  # type: ignore[index]  # fmt: skip
     assert [j["metadata"]["name"] for j in cluster.jobs(namespace)] == jobs_before, "a serving-only edit never quantizes"
+
+
+def _ready(pod: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions") or [])
+
+
+def test_a_replicas_change_adds_pods_and_replaces_none(demo: Demo) -> None:
+    """The user guide's promise: scaling through the resource keeps every running pod (no new
+    ReplicaSet) and Ready=True throughout, up and down."""
+    cluster, namespace = demo.cluster, demo.namespace
+    runtime = "app.kubernetes.io/component=runtime"
+    (first,) = cluster.wait(lambda: (pods := cluster.pods(namespace, runtime)) and len(pods) == 1 and _ready(pods[0]) and pods,
+                            120, "one ready serving pod")  # fmt: skip
+    ready_seen: list[str] = []
+
+    def scaled_to(count: int) -> bool:
+        ready = cluster.condition(namespace, NAME, "Ready") or {}
+        ready_seen.append(f"{ready.get('status')} {ready.get('reason')}: {ready.get('message')}")
+        pods = cluster.pods(namespace, runtime)
+        return len(pods) == count and all(_ready(p) for p in pods) and cluster.model(namespace, NAME)["status"]["serving"]["readyReplicas"] == count
+
+    events_before = {e["metadata"]["name"] for e in cluster.events(namespace)}
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"replicas": 2}}})
+    cluster.wait(lambda: scaled_to(2), 180, "two ready serving pods")
+    pods = cluster.pods(namespace, runtime)
+    assert first["metadata"]["uid"] in {p["metadata"]["uid"] for p in pods}, "the running pod was replaced"
+    assert len({p["metadata"]["labels"]["pod-template-hash"] for p in pods}) == 1, "a scale-up made a new ReplicaSet"
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"replicas": 1}}})
+    cluster.wait(lambda: scaled_to(1), 120, "back to one serving pod")
+    assert all(seen.startswith("True ") for seen in ready_seen), f"Ready left True while scaling: {ready_seen}"
+    rolling = [e["message"] for e in cluster.events(namespace) if e["reason"] == "RollingOut" and e["metadata"]["name"] not in events_before]
+    assert not rolling, f"scaling was announced as a rollout: {rolling}"
 
 
 def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
