@@ -16,7 +16,8 @@ from rtdetr_operator.manifests import (
     build_job,
     device_env,
     device_resources,
-    device_tolerations,
+    job_pod_selector,
+    placement_fields,
     pod_spec,
     pvc_path,
 )
@@ -78,9 +79,6 @@ def build_export_job(body: dict[str, Any], model: RTDETRModel, digest: str, sett
         "securityContext": _security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pod = pod_spec(
-        [container], volumes, settings, settings.job_service_account,
-        spec.compression.node_selector, device_tolerations(spec.compression.tolerations, spec.serving.device),
-        restartPolicy="Never",
-    )  # fmt: skip
+    placement = placement_fields(spec.compression, spec.serving.device, job_pod_selector(model.name, "export"))
+    pod = pod_spec([container], volumes, settings, settings.job_service_account, placement, restartPolicy="Never")
     return build_job(body, model, export_job_name(model.name, digest), digest, labels, pod, settings)

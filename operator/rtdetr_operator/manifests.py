@@ -6,12 +6,14 @@ Every manifest passes ``kubernetes-validate --strict`` for Kubernetes 1.28 and 1
 
 from __future__ import annotations
 
+import copy
 import posixpath
 from typing import Any
 
 import yaml
 
 from rtdetr_edge.api.job import PipelinePlan
+from rtdetr_edge.api.spec import PodPlacement
 from rtdetr_edge.cpu_isa import node_affinity_for
 from rtdetr_edge.resource import RTDETRModel, serving_backend
 from rtdetr_edge.storage import parse_uri
@@ -172,16 +174,58 @@ def _engine_cache_owner(image: str, settings: OperatorSettings) -> dict[str, Any
     }
 
 
+def require_nodes(affinity: dict[str, Any] | None, requirement: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``affinity`` (the spec's) with ``requirement``'s required node terms ANDed into it: the
+    scheduler ORs nodeSelectorTerms and ANDs the expressions of one term, so each of the spec's
+    terms gets each requirement term's expressions. The rest of the spec's affinity is kept."""
+    if requirement is None or not affinity:
+        return copy.deepcopy(affinity or requirement) or None
+    required = requirement["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    result = copy.deepcopy(affinity)
+    node = result.setdefault("nodeAffinity", {})
+    own = (node.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or [{}]
+    terms = [{**term, "matchExpressions": [*(term.get("matchExpressions") or []), *extra.get("matchExpressions", [])]}
+             for term in own for extra in required]  # fmt: skip
+    node["requiredDuringSchedulingIgnoredDuringExecution"] = {"nodeSelectorTerms": copy.deepcopy(terms)}
+    return result
+
+
+def placement_fields(
+    placement: PodPlacement, device: str, pods: dict[str, str], required: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The pod spec's scheduling fields from the spec's ``placement`` for pods labelled ``pods``
+    (their selector: what a spread constraint without labelSelector counts), with the device's
+    toleration and an operator-``required`` node affinity added."""
+    fields: dict[str, Any] = {}
+    if placement.node_selector:
+        fields["nodeSelector"] = dict(placement.node_selector)
+    tolerations = device_tolerations(tuple(placement.tolerations), device)
+    if tolerations:
+        fields["tolerations"] = [dict(t) for t in tolerations]
+    affinity = require_nodes(placement.affinity, required)
+    if affinity:
+        fields["affinity"] = affinity
+    if placement.topology_spread_constraints:
+        fields["topologySpreadConstraints"] = [
+            {"labelSelector": {"matchLabels": dict(pods)}, **constraint} for constraint in placement.topology_spread_constraints
+        ]
+    if placement.priority_class_name:
+        fields["priorityClassName"] = placement.priority_class_name
+    if placement.runtime_class_name:
+        fields["runtimeClassName"] = placement.runtime_class_name
+    return fields
+
+
 def pod_spec(
     containers: list[dict[str, Any]],
     volumes: list[dict[str, Any]],
     settings: OperatorSettings,
     service_account: str,
-    node_selector: dict[str, str],
-    tolerations: tuple[dict[str, Any], ...],
+    placement: dict[str, Any],
     **extra: Any,
 ) -> dict[str, Any]:
-    """A pod spec for our children: hardened, no API token (none of them calls the API)."""
+    """A pod spec for our children: hardened, no API token (none of them calls the API), placed
+    as ``placement`` (:func:`placement_fields`) says."""
     spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "securityContext": _pod_security_context(),
@@ -193,11 +237,13 @@ def pod_spec(
         spec["imagePullSecrets"] = [{"name": secret} for secret in settings.image_pull_secrets]
     if service_account:
         spec["serviceAccountName"] = service_account
-    if node_selector:
-        spec["nodeSelector"] = dict(node_selector)
-    if tolerations:
-        spec["tolerations"] = [dict(t) for t in tolerations]
+    spec.update(placement)
     return spec
+
+
+def job_pod_selector(model_name: str, component: str) -> dict[str, str]:
+    """Labels every pod of this resource's ``component`` Jobs carries (quantize or export)."""
+    return {**selector_labels(model_name), COMPONENT_LABEL: component}
 
 
 def build_job(
@@ -288,10 +334,8 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
         # A crash before the summary is written still leaves its last log lines here.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    spec = pod_spec(
-        [container], volumes, settings, settings.job_service_account,
-        compression.node_selector, device_tolerations(compression.tolerations, device), restartPolicy="Never",
-    )  # fmt: skip
+    placement = placement_fields(compression, device, job_pod_selector(model.name, "quantize"))
+    spec = pod_spec([container], volumes, settings, settings.job_service_account, placement, restartPolicy="Never")
     return build_job(body, model, quantize_job_name(model.name, digest), digest, labels, spec, settings)
 
 
@@ -318,8 +362,7 @@ def build_runtime_deployment(
     measured_on_isa = (served.get("measuredOn") or {}).get("isaLevel") if serving.device == "cpu" else None
     isa_args = ["--measured-on-isa", measured_on_isa] if measured_on_isa else []
     bound_to = isa_bound_level(served) if serving.device == "cpu" else None
-    affinity = node_affinity_for(bound_to) if bound_to else None
-    placement = {"affinity": affinity} if affinity else {}
+    required = node_affinity_for(bound_to) if bound_to else None
     claim = parse_uri(model_uri).claim  # serving needs only the artifacts claim, read-only
     volumes = [
         {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
@@ -374,11 +417,10 @@ def build_runtime_deployment(
         # A failed warm-up prints its cause last: it becomes the crash's termination message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    spec = pod_spec(
-        [container], volumes, settings, settings.runtime_service_account, serving.node_selector,
-        device_tolerations(serving.tolerations, serving.device), terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
-        **placement,
-    )  # fmt: skip
+    pods = {**selector_labels(model.name), COMPONENT_LABEL: "runtime"}
+    placement = placement_fields(serving, serving.device, pods, required)
+    spec = pod_spec([container], volumes, settings, settings.runtime_service_account, placement,
+                    terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS)  # fmt: skip
     if "hostPath" in volumes[1]:
         spec["initContainers"] = [_engine_cache_owner(image, settings)]
     return {
@@ -393,7 +435,7 @@ def build_runtime_deployment(
         },
         "spec": {
             "replicas": serving.replicas,
-            "selector": {"matchLabels": {**selector_labels(model.name), COMPONENT_LABEL: "runtime"}},
+            "selector": {"matchLabels": pods},
             # Never break what serves: new pods must be Ready before an old one goes.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             # The template's own annotations (not the Deployment's dict): what goes on the

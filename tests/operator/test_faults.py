@@ -200,6 +200,42 @@ def test_quota_refusals_are_reported_with_the_servers_words(cluster: Cluster, op
     cluster.wait_condition(namespace, R50, "Quantized", "Unknown", "JobRunning", timeout=STATUS_WITHIN + 60)
 
 
+def test_placement_fields_are_judged_by_the_cluster(cluster: Cluster, operator: OperatorRelease) -> None:
+    """runtimeClassName, priorityClassName, affinity and topology spread reach the Job's pod as the
+    real admission plugins and scheduler see them; a PriorityClass that does not exist is the
+    admission's refusal in status, in its words, within a minute."""
+    namespace = r50_namespace(cluster)
+    priority, runtime = f"edge-batch-{namespace}", f"nvidia-{namespace}"
+    cluster.ok("POST", "/apis/scheduling.k8s.io/v1/priorityclasses", {"apiVersion": "scheduling.k8s.io/v1",
+               "kind": "PriorityClass", "metadata": {"name": priority}, "value": 1000})  # fmt: skip
+    cluster.ok("POST", "/apis/node.k8s.io/v1/runtimeclasses", {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+               "metadata": {"name": runtime}, "handler": "nvidia"})  # fmt: skip
+    on_gpu_node = {"key": "kubernetes.io/hostname", "operator": "In", "values": [GPU_NODE]}
+    document = load_sample("rtdetr-r50.yaml")
+    document["metadata"]["namespace"] = namespace
+    document["spec"]["compression"].update(
+        priorityClassName=priority, runtimeClassName=runtime,
+        affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [on_gpu_node]}]}}},
+        topologySpreadConstraints=[{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"}],
+    )  # fmt: skip
+    cluster.apply(document)
+    pod = cluster.wait(lambda: [p for p in [job_pod(cluster, namespace)] if p["spec"].get("nodeName")], STATUS_WITHIN, "scheduled")[0]
+    spec = pod["spec"]
+    assert spec["nodeName"] == GPU_NODE and spec["priority"] == 1000, "the Priority admission resolved the class"
+    assert spec["runtimeClassName"] == runtime and spec["priorityClassName"] == priority
+    (spread,) = spec["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "quantize"
+    cluster.wait_condition(namespace, R50, "Quantized", "Unknown", "JobRunning", timeout=STATUS_WITHIN)
+
+    document["metadata"]["name"] = "rtdetr-r50-missing-class"
+    document["spec"]["compression"]["priorityClassName"] = "no-such-class"
+    cluster.apply(document)
+    refused = cluster.wait_condition(namespace, "rtdetr-r50-missing-class", "Ready", "False", "FailedCreate", timeout=STATUS_WITHIN)
+    assert "no PriorityClass with name no-such-class was found" in refused["message"], refused
+    for path in (f"/apis/scheduling.k8s.io/v1/priorityclasses/{priority}", f"/apis/node.k8s.io/v1/runtimeclasses/{runtime}"):
+        cluster.ok("DELETE", path)
+
+
 def test_a_drained_node_does_not_fail_the_run(cluster: Cluster, operator: OperatorRelease) -> None:
     """`kubectl drain` (the Eviction API) of the GPU node mid-QAT: the pod is replaced, the Job
     does not fail (podFailurePolicy ignores DisruptionTarget), status stays Quantizing."""

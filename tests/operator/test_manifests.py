@@ -294,3 +294,77 @@ def test_cpu_pods_know_where_their_gate_ran(
         assert [[(e["key"], e["operator"]) for e in term["matchExpressions"]] for term in terms] == affinity_terms
         assert all(e.get("values", ["true"]) == ["true"] for term in terms for e in term["matchExpressions"])
     kubernetes_validate.validate(deployment, desired_version=KUBERNETES_VERSIONS[-1], strict=True)
+
+
+PLACEMENT = {
+    "runtimeClassName": "nvidia",
+    "priorityClassName": "edge-serving",
+    "affinity": {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["line-1"]}]},
+            {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["line-2"]}]}]}},
+        "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 50, "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "other"}}}}]},
+    },
+    "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"},
+        {"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+         "labelSelector": {"matchLabels": {"team": "vision"}}},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_placement_fields_reach_the_jobs_and_serving_pods(version: str) -> None:
+    """runtimeClassName (where the NVIDIA runtime is not the default), priorityClassName,
+    affinity and topology spread from the spec, on every pod the operator makes; a spread
+    constraint without labelSelector counts this resource's pods of the same kind."""
+    body = body_of("rtdetr-r50.yaml")
+    body["spec"]["compression"].update(copy.deepcopy(PLACEMENT))
+    body["spec"]["serving"].update(copy.deepcopy(PLACEMENT))
+    checkpoint = copy.deepcopy(body)
+    checkpoint["spec"]["source"] = {"checkpoint": "pvc://models/weights.pdparams"}
+    model = parse_resource(body)
+    digest = pipeline_digest(model.spec)
+    served = json.loads(summary(digest))
+    children = {
+        "quantize": build_quantize_job(body, model, digest, OperatorSettings()),
+        "export": build_export_job(checkpoint, parse_resource(checkpoint), digest, OperatorSettings()),
+        "runtime": build_runtime_deployment(body, model, OperatorSettings(), served),
+    }
+    for component, manifest in children.items():
+        kubernetes_validate.validate(manifest, desired_version=version, strict=True)
+        pod = manifest["spec"]["template"]["spec"]
+        assert (pod["runtimeClassName"], pod["priorityClassName"]) == ("nvidia", "edge-serving")
+        assert pod["affinity"] == PLACEMENT["affinity"]
+        defaulted, own = pod["topologySpreadConstraints"]
+        assert defaulted["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "rtdetr-edge",
+                                                             "app.kubernetes.io/instance": "rtdetr-r50",
+                                                             "app.kubernetes.io/component": component}  # fmt: skip
+        labels = manifest["spec"]["template"]["metadata"]["labels"]
+        assert defaulted["labelSelector"]["matchLabels"].items() <= labels.items(), "the pods it counts include these"
+        assert own == PLACEMENT["topologySpreadConstraints"][1]
+    assert pipeline_digest(parse_resource(body_of("rtdetr-r50.yaml")).spec) == digest, "placement never re-quantizes"
+
+
+def test_an_isa_bound_model_adds_its_requirement_to_every_term_of_the_specs_affinity() -> None:
+    from rtdetr_edge.cpu_isa import node_affinity_for
+    from rtdetr_operator.manifests import require_nodes
+
+    own = PLACEMENT["affinity"]
+    isa = node_affinity_for("avx512-vnni")
+    assert isa is not None
+    merged = require_nodes(own, isa)
+    assert merged is not None
+    terms = merged["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    isa_terms = isa["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    # (zone line-1 OR line-2) AND (any exact-INT8 flag): every pairing, as one term each.
+    assert len(terms) == 2 * len(isa_terms)
+    zones = [term["matchExpressions"][0]["values"] for term in terms]
+    assert zones == [["line-1"]] * len(isa_terms) + [["line-2"]] * len(isa_terms)
+    assert all(term["matchExpressions"][1:] == isa_term["matchExpressions"]
+               for term, isa_term in zip(terms, isa_terms * 2))  # fmt: skip
+    assert merged["podAntiAffinity"] == own["podAntiAffinity"] and own == PLACEMENT["affinity"], "the spec's own is kept, unchanged"
+    only_pods = {"podAntiAffinity": own["podAntiAffinity"]}
+    assert require_nodes(only_pods, isa) == {**only_pods, **isa}
+    assert require_nodes(None, isa) == isa and require_nodes(own, None) == own and require_nodes(None, None) is None

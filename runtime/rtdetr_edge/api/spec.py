@@ -169,16 +169,43 @@ class QuantizationSpec(ApiModel):
 
 
 _POD_RESOURCES = "Container resources (requests/limits); gpu serving gets nvidia.com/gpu: 1 unless set here."
-_NODE_SELECTOR = "Node labels the pod must match."
-_TOLERATIONS = "Tolerations (Kubernetes' own format); gpu pods also tolerate nvidia.com/gpu:NoSchedule."
+# A Kubernetes object name (PriorityClass, RuntimeClass): a DNS-1123 subdomain.
+OBJECT_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
-class CompressionSpec(ApiModel):
-    """The quantize Job's pod."""
+class PodPlacement(ApiModel):
+    """Where the pods may run and how the node runs them, in Kubernetes' own pod-spec formats
+    (the API server checks them when the operator creates the pods' Job or Deployment; a refusal
+    shows in Ready as ApplyFailed with its words)."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Tolerations; gpu pods also tolerate nvidia.com/gpu:NoSchedule."
+    )
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="Node and pod (anti-)affinity. When a CPU model's INT8 numbers hold on one ISA level only, that "
+        "level's node requirement is added to each required nodeSelectorTerm.",
+    )
+    topology_spread_constraints: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=16,
+        description="How the pods spread over zones or nodes. A constraint without labelSelector counts this "
+        "resource's pods of the same kind (its serving pods, or its Job's pods).",
+    )  # fmt: skip
+    priority_class_name: Annotated[str, Field(pattern=OBJECT_NAME, max_length=253)] | None = Field(
+        None, description="A PriorityClass, e.g. so serving pods are not preempted by batch work."
+    )
+    runtime_class_name: Annotated[str, Field(pattern=OBJECT_NAME, max_length=253)] | None = Field(
+        None,
+        description="A RuntimeClass: e.g. nvidia where the NVIDIA container runtime is not the node's default "
+        "(k3s, RKE2, or containerd set up without the GPU Operator); the pod otherwise sees no GPU.",
+    )
+
+
+class CompressionSpec(PodPlacement):
+    """The quantize (and export) Job's pod."""
 
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)
-    node_selector: dict[str, str] = Field(default_factory=dict, description=_NODE_SELECTOR)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, description=_TOLERATIONS)
     active_deadline_seconds: int = Field(7200, ge=60, description="The Job's time limit (export and quantization).")
 
 
@@ -203,7 +230,7 @@ class EngineCacheSpec(ApiModel):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
-class ServingSpec(ApiModel):
+class ServingSpec(PodPlacement):
     """The runtime pods: how many, on which device and precision, and how they batch. Editing
     these never re-quantizes, except what changes the INT8 model a pod runs (device or cpuRuntime
     of an int8 resource: CPU INT8 models are made for ONNX Runtime)."""
@@ -225,8 +252,6 @@ class ServingSpec(ApiModel):
     score_threshold: float = Field(0.5, ge=0, le=1, description="Detections below this score are dropped.")
     engine_cache: EngineCacheSpec | None = None
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)
-    node_selector: dict[str, str] = Field(default_factory=dict, description=_NODE_SELECTOR)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, description=_TOLERATIONS)
 
 
 class StorageSpec(ApiModel):
