@@ -12,7 +12,9 @@ it, for real:
   (ServiceAccount token from the TokenRequest API, ``kube-root-ca.crt``, downward API) as
   files, a PVC as the directory of its bound PersistentVolume (``hostPath``/``local``),
   ``hostPath`` under this node's root with kubelet semantics (``DirectoryOrCreate``: created
-  root-owned 0755), ``emptyDir`` 0777; ``readOnlyRootFilesystem`` is honoured;
+  root-owned 0755), ``emptyDir`` 0777; ``readOnlyRootFilesystem`` is honoured; the "image"
+  (this machine's Python and the checkout) stays visible under a volume mounted over it (a
+  checkout under /tmp), as an image's files would not live under the volume's path;
 - startup/readiness/liveness probes (httpGet, tcpSocket) run against the pod IP with their
   timing fields; restarts follow ``restartPolicy`` with the kubelet's back-off (10 s doubling
   to 5 min: ``CrashLoopBackOff``);

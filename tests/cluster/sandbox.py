@@ -148,6 +148,16 @@ class Filesystem:
         if read_only:
             mount("-o", "remount,bind,ro", str(target))
 
+    def keep_image_visible(self, image: list[tuple[Path, str]], targets: list[Path]) -> None:
+        """The "image" (this machine's Python and the checkout) stays where it is when a volume
+        covers it (a checkout under /tmp with an emptyDir at /tmp): in a real image it would not
+        live under the volume's path. Mounted read-only on a mount point made in the volume."""
+        for path, source in image:
+            if any(target == path or target in path.parents for target in targets):
+                path.mkdir(parents=True, exist_ok=True)
+                mount("--rbind", source, str(path))
+                mount("-o", "remount,bind,ro", str(path))
+
     def seal_root(self) -> None:
         """readOnlyRootFilesystem: everything but the volumes becomes read-only."""
         for layer in [Path("/"), *self.writable_layers]:
@@ -159,11 +169,13 @@ def main() -> None:
     # Volume sources are held open first: a volume mounted at /tmp must not hide the
     # source of another one that lives under /tmp on this machine.
     sources = [(handle(Path(v["source"])), Path(v["source"]).is_file()) for v in plan["mounts"]]
+    image = [(Path(p), handle(Path(p))) for p in plan["image_paths"]]
     filesystem = Filesystem()
     filesystem.start()
-    filesystem.expose([Path(p) for p in plan["image_paths"]])
+    filesystem.expose([path for path, _ in image])
     for volume, (source, is_file) in zip(plan["mounts"], sources):
         filesystem.bind(source, is_file, Path(volume["target"]), bool(volume["readOnly"]))
+    filesystem.keep_image_visible(image, [Path(v["target"]) for v in plan["mounts"]])
     if plan["read_only_root"]:
         filesystem.seal_root()
     socket.sethostname(plan["hostname"])  # its own UTS namespace: the pod's name, as in a container

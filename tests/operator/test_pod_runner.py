@@ -5,11 +5,13 @@ kubelet, the operator tier proves less; these pin what it must do.)"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .conftest import Cluster
+from .conftest import REPO, Cluster
 
 RUNNER = {"rtdetr.io/pod-runner": "true"}
 
@@ -112,3 +114,26 @@ def test_init_container_runs_first_as_root_with_only_its_capabilities(cluster: C
     assert "init ran as 0" in init_log and "chmod Operation not permitted" in init_log, "root without CAP_FOWNER"
     assert "main wrote 10001" in main_log
     assert done["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+
+
+def test_a_volume_over_the_checkouts_directory_does_not_hide_the_image(cluster: Cluster) -> None:
+    """The stand-in runs this machine's Python and checkout as the "image": an emptyDir mounted
+    over the directory holding them (a checkout under /tmp, the Job's scratch at /tmp) must not
+    hide them, and the volume stays the pod's, empty and writable."""
+    namespace = cluster.namespace()
+    top = Path("/", REPO.parts[1])  # /tmp for a checkout under /tmp
+    script = "\n".join([
+        "import os, sys",
+        f"open({str(top / 'written-by-pod')!r}, 'w').write('1')",
+        f"print('entries', sorted(e for e in os.listdir({str(top)!r}) if e != 'written-by-pod'))",
+        "print('python', sys.prefix)",
+    ])  # fmt: skip
+    document = pod("covered-image", script, mounts=[{"name": "scratch", "mountPath": str(top)}],
+                   volumes=[{"name": "scratch", "emptyDir": {}}])  # fmt: skip
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(document))
+    done = finished(cluster, namespace, "covered-image")
+    logs = cluster.kubectl("logs", "-n", namespace, "covered-image").stdout
+    assert done["status"]["phase"] == "Succeeded", (done["status"], logs)
+    assert f"python {sys.prefix}" in logs
+    visible = {Path(p).relative_to(top).parts[0] for p in (sys.prefix, sys.base_prefix, REPO) if top in Path(p).parents}
+    assert f"entries {sorted(visible)}" in logs, logs
