@@ -18,7 +18,7 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from rtdetr_edge.resource import SpecError, parse_resource, pipeline_digest
+from rtdetr_edge.resource import SpecError, earlier_pipeline_digest, parse_resource, pipeline_digest
 from rtdetr_operator import GROUP, PLURAL, VERSION
 from rtdetr_operator.exporter import export_job_name
 from rtdetr_operator.kube import ForeignObject, Kube
@@ -103,14 +103,19 @@ class Reconciler:
         try:
             model = parse_resource(body)
             digest = pipeline_digest(model.spec)
+            earlier = earlier_pipeline_digest(model.spec)
         except SpecError:
-            model, digest = None, None
+            model, digest, earlier = None, None, None
         lines = self.settings.progress_log_lines
 
         def job(job_name: str) -> JobObservation | None:
             return self.kube.observe_job(children.jobs.get(job_name), children.pods.get(f"job/{job_name}", []), lines)
 
-        quantize = job(quantize_job_name(name, digest)) if digest else None
+        quantize = None
+        if digest and earlier:
+            # A quantize Job the previous release started for this spec runs on under its name.
+            names = [quantize_job_name(name, d) for d in (digest, earlier)]
+            quantize = job(next((n for n in names if n in children.jobs), names[0]))
         export = None
         if digest and model is not None and model.spec.source.checkpoint:
             export = job(export_job_name(name, digest))

@@ -23,7 +23,9 @@ from typing import Any
 from rtdetr_edge.api.job import JobSummary
 from rtdetr_edge.api.status import IN_FLIGHT_PHASES
 from rtdetr_edge.cpu_isa import NFD_PREFIX
-from rtdetr_edge.resource import RTDETRModel, SpecError, parse_resource, pipeline_plan
+from rtdetr_edge.api.spec import QuantizationSpec
+from rtdetr_edge.gate import NOT_DEPLOYED, judge_reported
+from rtdetr_edge.resource import RTDETRModel, SpecError, earlier_pipeline_digest, parse_resource, pipeline_plan
 from rtdetr_operator.conditions import Condition, changed, find, set_conditions
 from rtdetr_operator.exporter import EXPORT_ANNOTATION, build_export_job, exported_model_uri
 from rtdetr_operator.manifests import (
@@ -234,6 +236,16 @@ def isa_placement_hint(served: dict[str, Any]) -> str:
     )
 
 
+def judged(verdict: dict[str, Any], quantization: QuantizationSpec) -> dict[str, Any]:
+    """A pipeline's record (a candidate, or the served model) judged with the resource's current
+    gate budget: the Job measured both mAPs, and the budget may have changed since. A record
+    without them (none is made so) keeps the verdict its Job gave."""
+    gate = judge_reported(verdict.get("accuracy") or {}, quantization.max_map_drop, quantization.min_baseline_map)
+    if gate is None:
+        return verdict
+    return {**verdict, "gate": {"passed": gate.passed, "reason": gate.reason, "message": gate.message}}
+
+
 def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed, now: str) -> Decision:
     metadata = body.get("metadata", {})
     generation = int(metadata.get("generation", 1))
@@ -269,6 +281,10 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
 
     plan = pipeline_plan(model.spec)  # what the Job runs, computed here once
     digest = plan.pipeline_digest
+    # This spec's pipeline, also as the previous release named it (it hashed the gate budget in):
+    # what was made under either is this spec's model, so an upgrade re-runs nothing.
+    ours = {digest, earlier_pipeline_digest(model.spec)}
+    quantization = model.spec.quantization
     ensure: list[dict[str, Any]] = []
     updates: list[Condition] = [available]
     phase = "Pending"
@@ -282,13 +298,25 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         # The Deployment is gone (deleted by hand, lost with a namespace restore): the model it
         # served is remembered in status, so it comes back even if a newer candidate failed.
         deployed = dict(before["served"])
-    if deployed is not None and deployed.get("pipelineDigest") == digest:
-        # Already serving this pipeline's model: only serving settings can have changed.
-        served = deployed
-        updates += [
-            Condition("Quantized", "True", "JobSucceeded", "the quantized model for this spec is ready"),
-            Condition("AccuracyGatePassed", "True", "WithinBudget", str(served.get("gate", {}).get("message", ""))),
-        ]
+    if deployed is not None and deployed.get("pipelineDigest") in ours:
+        # Already serving this spec's model: serving settings or the gate budget may have changed.
+        deployed = judged(deployed, quantization)
+        gate = deployed.get("gate", {})
+        updates.append(Condition("Quantized", "True", "JobSucceeded", "the quantized model for this spec is ready"))
+        if gate.get("passed"):
+            served = deployed
+            updates.append(Condition("AccuracyGatePassed", "True", "WithinBudget", str(gate.get("message", ""))))
+        else:
+            # The budget now refuses the model that serves: there is nothing better to serve.
+            phase = "Failed"
+            status_extra["candidate"] = deployed
+            measured = str(gate.get("message", "")).removesuffix(NOT_DEPLOYED)
+            updates += [
+                Condition("AccuracyGatePassed", "False", str(gate.get("reason") or "DropExceedsBudget"), str(gate.get("message", ""))),
+                Condition("Ready", "False", "AccuracyGateFailed",
+                          f"the serving model is outside the gate's budget: {measured}; it keeps serving until a "
+                          "model within the budget replaces it (change quantization settings), or raise the budget"),
+            ]  # fmt: skip
     else:
         source_spec = body["spec"]
         job = observed.quantize_job
@@ -296,10 +324,12 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         # itself may be deleted (TTL, a cleanup, a human) without re-running hours of QAT.
         remembered = before.get("candidate") if isinstance(before.get("candidate"), dict) else None
         verdict = job.verdict if job is not None else None  # parses the termination message once
-        if verdict is None and remembered is not None and remembered.get("pipelineDigest") == digest and (
+        if verdict is None and remembered is not None and remembered.get("pipelineDigest") in ours and (
             job is None or job.succeeded
         ):
             verdict = remembered
+        if verdict is not None:
+            verdict = judged(verdict, quantization)  # with the budget as it is now
         needs_export = model.spec.source.checkpoint is not None
         export = observed.export_job
         if verdict is not None:
@@ -461,7 +491,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         "serving": serving_status,
         "progress": progress,
     }
-    keep = {digest} | ({str(serve["pipelineDigest"])} if serve is not None else set())
+    keep = ours | ({str(serve["pipelineDigest"])} if serve is not None else set())
     delete = superseded(model.name, observed.pipeline_jobs, keep)
     return Decision(ensure, status, _events(conditions_before, conditions), digest, delete, updates)
 

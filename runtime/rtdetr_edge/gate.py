@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 WITHIN_BUDGET = "WithinBudget"
 DROP_EXCEEDS_BUDGET = "DropExceedsBudget"
 BASELINE_TOO_LOW = "BaselineTooLow"
+MAP_DECIMALS = 2
+"""The mAPs are judged as reported (status.accuracy): the Job and the operator, which re-judges
+them when the budget changes, must reach the same verdict from the same numbers."""
 DEFAULT_MIN_BASELINE_MAP = 1.0
 """Below this the FP32 model detects next to nothing on the dataset (wrong categoryIds, labels
 or images), and any candidate would "pass" a drop budget measured against it."""
+
+
+NOT_DEPLOYED = "; the quantized model is not deployed"
 
 
 @dataclass(frozen=True)
@@ -30,8 +38,9 @@ class GateVerdict:
 def accuracy_gate(
     baseline_map: float, candidate_map: float, max_map_drop: float, min_baseline_map: float = DEFAULT_MIN_BASELINE_MAP
 ) -> GateVerdict:
-    """Pass when ``baseline - candidate <= max_map_drop`` (all in mAP points, IoU .50:.95) and
-    the baseline itself scores at least ``min_baseline_map`` (0 turns that check off).
+    """Pass when ``baseline - candidate <= max_map_drop`` (all in mAP points, IoU .50:.95, rounded
+    to ``MAP_DECIMALS``) and the baseline itself scores at least ``min_baseline_map`` (0 turns that
+    check off).
 
     A candidate better than the baseline has a negative drop and passes. The
     message is the sentence shown in the resource's condition, e.g.
@@ -42,6 +51,7 @@ def accuracy_gate(
             raise ValueError(f"{name} must be a finite number, got {value}")
     if max_map_drop < 0:
         raise ValueError(f"max_map_drop must be >= 0, got {max_map_drop}")
+    baseline_map, candidate_map = round(baseline_map, MAP_DECIMALS), round(candidate_map, MAP_DECIMALS)
     drop = baseline_map - candidate_map
     within = drop <= max_map_drop + 1e-9
     comparison = "<=" if within else ">"
@@ -59,7 +69,7 @@ def accuracy_gate(
         )
     passed = reason == WITHIN_BUDGET
     if not passed:
-        message += "; the quantized model is not deployed"
+        message += NOT_DEPLOYED
     return GateVerdict(
         passed=passed,
         reason=reason,
@@ -69,3 +79,13 @@ def accuracy_gate(
         max_map_drop=max_map_drop,
         message=message,
     )
+
+
+def judge_reported(accuracy: Mapping[str, Any], max_map_drop: float, min_baseline_map: float) -> GateVerdict | None:
+    """The gate over mAPs as a finished run reported them (``baselineMap``, ``quantizedMap``: its
+    result and status.accuracy), with a budget that may differ from the run's; None without them.
+    The budget is not part of the pipeline digest, so the same model can be judged again."""
+    baseline, candidate = accuracy.get("baselineMap"), accuracy.get("quantizedMap")
+    if not isinstance(baseline, (int, float)) or not isinstance(candidate, (int, float)):
+        return None
+    return accuracy_gate(float(baseline), float(candidate), max_map_drop, min_baseline_map)

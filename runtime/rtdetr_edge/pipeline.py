@@ -31,11 +31,11 @@ from rtdetr_edge.device_identity import detect_device_identity
 from rtdetr_edge.engine_cache import shape_file_name
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.files import write_text_atomic
-from rtdetr_edge.gate import accuracy_gate
+from rtdetr_edge.gate import MAP_DECIMALS, accuracy_gate, judge_reported
 from rtdetr_edge.model_files import LABELS_FILE, ModelFiles
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.progress import ProgressReporter
-from rtdetr_edge.api.job import RESULT_SCHEMA, JobSummary, PipelinePlan
+from rtdetr_edge.api.job import RESULT_SCHEMA, EffectiveQuantization, JobSummary, PipelinePlan
 from rtdetr_edge.resource import (
     RTDETRModel,
     artifact_key,
@@ -161,13 +161,14 @@ def run_pipeline(
     existing = read_result(paths)
     if existing is not None:
         log.info("pipeline %s already finished (%s); nothing to do", paths.key, paths.final)
+        existing = judged_again(existing, plan.quantization)
         write_termination_log(existing, termination_log)
         return existing
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(paths.lock_file)):
         existing = read_result(paths)
         if existing is not None:
-            return existing
+            return judged_again(existing, plan.quantization)
         for stale in paths.run_dir.glob(f".{paths.key}.partial-*"):
             log.info("removing %s left by an interrupted run", stale)
             shutil.rmtree(stale, ignore_errors=True)
@@ -191,6 +192,18 @@ def run_pipeline(
         paths.progress_file.unlink(missing_ok=True)
     write_termination_log(result, termination_log)
     return result
+
+
+def judged_again(result: dict[str, Any], quantization: EffectiveQuantization) -> dict[str, Any]:
+    """A finished run's result judged with this plan's gate budget (the budget is not part of the
+    pipeline digest: the same model may be judged again with another). result.json keeps the
+    verdict of the run that made it."""
+    verdict = judge_reported(result.get("accuracy") or {}, quantization.max_map_drop, quantization.min_baseline_map)
+    if verdict is None:
+        return result
+    if verdict.to_dict() != result.get("gate"):
+        log.info("accuracy gate, with this resource's budget: %s", verdict.message)
+    return {**result, "gate": verdict.to_dict(), "message": verdict.message}
 
 
 def evaluation_settings(spec: Any, int8_runtime: str, device: str) -> tuple[PredictorSettings, PredictorSettings]:
@@ -389,9 +402,9 @@ def _run_stages(
         "candidate": candidate.to_dict(),
         "gate": verdict.to_dict(),
         "accuracy": {
-            "baselineMap": round(baseline.map, 2),
-            "quantizedMap": round(candidate.map, 2),
-            "mapDrop": round(verdict.map_drop, 2),
+            "baselineMap": verdict.baseline_map,  # as the gate judged them (MAP_DECIMALS)
+            "quantizedMap": verdict.candidate_map,
+            "mapDrop": round(verdict.map_drop, MAP_DECIMALS),
             "images": candidate.images,
         },
         "shapeRanges": shape_ranges_ref,

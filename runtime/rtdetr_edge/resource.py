@@ -214,31 +214,48 @@ def effective_quantization(arch: str, quantization: QuantizationSpec, serving: S
     )
 
 
-def pipeline_plan(spec: RTDETRModelSpec) -> PipelinePlan:
-    """The Job's plan, with a content hash of everything that changes the produced model or
-    its verdict as its digest.
+GATE_BUDGET = frozenset({"max_map_drop", "min_baseline_map"})
+"""The plan's fields that judge a model rather than make it: out of the pipeline digest."""
 
-    ``serving``, ``compression`` (where the Job runs) and ``storage`` are left out:
-    editing them never re-quantizes. The gate budget is in: it changes the verdict.
-    """
-    quantization = effective_quantization(spec.arch, spec.quantization, spec.serving)
-    tools = tool_versions()
+
+def _digest(spec: RTDETRModelSpec, quantization: EffectiveQuantization, tools: dict[str, str], exclude: frozenset[str]) -> str:
     material = {
         "arch": spec.arch,
         "source": {**spec.source.model_dump(), "sha256": spec.source.sha256 or ""},
         "dataset": spec.dataset.model_dump(),
         # exclude_none: a field added to the plan moves no digest of a resource that does not use it
         # (a moved digest re-runs hours of quantization for every user after an upgrade).
-        "quantization": quantization.model_dump(exclude_none=True),
+        "quantization": quantization.model_dump(exclude_none=True, exclude=set(exclude)),
         "tools": tools,
     }
     canonical = json.dumps(material, sort_keys=True, separators=(",", ":"))
-    digest = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def pipeline_plan(spec: RTDETRModelSpec) -> PipelinePlan:
+    """The Job's plan, with a content hash of everything that changes the produced model as its
+    digest.
+
+    ``serving``, ``compression`` (where the Job runs) and ``storage`` are left out: editing them
+    never re-quantizes. So is the gate budget (``maxMapDrop``, ``minBaselineMap``): the Job
+    measures both mAPs and the operator judges them with the resource's current budget, so a
+    budget change re-judges the last model in seconds instead of re-running hours of QAT.
+    """
+    quantization = effective_quantization(spec.arch, spec.quantization, spec.serving)
+    tools = tool_versions()
+    digest = _digest(spec, quantization, tools, exclude=GATE_BUDGET)
     return PipelinePlan(pipeline_digest=digest, tools=tools, quantization=quantization)
 
 
 def pipeline_digest(spec: RTDETRModelSpec) -> str:
     return pipeline_plan(spec).pipeline_digest
+
+
+def earlier_pipeline_digest(spec: RTDETRModelSpec) -> str:
+    """The digest releases before the operator judged the gate gave this spec (the budget hashed
+    in): a model, result or Job made under it is this spec's, so an upgrade re-runs nothing."""
+    quantization = effective_quantization(spec.arch, spec.quantization, spec.serving)
+    return _digest(spec, quantization, tool_versions(), exclude=frozenset())
 
 
 def short_digest(digest: str, length: int = 12) -> str:

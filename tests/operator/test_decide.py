@@ -124,7 +124,7 @@ def test_checkpoint_source_exports_first_then_quantizes_the_export() -> None:
 def test_a_lost_deployment_comes_back_with_the_served_model_after_a_failed_gate() -> None:
     body, _ = serving(r50(), available=2)
     served = body["status"]["served"]
-    body["spec"]["quantization"]["maxMapDrop"] = 0.01  # a new candidate...
+    body["spec"]["quantization"]["trainIter"] = 600  # a new candidate...
     new_digest = digest_of(body)
     failed = JobObservation(succeeded=True, termination_message=summary(new_digest, passed=False, quantized=51.0))
     decision = decide(body, OperatorSettings(), Observed(quantize_job=failed), LATER)  # ...fails; the Deployment is gone
@@ -135,12 +135,11 @@ def test_a_lost_deployment_comes_back_with_the_served_model_after_a_failed_gate(
     assert decision.status["served"] == served
 
 
-@pytest.mark.parametrize("reason", ["DropExceedsBudget", "BaselineTooLow"])
-def test_the_gates_reason_reaches_its_condition(reason: str) -> None:
+@pytest.mark.parametrize(("reason", "quantization"), [("DropExceedsBudget", {}), ("BaselineTooLow", {"minBaselineMap": 60.0})])
+def test_the_gates_reason_reaches_its_condition(reason: str, quantization: dict[str, float]) -> None:
     body = r50()
-    refused = json.loads(summary(digest_of(body), passed=False, quantized=51.0))
-    refused["gate"]["reason"] = reason
-    job = JobObservation(succeeded=True, termination_message=json.dumps(refused))
+    body["spec"]["quantization"].update(quantization)
+    job = JobObservation(succeeded=True, termination_message=summary(digest_of(body), passed=False, quantized=51.0))
     decision = decide(body, OperatorSettings(), Observed(quantize_job=job), NOW)
     assert condition(decision.status, "AccuracyGatePassed")["reason"] == reason
     assert condition(decision.status, "Ready")["reason"] == "AccuracyGateFailed"
@@ -208,7 +207,7 @@ def test_a_verdict_outlives_its_job_and_pod() -> None:
     """Once read, the quantization verdict is kept in status.candidate: the finished Job's pod
     (or the Job) deleted must neither turn it into ResultUnreadable nor re-run hours of QAT."""
     body, _ = serving(r50(), available=2)
-    body["spec"]["quantization"]["maxMapDrop"] = 0.01
+    body["spec"]["quantization"]["trainIter"] = 600
     digest = digest_of(body)
     failed = decide(body, OperatorSettings(), Observed(quantize_job=JobObservation(
         succeeded=True, termination_message=summary(digest, passed=False, quantized=51.0))), LATER)  # fmt: skip
@@ -233,7 +232,7 @@ def test_a_passed_verdict_still_deploys_after_its_job_is_gone() -> None:
 def test_status_accuracy_describes_the_served_model_and_candidate_the_new_one() -> None:
     body, _ = serving(r50(), available=2)
     served_accuracy = body["status"]["accuracy"]
-    body["spec"]["quantization"]["maxMapDrop"] = 0.01
+    body["spec"]["quantization"]["trainIter"] = 600
     failing = JobObservation(succeeded=True, termination_message=summary(digest_of(body), passed=False, quantized=51.0))
     status = decide(body, OperatorSettings(), Observed(quantize_job=failing), LATER).status
     assert status["accuracy"] == served_accuracy and status["accuracy"]["quantizedMap"] == 53.0, "kubectl's mAP column"
@@ -299,7 +298,7 @@ def test_a_deployment_made_by_0_1_0_is_not_restarted_by_the_upgrade() -> None:
     assert template[ANNOTATION_SPEC_HASH] == old_hash and ANNOTATION_RESULT in template, "kept: no pod restarts"
     assert condition(upgraded.status, "Ready") == condition(body["status"], "Ready") and upgraded.events == []
 
-    body["spec"]["quantization"]["maxMapDrop"] = 0.7  # a new pipeline: its model rolls out anyway
+    body["spec"]["quantization"]["trainIter"] = 600  # a new model: it rolls out anyway
     passed = JobObservation(succeeded=True, termination_message=summary(digest_of(body)))
     swapped = decide(body, OperatorSettings(), Observed(quantize_job=passed, deployment=live), LATER)
     assert ANNOTATION_SPEC_HASH not in _runtime(swapped)["spec"]["template"]["metadata"]["annotations"]
@@ -348,7 +347,7 @@ def test_jobs_of_pipelines_the_spec_moved_on_from_are_deleted() -> None:
 
     body, observed = serving(r50(), available=2)
     served_digest = body["status"]["served"]["pipelineDigest"]
-    body["spec"]["quantization"]["maxMapDrop"] = 0.4
+    body["spec"]["quantization"]["trainIter"] = 600
     current = digest_of(body)
     abandoned = "sha256:" + "cd" * 32
     jobs = (PipelineJob(quantize_job_name("rtdetr-r50", served_digest), "quantize", served_digest, False),
@@ -475,3 +474,68 @@ def test_a_condition_that_ends_as_it_began_keeps_its_transition_time() -> None:
     flipped_back = set_conditions(before, [Condition("Stalled", "False", "Progressing"), Condition("Stalled", "True", "ApplyFailed", "m")], 1, LATER)
     assert flipped_back == before
     assert set_conditions(before, [Condition("Stalled", "False", "Progressing")], 1, LATER)[0]["lastTransitionTime"] == LATER
+
+
+def test_a_raised_budget_rejudges_the_failed_candidate_without_a_job() -> None:
+    """The Job measures; the operator judges with the budget as it is now. Raising maxMapDrop
+    after AccuracyGateFailed rolls the candidate out in one reconcile: same pipeline digest, no
+    Job, no ConfigMap, with the Job and its pod gone (the verdict kept in status.candidate)."""
+    body, observed = serving(r50(), available=2)
+    body["spec"]["quantization"]["trainIter"] = 600
+    digest = digest_of(body)
+    job = JobObservation(succeeded=True, termination_message=summary(digest, passed=False, quantized=51.0))
+    failed = decide(body, OperatorSettings(), replace(observed, quantize_job=job), LATER)
+    assert condition(failed.status, "Ready")["reason"] == "AccuracyGateFailed"
+    body["status"] = failed.status
+    body["spec"]["quantization"]["maxMapDrop"] = 3.0
+    assert digest_of(body) == digest, "the budget does not make the model"
+    for still in (job, None):  # the Job still there, then deleted
+        raised = decide(body, OperatorSettings(), replace(observed, quantize_job=still), LATER)
+        assert not [m for m in raised.ensure if m["kind"] in ("Job", "ConfigMap")], "no re-quantization"
+        (deployment,) = [m for m in raised.ensure if m["kind"] == "Deployment"]
+        assert deployment["metadata"]["annotations"]["rtdetr.io/pipeline-digest"] == digest, "the candidate rolls out"
+        gate = condition(raised.status, "AccuracyGatePassed")
+        assert (gate["status"], gate["reason"]) == ("True", "WithinBudget") and "(drop 2.1 <= 3)" in gate["message"], gate
+        assert raised.status["served"]["gate"]["passed"] is True
+
+
+def test_a_tightened_budget_refuses_the_serving_model_and_keeps_it_serving() -> None:
+    body, observed = serving(r50(), available=2)
+    served = body["status"]["served"]
+    body["spec"]["quantization"]["maxMapDrop"] = 0.0  # the served model measured a drop of 0.1
+    tightened = decide(body, OperatorSettings(), observed, LATER)
+    ready = condition(tightened.status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "AccuracyGateFailed"), ready
+    assert "outside the gate's budget: mAP 53.1 -> 53.0 (drop 0.1 > 0); it keeps serving" in ready["message"], ready
+    assert condition(tightened.status, "Available")["status"] == "True" and tightened.status["phase"] == "Failed"
+    (deployment,) = [m for m in tightened.ensure if m["kind"] == "Deployment"]
+    assert deployment["metadata"]["annotations"]["rtdetr.io/model-digest"] == served["model"]["digest"]
+    assert not [m for m in tightened.ensure if m["kind"] in ("Job", "ConfigMap")]
+    body["status"] = tightened.status
+    body["spec"]["quantization"]["maxMapDrop"] = 0.5
+    restored = decide(body, OperatorSettings(), observed, LATER)
+    assert condition(restored.status, "AccuracyGatePassed")["status"] == "True"
+    assert not [m for m in restored.ensure if m["kind"] in ("Job", "ConfigMap")]
+
+
+def test_what_the_previous_release_made_is_this_specs_model() -> None:
+    """The previous release hashed the gate budget into the pipeline digest: a model it serves, a
+    verdict it remembered and a Job it started are read as this spec's after the upgrade."""
+    from rtdetr_edge.resource import earlier_pipeline_digest
+    from rtdetr_operator.reconcile import PipelineJob
+
+    body = r50()
+    earlier = earlier_pipeline_digest(parse_resource(body).spec)
+    assert earlier != digest_of(body)
+    upgraded, observed = serving(r50(), available=2)
+    for record in ("served", "candidate"):
+        upgraded["status"][record] = {**upgraded["status"][record], "pipelineDigest": earlier}
+    old_job = PipelineJob(quantize_job_name("rtdetr-r50", earlier), "quantize", earlier, False)
+    decision = decide(upgraded, OperatorSettings(), replace(observed, deployment=None, pipeline_jobs=(old_job,)), LATER)
+    assert not [m for m in decision.ensure if m["kind"] in ("Job", "ConfigMap")], "no re-quantization after the upgrade"
+    assert decision.delete == [], "its Job is kept"
+    (deployment,) = [m for m in decision.ensure if m["kind"] == "Deployment"]
+    assert deployment["metadata"]["annotations"]["rtdetr.io/pipeline-digest"] == earlier
+    running = JobObservation(active=True, progress={"stage": "quantize", "done": 3, "total": 500})
+    mid_run = decide(r50(), OperatorSettings(), Observed(quantize_job=running, pipeline_jobs=(old_job,)), NOW)
+    assert condition(mid_run.status, "Quantized")["reason"] == "JobRunning" and mid_run.delete == []

@@ -199,14 +199,14 @@ def test_a_replicas_change_adds_pods_and_replaces_none(demo: Demo) -> None:
 
 
 def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
-    """A new model (a quantization change → a new pipeline digest) replaces the served one while
+    """A new model (a training change → a new pipeline digest) replaces the served one while
     clients keep sending detections: the old pods serve until the new ones are Ready."""
     cluster, namespace = demo.cluster, demo.namespace
     old_digest = cluster.model(namespace, NAME)["status"]["model"]["digest"]
     with LoadGenerator(cluster, namespace, NAME) as load:
         time.sleep(2)
         patched = time.monotonic()
-        cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"maxMapDrop": 2.5}}})
+        cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"trainIter": 41, "maxMapDrop": 2.5}}})
         cluster.wait(lambda: cluster.model(namespace, NAME)["status"]["model"]["digest"] != old_digest
                      and cluster.condition(namespace, NAME, "Ready")["status"] == "True", PIPELINE_TIMEOUT,  # type: ignore[index]
                      "the new model Ready")  # fmt: skip
@@ -246,7 +246,8 @@ def test_edited_deployment_is_reverted(demo: Demo) -> None:
 def test_failed_gate_keeps_the_served_model(demo: Demo) -> None:
     cluster, namespace = demo.cluster, demo.namespace
     served = cluster.model(namespace, NAME)["status"]["model"]["digest"]
-    cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"maxMapDrop": 0.0}}})
+    # A new model (its Job runs) judged with a budget of 0: its drop refuses it.
+    cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"trainIter": 42, "maxMapDrop": 0.0}}})
     ready = cluster.wait_condition(namespace, NAME, "Ready", "False", "AccuracyGateFailed", timeout=PIPELINE_TIMEOUT)
     assert "previous model keeps serving" in ready["message"]
     assert cluster.condition(namespace, NAME, "Available")["status"] == "True"  # type: ignore[index]
@@ -279,6 +280,26 @@ def test_deleted_deployment_after_a_failed_gate_comes_back_with_the_served_model
     assert deployment["metadata"]["annotations"]["rtdetr.io/model-digest"] == served
 
 
+def test_a_raised_budget_rolls_the_refused_model_out_without_a_job(demo: Demo) -> None:
+    """The Job measured both mAPs; the operator judges them with the budget as it is now. Raising
+    maxMapDrop after AccuracyGateFailed re-judges the candidate (its Job deleted above: read from
+    status.candidate) and rolls it out in seconds, without re-running the pipeline."""
+    cluster, namespace = demo.cluster, demo.namespace
+    candidate = cluster.model(namespace, NAME)["status"]["candidate"]
+    assert candidate["gate"]["passed"] is False
+    jobs = {j["metadata"]["name"] for j in cluster.jobs(namespace, "quantize")}
+    patched = time.monotonic()
+    cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"maxMapDrop": 2.5}}})
+    cluster.wait(lambda: cluster.model(namespace, NAME)["status"]["model"]["digest"] == candidate["model"]["digest"]
+                 and cluster.condition(namespace, NAME, "Ready")["status"] == "True", 300, "the candidate Ready")  # type: ignore[index]  # fmt: skip
+    demo.timings["budget raised: patch to the candidate Ready"] = time.monotonic() - patched
+    gate = cluster.condition(namespace, NAME, "AccuracyGatePassed")
+    assert gate is not None and gate["reason"] == "WithinBudget" and "<= 2.5)" in gate["message"], gate
+    # No new Job (the previously served model's Job goes: its pipeline is no longer served).
+    assert {j["metadata"]["name"] for j in cluster.jobs(namespace, "quantize")} <= jobs, "no new Job"
+    assert detect(cluster.ready_endpoints(namespace, NAME)[0])["digest"] == candidate["model"]["digest"]
+
+
 def test_host_path_engine_cache_only_under_allowed_prefixes_and_writable(demo: Demo) -> None:
     """hostPath is an admin's opt-in (Helm pipeline.hostPathPrefixes; the tests allow
     /var/cache/rtdetr-edge): any other host directory is refused in status while the old model
@@ -287,9 +308,8 @@ def test_host_path_engine_cache_only_under_allowed_prefixes_and_writable(demo: D
     cluster, namespace = demo.cluster, demo.namespace
     cluster.kubectl("label", "namespace", namespace, "--overwrite", "pod-security.kubernetes.io/enforce=privileged")
     cluster.wait_condition(namespace, NAME, "Available", "True", timeout=120)  # the re-created Deployment serves
-    # Back to the served model's pipeline (maxMapDrop 2.5): what follows are serving-only changes.
-    cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"maxMapDrop": 2.5},
-                                                   "serving": {"engineCache": {"emptyDir": None, "hostPath": "/var/cache/../../etc"}}}})  # fmt: skip
+    # The served model is this spec's (budget raised above): what follows are serving-only changes.
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"engineCache": {"emptyDir": None, "hostPath": "/var/cache/../../etc"}}}})
     refused = cluster.wait_condition(namespace, NAME, "Ready", "False", "InvalidSpec", timeout=60)
     assert "hostPath /etc is outside the host directories this operator allows (/var/cache/rtdetr-edge)" in refused["message"]
     assert cluster.condition(namespace, NAME, "Available")["status"] == "True", "the old model keeps serving"

@@ -149,3 +149,24 @@ def test_a_baseline_near_zero_cannot_pass_the_gate() -> None:
     assert "baseline scores mAP 0.0" in refused.message and "categoryIds" in refused.message
     assert accuracy_gate(0.0, 0.0, 0.5, min_baseline_map=0).passed
     assert accuracy_gate(1.2, 1.0, 0.5).passed, "the default threshold is 1 mAP point"
+
+
+def test_the_operator_judging_reported_maps_agrees_with_the_job() -> None:
+    """The Job judges measured mAPs; the operator judges again, from what the Job reported, when
+    the budget changes: both must reach the same verdict (the gate rounds as it reports)."""
+    import random
+
+    from rtdetr_edge.gate import judge_reported
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        baseline = rng.uniform(0, 60)
+        candidate = baseline - rng.choice([rng.uniform(-1, 3), 0.5 + rng.uniform(-0.006, 0.006)])
+        budget, floor = rng.choice([0.0, 0.5, 1.0, 2.0]), rng.choice([0.0, 1.0, 30.0])
+        job = accuracy_gate(baseline, candidate, budget, floor)
+        reported = {"baselineMap": job.baseline_map, "quantizedMap": job.candidate_map}
+        assert judge_reported(reported, budget, floor) == job, (baseline, candidate, budget, floor)
+    assert judge_reported({"images": 0}, 0.5, 1.0) is None
+    raised = judge_reported({"baselineMap": 44.74, "quantizedMap": 43.52}, 2.0, 1.0)
+    tightened = judge_reported({"baselineMap": 44.74, "quantizedMap": 43.52}, 1.0, 1.0)
+    assert raised is not None and raised.passed and tightened is not None and not tightened.passed

@@ -11,6 +11,7 @@ from rtdetr_edge.api.job import OnnxRuntimeInt8
 from rtdetr_edge.resource import (
     SpecError,
     configs_dir,
+    earlier_pipeline_digest,
     installed_tool_versions,
     load_resource,
     parse_resource,
@@ -118,7 +119,6 @@ def test_digest_changes_with_what_changes_the_model() -> None:
         {"source__inferenceModel": "pvc://models/other"},
         {"dataset__maxValImages": 100},
         {"quantization__trainIter": 501},
-        {"quantization__maxMapDrop": 1.0},
     ):
         assert pipeline_digest(parse_resource(with_spec(**changes)).spec) != reference, changes
 
@@ -138,9 +138,9 @@ def test_the_onnxruntime_recipe_is_in_the_plan_and_its_digest(monkeypatch: pytes
     assert pipeline_plan(cpu).pipeline_digest != plan.pipeline_digest
 
 
-# Digests of the GPU samples as the previous release computed them: a release that moves one
-# re-runs hours of quantization for every user's model of that kind. Change them only on purpose
-# (a new pin, a new recipe), and say so in the release notes.
+# Digests of the GPU samples as the previous release computed them (the gate budget hashed in): a
+# release that stops recognising one re-runs hours of quantization for every user's model of that
+# kind. Change them only on purpose (a new pin, a new recipe), and say so in the release notes.
 RELEASED_DIGESTS = {
     "rtdetr-r50.yaml": "sha256:d43db03cdbcfd8e7dba2a4685483ec835293e4e3b190ee2717b497dbb9a0b5db",
     "rtdetr-hgnetv2-l.yaml": "sha256:0203625447124762dbc8afbc65e915d0e59723dbf58d3df2fc65d84254bd9154",
@@ -150,9 +150,22 @@ RELEASED_DIGESTS = {
 
 @pytest.mark.parametrize("sample", sorted(RELEASED_DIGESTS))
 def test_an_upgrade_does_not_requantize_what_it_did_not_change(sample: str) -> None:
-    """The ONNX Runtime recipe joined the plan; resources that do not use it keep their digest."""
+    """The ONNX Runtime recipe joined the plan (resources that do not use it kept their digest);
+    the gate budget left the digest: the previous release's digest is still recognised as the
+    spec's (the operator reads its models, results and Jobs as this spec's)."""
     document = yaml.safe_load((configs_dir() / "samples" / sample).read_text())
-    assert pipeline_digest(parse_resource(document).spec) == RELEASED_DIGESTS[sample]
+    spec = parse_resource(document).spec
+    assert earlier_pipeline_digest(spec) == RELEASED_DIGESTS[sample]
+    assert pipeline_digest(spec) != RELEASED_DIGESTS[sample]
+
+
+def test_the_gate_budget_judges_the_model_and_does_not_make_it() -> None:
+    reference = parse_resource(base()).spec
+    for changes in ({"quantization__maxMapDrop": 1.0}, {"quantization__minBaselineMap": 0.0}):
+        spec = parse_resource(with_spec(**changes)).spec
+        assert pipeline_digest(spec) == pipeline_digest(reference), changes
+        assert earlier_pipeline_digest(spec) != earlier_pipeline_digest(reference), changes
+        assert pipeline_plan(spec).quantization != pipeline_plan(reference).quantization, "the Job still gets the budget"
 
 
 def test_digest_ignores_serving_compression_and_storage() -> None:

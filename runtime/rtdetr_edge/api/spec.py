@@ -157,7 +157,9 @@ class QuantizationSpec(ApiModel):
         None, description="Ops to quantize (default per arch: conv2d, depthwise_conv2d, matmul_v2)."
     )
     max_map_drop: float = Field(
-        0.5, ge=0, le=100, description="The accuracy gate, in mAP points (IoU .50:.95); a bigger drop is never deployed."
+        0.5, ge=0, le=100,
+        description="The accuracy gate, in mAP points (IoU .50:.95); a bigger drop is never deployed. Changing it "
+        "judges the last model's measured mAPs again, without re-quantizing.",
     )
     min_baseline_map: float = Field(
         1.0, ge=0, le=100,
