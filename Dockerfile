@@ -23,7 +23,7 @@ COPY configs/ /src/configs/
 FROM ${PYTHON_IMAGE} AS source-operator
 COPY --from=source /src/ /src/
 WORKDIR /src
-RUN find runtime/rtdetr_edge -mindepth 1 -maxdepth 1 -not -name __init__.py -not -name py.typed -not -name api -not -name resource.py -not -name storage.py -not -name files.py -not -name errors.py -not -name progress.py -not -name cpu_isa.py -exec rm -rf {} +
+RUN find runtime/rtdetr_edge -mindepth 1 -maxdepth 1 -not -name __init__.py -not -name py.typed -not -name api -not -name resource.py -not -name storage.py -not -name files.py -not -name errors.py -not -name progress.py -not -name cpu_isa.py -not -name gate.py -exec rm -rf {} +
 
 # The runtime images: data plane and pipeline, without the development tools (rtdetr_edge.dev).
 FROM ${PYTHON_IMAGE} AS source-runtime
