@@ -20,11 +20,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtdetr_edge.api.job import JobSummary
+from rtdetr_edge.api.job import JobSummary, PipelinePlan
 from rtdetr_edge.api.status import IN_FLIGHT_PHASES
 from rtdetr_edge.cpu_isa import NFD_PREFIX
 from rtdetr_edge.api.spec import QuantizationSpec
-from rtdetr_edge.gate import NOT_DEPLOYED, judge_reported
+from rtdetr_edge.gate import DROP_EXCEEDS_BUDGET, NOT_DEPLOYED, judge_reported
 from rtdetr_edge.resource import RTDETRModel, SpecError, earlier_pipeline_digest, parse_resource, pipeline_plan
 from rtdetr_operator.conditions import Condition, changed, find, set_conditions
 from rtdetr_operator.exporter import EXPORT_ANNOTATION, build_export_job, exported_model_uri
@@ -38,6 +38,7 @@ from rtdetr_operator.manifests import (
     isa_bound_level,
 )
 from rtdetr_operator.names import pipeline_configmap_name
+from rtdetr_operator.reasons import Reason
 from rtdetr_operator.settings import OperatorSettings, host_path_problem
 
 ANNOTATION_RESULT = "rtdetr.io/pipeline-result"
@@ -246,254 +247,281 @@ def judged(verdict: dict[str, Any], quantization: QuantizationSpec) -> dict[str,
     return {**verdict, "gate": {"passed": gate.passed, "reason": gate.reason, "message": gate.message}}
 
 
+@dataclass
+class Step:
+    """What one part of the decision concludes: condition updates, children to ensure, the phase
+    (kstatus' view follows from it), and what the pipeline found."""
+
+    updates: list[Condition] = field(default_factory=list)
+    ensure: list[dict[str, Any]] = field(default_factory=list)
+    phase: str = "Pending"
+    progress: dict[str, Any] | None = None
+    served: dict[str, Any] | None = None  # this spec's model, within the gate's budget
+    candidate: dict[str, Any] | None = None  # this spec's verdict, for status.candidate
+
+
+def availability(deployment: DeploymentObservation | None, before: list[dict[str, Any]]) -> Condition:
+    """Whether any pod serves; a model that served and no longer does is ``ReplicasLost``."""
+    if deployment is None:
+        return Condition("Available", "False", Reason.NOT_DEPLOYED, "no serving pods yet")
+    if deployment.available_replicas > 0:
+        pods = f"{deployment.available_replicas} serving pod(s) available"
+        return Condition("Available", "True", Reason.MINIMUM_REPLICAS_AVAILABLE, pods)
+    was = find(before, "Available")
+    if was is not None and (was.get("status") == "True" or was.get("reason") == Reason.REPLICAS_LOST):
+        # It served before and now nothing does: pods lost (node down, evicted, crashing).
+        return Condition("Available", "False", Reason.REPLICAS_LOST, "every serving pod is gone; no model is being served")
+    return Condition("Available", "False", Reason.NO_REPLICAS_AVAILABLE, "no serving pod is available yet")
+
+
+def invalid_spec(error: SpecError, available: Condition, before: dict[str, Any], generation: int, now: str) -> Decision:
+    """A spec that cannot run: ``Ready=False InvalidSpec`` with every problem, and nothing touched."""
+    message = "; ".join(error.errors[:5]) + (f" (+{len(error.errors) - 5} more)" if len(error.errors) > 5 else "")
+    updates = [Condition("Ready", "False", Reason.INVALID_SPEC, message), available]
+    updates += kstatus_conditions("Failed", updates)
+    conditions_before = list(before.get("conditions") or [])
+    conditions = set_conditions(conditions_before, updates, generation, now)
+    status = {**before, "observedGeneration": generation, "phase": "Failed", "conditions": conditions, "progress": None}
+    return Decision([], status, _events(conditions_before, conditions), None, updates=updates)
+
+
+def deployed_model(deployment: DeploymentObservation | None, before: dict[str, Any]) -> dict[str, Any] | None:
+    """What the serving pods run (the Deployment's annotation), or, with the Deployment gone
+    (deleted by hand, lost with a namespace restore), what status remembers they served: it comes
+    back even if a newer candidate failed."""
+    annotations = deployment.annotations if deployment is not None else {}
+    if annotations.get(ANNOTATION_RESULT):
+        return dict(json.loads(annotations[ANNOTATION_RESULT]))
+    if deployment is None and isinstance(before.get("served"), dict):
+        return dict(before["served"])
+    return None
+
+
+def judgement(verdict: dict[str, Any], available: Condition) -> Step:
+    """A finished pipeline's verdict (already judged with the current budget): served, or refused
+    while whatever served keeps serving."""
+    gate = verdict.get("gate", {})
+    message = str(gate.get("message", ""))
+    step = Step([Condition("Quantized", "True", Reason.JOB_SUCCEEDED, "quantization finished")], candidate=verdict)
+    if gate.get("passed"):
+        step.served = verdict
+        step.updates.append(Condition("AccuracyGatePassed", "True", Reason.WITHIN_BUDGET, message))
+        return step
+    step.phase = "Failed"
+    step.updates += [
+        Condition("AccuracyGatePassed", "False", str(gate.get("reason") or DROP_EXCEEDS_BUDGET), message),
+        Condition("Ready", "False", Reason.ACCURACY_GATE_FAILED,
+                  f"{message}; the previous model keeps serving" if available.status == "True" else message),
+    ]  # fmt: skip
+    return step
+
+
+def serving_judged_again(deployed: dict[str, Any]) -> Step:
+    """This spec's model already serves: only serving settings or the gate budget can have
+    changed. A budget tightened below what it measured is said, and it keeps serving (there is
+    nothing better to serve)."""
+    gate = deployed.get("gate", {})
+    message = str(gate.get("message", ""))
+    step = Step([Condition("Quantized", "True", Reason.JOB_SUCCEEDED, "the quantized model for this spec is ready")])
+    if gate.get("passed"):
+        step.served = deployed
+        step.updates.append(Condition("AccuracyGatePassed", "True", Reason.WITHIN_BUDGET, message))
+        return step
+    step.phase, step.candidate = "Failed", deployed
+    step.updates += [
+        Condition("AccuracyGatePassed", "False", str(gate.get("reason") or DROP_EXCEEDS_BUDGET), message),
+        Condition("Ready", "False", Reason.ACCURACY_GATE_FAILED,
+                  f"the serving model is outside the gate's budget: {message.removesuffix(NOT_DEPLOYED)}; it keeps serving "
+                  "until a model within the budget replaces it (change quantization settings), or raise the budget"),
+    ]  # fmt: skip
+    return step
+
+
+def export_step(body: dict[str, Any], model: RTDETRModel, digest: str, export: JobObservation | None,
+                settings: OperatorSettings) -> Step:  # fmt: skip
+    """A checkpoint source is exported (PaddleDetection) before the pipeline quantizes it."""
+    exporting = Condition("Quantized", "Unknown", Reason.EXPORTING, "exporting the checkpoint with PaddleDetection")
+    if export is None:
+        return Step([exporting], [build_export_job(body, model, digest, settings)], phase="Exporting")
+    if export.failed:
+        cause = _cause(export)
+        return Step([Condition("Quantized", "False", Reason.EXPORT_FAILED, cause), Condition("Ready", "False", Reason.EXPORT_FAILED, cause)],
+                    phase="Failed")  # fmt: skip
+    return Step([exporting], phase="Exporting")
+
+
+def quantize_step(body: dict[str, Any], model: RTDETRModel, plan: PipelinePlan, job: JobObservation | None,
+                  settings: OperatorSettings) -> Step:  # fmt: skip
+    """The quantize Job with no verdict (yet): create it, or say how it runs or why it failed."""
+    digest = plan.pipeline_digest
+    if job is None:
+        spec = body["spec"]
+        if model.spec.source.checkpoint is not None:  # the pipeline quantizes what the export Job wrote
+            spec = {**spec, "source": {"inferenceModel": exported_model_uri(model, digest)}}
+        configmap = build_pipeline_configmap({**body, "spec": spec}, model, plan)
+        if model.spec.source.checkpoint is not None:
+            configmap["metadata"]["annotations"][EXPORT_ANNOTATION] = exported_model_uri(model, digest)
+        created = Condition("Quantized", "Unknown", Reason.JOB_CREATED, "quantize Job created")
+        return Step([created], [configmap, build_quantize_job(body, model, digest, settings)])
+    if job.succeeded:  # and no readable verdict, now or remembered
+        unreadable = f"the quantize Job succeeded but its result is unreadable: {_cause(job)}"
+        return Step([Condition("Quantized", "False", Reason.RESULT_UNREADABLE, unreadable),
+                     Condition("Ready", "False", Reason.QUANTIZATION_FAILED, "no usable result")], phase="Failed")  # fmt: skip
+    if job.failed:
+        reason = Reason.DEADLINE_EXCEEDED if job.failure_reason == "DeadlineExceeded" else Reason.JOB_FAILED
+        cause = _cause(job)
+        if reason == Reason.DEADLINE_EXCEEDED:
+            cause = f"the quantize Job exceeded compression.activeDeadlineSeconds; last output: {cause}"
+        return Step([Condition("Quantized", "False", reason, cause), Condition("Ready", "False", Reason.QUANTIZATION_FAILED, cause)],
+                    phase="Failed")  # fmt: skip
+    if job.waiting_reason:
+        message = f"the quantize Job's pod cannot run: {job.waiting_reason}: {job.waiting_message}".rstrip(": ")
+        return Step([Condition("Quantized", "Unknown", job.waiting_reason, message),
+                     Condition("Ready", "False", job.waiting_reason, message)])  # fmt: skip
+    progress = job.progress
+    stage, step = str((progress or {}).get("stage", "")), str((progress or {}).get("phase", ""))
+    evaluating = stage == "pipeline" and any(word in step for word in ("evaluate", "gate", "shape"))
+    running = Condition("Quantized", "Unknown", Reason.JOB_RUNNING, _progress_message(progress))
+    return Step([running], phase="Evaluating" if evaluating else "Quantizing", progress=progress)
+
+
+def pipeline_step(body: dict[str, Any], model: RTDETRModel, plan: PipelinePlan, ours: set[str], observed: Observed,
+                  before: dict[str, Any], available: Condition, settings: OperatorSettings) -> Step:  # fmt: skip
+    """This spec's model is not serving: its verdict if there is one, else the export and
+    quantize Jobs that make it."""
+    job = observed.quantize_job
+    # The verdict, once read, is kept in status.candidate: the finished Job's pod or the Job
+    # itself may be deleted (TTL, a cleanup, a human) without re-running hours of QAT.
+    remembered = before.get("candidate") if isinstance(before.get("candidate"), dict) else None
+    verdict = job.verdict if job is not None else None  # parses the termination message once
+    if verdict is None and remembered is not None and remembered.get("pipelineDigest") in ours and (
+        job is None or job.succeeded
+    ):
+        verdict = remembered
+    if verdict is not None:
+        return judgement(judged(verdict, model.spec.quantization), available)  # with the budget as it is now
+    export = observed.export_job
+    if model.spec.source.checkpoint is not None and (export is None or not export.succeeded):
+        return export_step(body, model, plan.pipeline_digest, export, settings)
+    return quantize_step(body, model, plan, job, settings)
+
+
+def runtime_deployment(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings, serve: dict[str, Any],
+                       live: DeploymentObservation | None) -> dict[str, Any]:  # fmt: skip
+    """The serving Deployment for ``serve``, with what only the Deployment carries (not its pods):
+    the served record and the hash of the template it was given."""
+    desired = build_runtime_deployment(body, model, settings, serve)
+    keep_legacy_template_annotations(desired, live)
+    desired["metadata"]["annotations"][ANNOTATION_RESULT] = json.dumps(serve, sort_keys=True, separators=(",", ":"))
+    desired["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH] = template_hash(desired)
+    return desired
+
+
+def rollout_step(served: dict[str, Any], desired: dict[str, Any], replicas: int, deployment: DeploymentObservation | None,
+                 before: dict[str, Any]) -> Step:  # fmt: skip
+    """Ready for a served model, from its Deployment (``kubectl rollout status`` semantics)."""
+    # The pods run the desired template and no old ReplicaSet's pods are left (a replicas change
+    # is no rollout: the reconcile it triggers still sees the old replicas) ...
+    settled = (deployment is not None and runs_template(deployment, desired)
+               and deployment.current_replicas == deployment.updated_replicas)  # fmt: skip
+    # ... there are as many as wanted, and every one of them is available.
+    rolled_out = (settled and deployment is not None and deployment.observed_generation >= deployment.generation
+                  and deployment.replicas == replicas and deployment.updated_replicas >= replicas
+                  and deployment.available_replicas >= deployment.updated_replicas)  # fmt: skip
+    was_serving = (find(list(before.get("conditions") or []), "Ready") or {}).get("reason") == Reason.SERVING and (
+        (before.get("serving") or {}).get("servingDigest") == served["model"]["digest"]
+    )
+    serving = f"serving {served['model']['digest'][:19]}"
+    if rolled_out and replicas == 0:
+        return Step([Condition("Ready", "True", Reason.SCALED_TO_ZERO, "serving.replicas is 0")], phase="Ready")
+    if rolled_out:
+        return Step([Condition("Ready", "True", Reason.SERVING, serving)], phase="Ready")
+    if deployment is not None and settled and was_serving and deployment.available_replicas > 0:
+        # A scale-up, or a pod being replaced: the model still serves; say how many pods do.
+        counts = f"{deployment.available_replicas}/{replicas} pods available"
+        return Step([Condition("Ready", "True", Reason.SERVING, "; ".join(p for p in (serving, counts, deployment.pod_problem) if p))],
+                    phase="Ready")  # fmt: skip
+    if deployment is not None and deployment.stalled_message:  # kstatus Stalled: it will not progress without a change
+        message = "; ".join(p for p in (deployment.stalled_message, deployment.pod_problem) if p)
+        return Step([Condition("Ready", "False", Reason.PROGRESS_DEADLINE_EXCEEDED, message)], phase="Failed")
+    if deployment is not None and deployment.pod_problem_reason:
+        hint = isa_placement_hint(served) if deployment.pod_problem_reason == "Unschedulable" else ""
+        message = "; ".join(p for p in (f"serving {deployment.pod_problem_message}", hint) if p)
+        return Step([Condition("Ready", "False", deployment.pod_problem_reason, message)], phase="Deploying")
+    ready_pods = deployment.available_replicas if deployment else 0
+    rolling = Condition("Ready", "False", Reason.ROLLING_OUT, f"{ready_pods}/{replicas} pods ready with this model")
+    return Step([rolling], phase="Deploying")
+
+
 def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed, now: str) -> Decision:
-    metadata = body.get("metadata", {})
-    generation = int(metadata.get("generation", 1))
+    """The children and the whole status for what was observed (pure; see the module's rules)."""
+    generation = int(body.get("metadata", {}).get("generation", 1))
     before = dict(body.get("status") or {})
     conditions_before = list(before.get("conditions") or [])
     deployment = observed.deployment
-    available = Condition("Available", "False", "NotDeployed", "no serving pods yet")
-    if deployment is not None and deployment.available_replicas > 0:
-        available = Condition(
-            "Available", "True", "MinimumReplicasAvailable", f"{deployment.available_replicas} serving pod(s) available"
-        )
-    elif deployment is not None:
-        was = find(conditions_before, "Available")
-        if was is not None and (was.get("status") == "True" or was.get("reason") == "ReplicasLost"):
-            # It served before and now nothing does: pods lost (node down, evicted, crashing).
-            available = Condition("Available", "False", "ReplicasLost", "every serving pod is gone; no model is being served")
-        else:
-            available = Condition("Available", "False", "NoReplicasAvailable", "no serving pod is available yet")
-
+    available = availability(deployment, conditions_before)
     try:
         model = parse_resource(body)
         problems = cluster_problems(model, settings)
         if problems:
             raise SpecError(problems)
     except SpecError as error:
-        message = "; ".join(error.errors[:5]) + (f" (+{len(error.errors) - 5} more)" if len(error.errors) > 5 else "")
-        invalid = [Condition("Ready", "False", "InvalidSpec", message), available]
-        invalid += kstatus_conditions("Failed", invalid)
-        conditions = set_conditions(conditions_before, invalid, generation, now)
-        status = {**before, "observedGeneration": generation, "phase": "Failed", "conditions": conditions}
-        status["progress"] = None
-        return Decision([], status, _events(conditions_before, conditions), None, updates=invalid)
+        return invalid_spec(error, available, before, generation, now)
 
     plan = pipeline_plan(model.spec)  # what the Job runs, computed here once
-    digest = plan.pipeline_digest
     # This spec's pipeline, also as the previous release named it (it hashed the gate budget in):
     # what was made under either is this spec's model, so an upgrade re-runs nothing.
-    ours = {digest, earlier_pipeline_digest(model.spec)}
-    quantization = model.spec.quantization
-    ensure: list[dict[str, Any]] = []
-    updates: list[Condition] = [available]
-    phase = "Pending"
-    progress: dict[str, Any] | None = None
-    served: dict[str, Any] | None = None
-    status_extra: dict[str, Any] = {}
-
-    dep_annotations = deployment.annotations if deployment is not None else {}
-    deployed = json.loads(dep_annotations[ANNOTATION_RESULT]) if dep_annotations.get(ANNOTATION_RESULT) else None
-    if deployed is None and deployment is None and isinstance(before.get("served"), dict):
-        # The Deployment is gone (deleted by hand, lost with a namespace restore): the model it
-        # served is remembered in status, so it comes back even if a newer candidate failed.
-        deployed = dict(before["served"])
+    ours = {plan.pipeline_digest, earlier_pipeline_digest(model.spec)}
+    deployed = deployed_model(deployment, before)
     if deployed is not None and deployed.get("pipelineDigest") in ours:
-        # Already serving this spec's model: serving settings or the gate budget may have changed.
-        deployed = judged(deployed, quantization)
-        gate = deployed.get("gate", {})
-        updates.append(Condition("Quantized", "True", "JobSucceeded", "the quantized model for this spec is ready"))
-        if gate.get("passed"):
-            served = deployed
-            updates.append(Condition("AccuracyGatePassed", "True", "WithinBudget", str(gate.get("message", ""))))
-        else:
-            # The budget now refuses the model that serves: there is nothing better to serve.
-            phase = "Failed"
-            status_extra["candidate"] = deployed
-            measured = str(gate.get("message", "")).removesuffix(NOT_DEPLOYED)
-            updates += [
-                Condition("AccuracyGatePassed", "False", str(gate.get("reason") or "DropExceedsBudget"), str(gate.get("message", ""))),
-                Condition("Ready", "False", "AccuracyGateFailed",
-                          f"the serving model is outside the gate's budget: {measured}; it keeps serving until a "
-                          "model within the budget replaces it (change quantization settings), or raise the budget"),
-            ]  # fmt: skip
+        deployed = judged(deployed, model.spec.quantization)
+        step = serving_judged_again(deployed)
     else:
-        source_spec = body["spec"]
-        job = observed.quantize_job
-        # The verdict, once read, is kept in status.candidate: the finished Job's pod or the Job
-        # itself may be deleted (TTL, a cleanup, a human) without re-running hours of QAT.
-        remembered = before.get("candidate") if isinstance(before.get("candidate"), dict) else None
-        verdict = job.verdict if job is not None else None  # parses the termination message once
-        if verdict is None and remembered is not None and remembered.get("pipelineDigest") in ours and (
-            job is None or job.succeeded
-        ):
-            verdict = remembered
-        if verdict is not None:
-            verdict = judged(verdict, quantization)  # with the budget as it is now
-        needs_export = model.spec.source.checkpoint is not None
-        export = observed.export_job
-        if verdict is not None:
-            status_extra["candidate"] = verdict
-            updates.append(Condition("Quantized", "True", "JobSucceeded", "quantization finished"))
-            gate = verdict.get("gate", {})
-            if gate.get("passed"):
-                served = verdict
-                updates.append(Condition("AccuracyGatePassed", "True", "WithinBudget", str(gate.get("message", ""))))
-            else:
-                phase = "Failed"
-                updates += [
-                    Condition("AccuracyGatePassed", "False", str(gate.get("reason") or "DropExceedsBudget"),
-                              str(gate.get("message", ""))),  # fmt: skip
-                    Condition("Ready", "False", "AccuracyGateFailed",
-                              f"{gate.get('message', '')}; the previous model keeps serving"
-                              if available.status == "True" else str(gate.get("message", ""))),  # fmt: skip
-                ]
-        elif needs_export and (export is None or not export.succeeded):
-            if export is None:
-                ensure.append(build_export_job(body, model, digest, settings))
-                phase = "Exporting"
-                updates.append(Condition("Quantized", "Unknown", "Exporting", "exporting the checkpoint with PaddleDetection"))
-            elif export.failed:
-                phase = "Failed"
-                updates += [
-                    Condition("Quantized", "False", "ExportFailed", _cause(export)),
-                    Condition("Ready", "False", "ExportFailed", _cause(export)),
-                ]
-            else:
-                phase = "Exporting"
-                updates.append(Condition("Quantized", "Unknown", "Exporting", "exporting the checkpoint with PaddleDetection"))
-        else:
-            if needs_export:
-                # The pipeline quantizes what the export Job wrote.
-                source_spec = {**body["spec"], "source": {"inferenceModel": exported_model_uri(model, digest)}}
-            if job is None:
-                configmap = build_pipeline_configmap({**body, "spec": source_spec}, model, plan)
-                if needs_export:
-                    configmap["metadata"]["annotations"][EXPORT_ANNOTATION] = exported_model_uri(model, digest)
-                ensure += [configmap, build_quantize_job(body, model, digest, settings)]
-                phase = "Pending"
-                updates.append(Condition("Quantized", "Unknown", "JobCreated", "quantize Job created"))
-            elif job.succeeded:  # and no readable verdict, now or remembered
-                phase = "Failed"
-                updates += [
-                    Condition("Quantized", "False", "ResultUnreadable",
-                              f"the quantize Job succeeded but its result is unreadable: {_cause(job)}"),  # fmt: skip
-                    Condition("Ready", "False", "QuantizationFailed", "no usable result"),
-                ]
-            elif job.failed:
-                phase = "Failed"
-                reason = "DeadlineExceeded" if job.failure_reason == "DeadlineExceeded" else "JobFailed"
-                cause = _cause(job)
-                if reason == "DeadlineExceeded":
-                    cause = f"the quantize Job exceeded compression.activeDeadlineSeconds; last output: {cause}"
-                updates += [
-                    Condition("Quantized", "False", reason, cause),
-                    Condition("Ready", "False", "QuantizationFailed", cause),
-                ]
-            elif job.waiting_reason:
-                phase = "Pending"
-                message = f"the quantize Job's pod cannot run: {job.waiting_reason}: {job.waiting_message}".rstrip(": ")
-                updates += [
-                    Condition("Quantized", "Unknown", job.waiting_reason, message),
-                    Condition("Ready", "False", job.waiting_reason, message),
-                ]
-            else:
-                progress = job.progress
-                phase = "Quantizing"
-                stage = str((progress or {}).get("stage", ""))
-                step = str((progress or {}).get("phase", ""))
-                if stage == "pipeline" and any(word in step for word in ("evaluate", "gate", "shape")):
-                    phase = "Evaluating"
-                updates.append(Condition("Quantized", "Unknown", "JobRunning", _progress_message(progress)))
-
+        step = pipeline_step(body, model, plan, ours, observed, before, available, settings)
     # What the pods should serve: this spec's model once it passed its gate, else the one that
     # already serves (a running or failed candidate never takes it down).
-    serve = served if served is not None else deployed
-    desired: dict[str, Any] = {}
+    serve = step.served if step.served is not None else deployed
+    updates, ensure, phase = [available, *step.updates], list(step.ensure), step.phase
     if serve is not None:
-        desired = build_runtime_deployment(body, model, settings, serve)
-        keep_legacy_template_annotations(desired, deployment)
-        # On the Deployment only (its pods need neither): what it serves, and the template it was given.
-        desired["metadata"]["annotations"][ANNOTATION_RESULT] = json.dumps(serve, sort_keys=True, separators=(",", ":"))
-        desired["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH] = template_hash(desired)
+        desired = runtime_deployment(body, model, settings, serve, deployment)
         # Applied at every reconcile: a new model or serving setting rolls out, drift is reverted.
         ensure += [desired, build_service(body, model, settings)]
-        status_extra["served"] = serve
-        status_extra["accuracy"] = serve.get("accuracy")  # kubectl's mAP/Drop columns: what serves
-    if served is not None:
-        status_extra["model"] = served["model"]
-        replicas = model.spec.serving.replicas
-        # The pods run the desired template, and no old ReplicaSet's pods are left (a replicas
-        # change is no rollout: the first reconcile after it still sees the old replicas).
-        settled = (
-            deployment is not None
-            and runs_template(deployment, desired)
-            and deployment.current_replicas == deployment.updated_replicas
-        )
-        # ... and there are as many as wanted: nothing to roll.
-        current = (
-            settled
-            and deployment is not None
-            and deployment.observed_generation >= deployment.generation
-            and deployment.replicas == replicas
-            and deployment.updated_replicas >= replicas
-        )
-        # `kubectl rollout status` semantics: and every one of them is available.
-        rolled_out = current and deployment is not None and deployment.available_replicas >= deployment.updated_replicas
-        was_serving = (find(conditions_before, "Ready") or {}).get("reason") == "Serving" and (
-            (before.get("serving") or {}).get("servingDigest") == served["model"]["digest"]
-        )
-        serving_message = f"serving {served['model']['digest'][:19]}"
-        if rolled_out and replicas == 0:
-            phase = "Ready"
-            updates.append(Condition("Ready", "True", "ScaledToZero", "serving.replicas is 0"))
-        elif rolled_out:
-            phase = "Ready"
-            updates.append(Condition("Ready", "True", "Serving", serving_message))
-        elif settled and was_serving and deployment is not None and deployment.available_replicas > 0:
-            # A scale-up, or a pod being replaced: the model still serves; say how many pods do.
-            phase = "Ready"
-            counts = f"{deployment.available_replicas}/{replicas} pods available"
-            updates.append(Condition("Ready", "True", "Serving", "; ".join(p for p in (serving_message, counts, deployment.pod_problem) if p)))
-        elif deployment is not None and deployment.stalled_message:
-            phase = "Failed"  # kstatus Stalled: it will not progress without a change
-            updates.append(Condition("Ready", "False", "ProgressDeadlineExceeded",
-                                     "; ".join(p for p in (deployment.stalled_message, deployment.pod_problem) if p)))  # fmt: skip
-        elif deployment is not None and deployment.pod_problem_reason:
-            phase = "Deploying"
-            hint = isa_placement_hint(served) if deployment.pod_problem_reason == "Unschedulable" else ""
-            updates.append(Condition("Ready", "False", deployment.pod_problem_reason,
-                                     "; ".join(p for p in (f"serving {deployment.pod_problem_message}", hint) if p)))  # fmt: skip
-        else:
-            phase = "Deploying"
-            ready = deployment.available_replicas if deployment else 0
-            updates.append(
-                Condition("Ready", "False", "RollingOut", f"{ready}/{model.spec.serving.replicas} pods ready with this model")
-            )
-    elif phase in IN_FLIGHT_PHASES and not any(c.type == "Ready" for c in updates):  # (Deploying: only when served)
+        if step.served is not None:
+            rollout = rollout_step(step.served, desired, model.spec.serving.replicas, deployment, before)
+            updates, phase = updates + rollout.updates, rollout.phase
+    if step.served is None and phase in IN_FLIGHT_PHASES and not any(c.type == "Ready" for c in updates):
         updates.append(Condition("Ready", "False", phase, "the pipeline is running" if phase != "Pending" else "starting"))
-
     updates += kstatus_conditions(phase, updates)
     conditions = set_conditions(conditions_before, updates, generation, now)
-    serving_status = {
-        "endpoint": endpoint(model, settings),
-        "readyReplicas": deployment.ready_replicas if deployment else 0,
-    }
-    if serve is not None:  # absent rather than null: a merge patch drops nulls, and the next
-        serving_status["servingDigest"] = serve["model"]["digest"]  # compare would differ forever
-    status = {
+    status = assemble_status(before, generation, phase, plan.pipeline_digest, conditions, step, serve, deployment,
+                             endpoint(model, settings))  # fmt: skip
+    keep = ours | ({str(serve["pipelineDigest"])} if serve is not None else set())
+    delete = superseded(model.name, observed.pipeline_jobs, keep)
+    return Decision(ensure, status, _events(conditions_before, conditions), plan.pipeline_digest, delete, updates)
+
+
+def assemble_status(before: dict[str, Any], generation: int, phase: str, digest: str, conditions: list[dict[str, Any]],
+                    step: Step, serve: dict[str, Any] | None, deployment: DeploymentObservation | None,
+                    url: str) -> dict[str, Any]:  # fmt: skip
+    """The whole status: what was there, with this decision's fields."""
+    serving: dict[str, Any] = {"endpoint": url, "readyReplicas": deployment.ready_replicas if deployment else 0}
+    decided: dict[str, Any] = {"candidate": step.candidate}
+    if serve is not None:
+        # absent rather than null: a merge patch drops nulls, and the next compare would differ forever
+        serving["servingDigest"] = serve["model"]["digest"]
+        decided.update(served=serve, accuracy=serve.get("accuracy"))  # kubectl's mAP/Drop columns: what serves
+    if step.served is not None:
+        decided["model"] = step.served["model"]
+    return {
         **before,
-        **{k: v for k, v in status_extra.items() if v is not None},
+        **{k: v for k, v in decided.items() if v is not None},
         "observedGeneration": generation,
         "phase": phase,
         "pipelineDigest": digest,
         "conditions": conditions,
-        "serving": serving_status,
-        "progress": progress,
+        "serving": serving,
+        "progress": step.progress,
     }
-    keep = ours | ({str(serve["pipelineDigest"])} if serve is not None else set())
-    delete = superseded(model.name, observed.pipeline_jobs, keep)
-    return Decision(ensure, status, _events(conditions_before, conditions), digest, delete, updates)
 
 
 def with_apply_failures(body: dict[str, Any], decision: Decision, failures: list[ApplyFailure], now: str) -> Decision:
@@ -509,9 +537,9 @@ def with_apply_failures(body: dict[str, Any], decision: Decision, failures: list
     before = list((body.get("status") or {}).get("conditions") or [])
     updates = [u for u in decision.updates if u.type not in ("Reconciling", "Stalled")]
     if refused_jobs:
-        updates = [u for u in updates if u.reason != "JobCreated"]
-        updates.append(Condition("Quantized", "Unknown", "ApplyFailed", refused_jobs))
-    updates.append(Condition("Ready", "False", "ApplyFailed", message))
+        updates = [u for u in updates if u.reason != Reason.JOB_CREATED]
+        updates.append(Condition("Quantized", "Unknown", Reason.APPLY_FAILED, refused_jobs))
+    updates.append(Condition("Ready", "False", Reason.APPLY_FAILED, message))
     updates += kstatus_conditions("Failed", updates)
     generation = int(body.get("metadata", {}).get("generation", 1))
     conditions = set_conditions(before, updates, generation, now)
@@ -529,8 +557,8 @@ def kstatus_conditions(phase: str, updates: list[Condition]) -> list[Condition]:
     reconciling = phase in IN_FLIGHT_PHASES
     stalled = phase == "Failed"
     return [
-        Condition("Reconciling", "True", reason, message) if reconciling else Condition("Reconciling", "False", "Idle", ""),
-        Condition("Stalled", "True", reason, message) if stalled else Condition("Stalled", "False", "Progressing", ""),
+        Condition("Reconciling", "True", reason, message) if reconciling else Condition("Reconciling", "False", Reason.IDLE, ""),
+        Condition("Stalled", "True", reason, message) if stalled else Condition("Stalled", "False", Reason.PROGRESSING, ""),
     ]
 
 
@@ -547,7 +575,8 @@ def _progress_message(progress: dict[str, Any] | None) -> str:
 
 
 # Ready=False while work is in flight is progress, not a fault: announced as Normal events.
-PROGRESS_REASONS = frozenset({"Pending", "Exporting", "Quantizing", "Evaluating", "RollingOut", "JobCreated", "JobRunning"})
+PROGRESS_REASONS = frozenset({"Pending", "Quantizing", "Evaluating", Reason.EXPORTING, Reason.ROLLING_OUT, Reason.JOB_CREATED,
+                              Reason.JOB_RUNNING})
 
 
 def _events(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[Event]:
