@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from rtdetr_edge.api.job import PipelinePlan
+from rtdetr_edge.api.job import PipelinePlan, PipelineRecord
 from rtdetr_edge.api.spec import PodPlacement
 from rtdetr_edge.cpu_isa import node_affinity_for
 from rtdetr_edge.resource import RTDETRModel, serving_backend
@@ -339,27 +339,27 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
     return build_job(body, model, quantize_job_name(model.name, digest), digest, labels, spec, settings)
 
 
-def isa_bound_level(served: dict[str, Any]) -> str | None:
+def isa_bound_level(served: PipelineRecord) -> str | None:
     """The ISA level a served model's numbers are bound to (its gate's), or None when the model is
     portable across levels or its Job recorded none."""
-    level = (served.get("measuredOn") or {}).get("isaLevel")
-    return str(level) if level and served["model"].get("isaPortable") is False else None
+    level = served.measured_on.isa_level if served.measured_on is not None else None
+    return level if level and served.model.isa_portable is False else None
 
 
 def build_runtime_deployment(
-    body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings, served: dict[str, Any]
+    body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings, served: PipelineRecord
 ) -> dict[str, Any]:
     """Serving pods for a passed pipeline result ``served`` (its termination summary)."""
     serving = model.spec.serving
-    model_uri = served["model"]["uri"]
+    model_uri = served.model.uri
     model_dir = pvc_path(model_uri, settings.pvc_mount_root)
     # Shape ranges the Job collected for TensorRT (GPU resources); CPU predictors use none.
     shape_args = []
-    if served.get("shapeRanges"):
-        shape_args = ["--shape-ranges", f"{model_dir.rsplit('/', 1)[0]}/{served['shapeRanges']['file']}"]
+    if served.shape_ranges is not None:
+        shape_args = ["--shape-ranges", f"{model_dir.rsplit('/', 1)[0]}/{served.shape_ranges.file}"]
     # Where the gate ran: a CPU pod refuses a model whose numbers differ on its own CPU, and a model
     # that is not portable across ISA levels only goes to nodes of its gate's INT8 arithmetic.
-    measured_on_isa = (served.get("measuredOn") or {}).get("isaLevel") if serving.device == "cpu" else None
+    measured_on_isa = served.measured_on.isa_level if serving.device == "cpu" and served.measured_on is not None else None
     isa_args = ["--measured-on-isa", measured_on_isa] if measured_on_isa else []
     bound_to = isa_bound_level(served) if serving.device == "cpu" else None
     required = node_affinity_for(bound_to) if bound_to else None
@@ -375,7 +375,7 @@ def build_runtime_deployment(
         {"name": "scratch", "mountPath": "/tmp"},
     ]
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
-    annotations = {ANNOTATION_PIPELINE: served["pipelineDigest"], ANNOTATION_MODEL: served["model"]["digest"]}
+    annotations = {ANNOTATION_PIPELINE: served.pipeline_digest, ANNOTATION_MODEL: served.model.digest}
     labels = common_labels(model.name, "runtime")
     image = settings.runtime_image_gpu if serving.device == "gpu" else settings.runtime_image_cpu
     container = {

@@ -20,11 +20,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtdetr_edge.api.job import JobSummary, PipelinePlan
+from rtdetr_edge.api.job import GateVerdict, JobSummary, PipelinePlan, PipelineRecord
 from rtdetr_edge.api.status import IN_FLIGHT_PHASES
 from rtdetr_edge.cpu_isa import NFD_PREFIX
 from rtdetr_edge.api.spec import QuantizationSpec
-from rtdetr_edge.gate import DROP_EXCEEDS_BUDGET, NOT_DEPLOYED, judge_reported
+from rtdetr_edge.gate import DROP_EXCEEDS_BUDGET, NOT_DEPLOYED, accuracy_gate
 from rtdetr_edge.resource import RTDETRModel, SpecError, earlier_pipeline_digest, parse_resource, pipeline_plan
 from rtdetr_operator.conditions import Condition, changed, find, set_conditions
 from rtdetr_operator.exporter import EXPORT_ANNOTATION, build_export_job, exported_model_uri
@@ -64,13 +64,13 @@ class JobObservation:
         return JobSummary.from_termination_message(self.termination_message)
 
     @property
-    def verdict(self) -> dict[str, Any] | None:
-        """What a passed or refused pipeline hands on (``JobSummary.served``), or None."""
+    def verdict(self) -> PipelineRecord | None:
+        """What a passed or refused pipeline hands on (``JobSummary.record``), or None."""
         summary = self.summary
         if not (self.succeeded and summary is not None and summary.ok):
             return None
         try:
-            return summary.served()
+            return summary.record()
         except ValueError:
             return None
 
@@ -224,7 +224,7 @@ def runs_template(live: DeploymentObservation, desired: dict[str, Any]) -> bool:
     return legacy is not None and live.annotations.get(ANNOTATION_SPEC_HASH) == legacy
 
 
-def isa_placement_hint(served: dict[str, Any]) -> str:
+def isa_placement_hint(served: PipelineRecord) -> str:
     """Why an unschedulable serving pod may be waiting for a CPU kind (manifests place a model that
     is not ISA-portable by Node Feature Discovery's labels), or ""."""
     level = isa_bound_level(served)
@@ -237,14 +237,28 @@ def isa_placement_hint(served: dict[str, Any]) -> str:
     )
 
 
-def judged(verdict: dict[str, Any], quantization: QuantizationSpec) -> dict[str, Any]:
+def judged(record: PipelineRecord, quantization: QuantizationSpec) -> PipelineRecord:
     """A pipeline's record (a candidate, or the served model) judged with the resource's current
     gate budget: the Job measured both mAPs, and the budget may have changed since. A record
     without them (none is made so) keeps the verdict its Job gave."""
-    gate = judge_reported(verdict.get("accuracy") or {}, quantization.max_map_drop, quantization.min_baseline_map)
-    if gate is None:
-        return verdict
-    return {**verdict, "gate": {"passed": gate.passed, "reason": gate.reason, "message": gate.message}}
+    if record.accuracy is None:
+        return record
+    accuracy = record.accuracy
+    gate = accuracy_gate(accuracy.baseline_map, accuracy.quantized_map, quantization.max_map_drop, quantization.min_baseline_map)
+    return record.model_copy(update={"gate": GateVerdict(passed=gate.passed, reason=gate.reason, message=gate.message)})
+
+
+def kept_record(document: Any) -> PipelineRecord | None:
+    """A record as status or an annotation keeps it (JSON text or its dict), or None when there is
+    none or it cannot be read."""
+    if not document:
+        return None
+    try:
+        if isinstance(document, str):
+            return PipelineRecord.model_validate_json(document)
+        return PipelineRecord.model_validate(document) if isinstance(document, dict) else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -256,8 +270,8 @@ class Step:
     ensure: list[dict[str, Any]] = field(default_factory=list)
     phase: str = "Pending"
     progress: dict[str, Any] | None = None
-    served: dict[str, Any] | None = None  # this spec's model, within the gate's budget
-    candidate: dict[str, Any] | None = None  # this spec's verdict, for status.candidate
+    served: PipelineRecord | None = None  # this spec's model, within the gate's budget
+    candidate: PipelineRecord | None = None  # this spec's verdict, for status.candidate
 
 
 def availability(deployment: DeploymentObservation | None, before: list[dict[str, Any]]) -> Condition:
@@ -285,51 +299,46 @@ def invalid_spec(error: SpecError, available: Condition, before: dict[str, Any],
     return Decision([], status, _events(conditions_before, conditions), None, updates=updates)
 
 
-def deployed_model(deployment: DeploymentObservation | None, before: dict[str, Any]) -> dict[str, Any] | None:
+def deployed_model(deployment: DeploymentObservation | None, before: dict[str, Any]) -> PipelineRecord | None:
     """What the serving pods run (the Deployment's annotation), or, with the Deployment gone
     (deleted by hand, lost with a namespace restore), what status remembers they served: it comes
     back even if a newer candidate failed."""
-    annotations = deployment.annotations if deployment is not None else {}
-    if annotations.get(ANNOTATION_RESULT):
-        return dict(json.loads(annotations[ANNOTATION_RESULT]))
-    if deployment is None and isinstance(before.get("served"), dict):
-        return dict(before["served"])
-    return None
+    if deployment is not None:
+        return kept_record(deployment.annotations.get(ANNOTATION_RESULT))
+    return kept_record(before.get("served"))
 
 
-def judgement(verdict: dict[str, Any], available: Condition) -> Step:
+def judgement(verdict: PipelineRecord, available: Condition) -> Step:
     """A finished pipeline's verdict (already judged with the current budget): served, or refused
     while whatever served keeps serving."""
-    gate = verdict.get("gate", {})
-    message = str(gate.get("message", ""))
+    message, reason = (verdict.gate.message, verdict.gate.reason) if verdict.gate else ("", DROP_EXCEEDS_BUDGET)
     step = Step([Condition("Quantized", "True", Reason.JOB_SUCCEEDED, "quantization finished")], candidate=verdict)
-    if gate.get("passed"):
+    if verdict.passed:
         step.served = verdict
         step.updates.append(Condition("AccuracyGatePassed", "True", Reason.WITHIN_BUDGET, message))
         return step
     step.phase = "Failed"
     step.updates += [
-        Condition("AccuracyGatePassed", "False", str(gate.get("reason") or DROP_EXCEEDS_BUDGET), message),
+        Condition("AccuracyGatePassed", "False", reason, message),
         Condition("Ready", "False", Reason.ACCURACY_GATE_FAILED,
                   f"{message}; the previous model keeps serving" if available.status == "True" else message),
     ]  # fmt: skip
     return step
 
 
-def serving_judged_again(deployed: dict[str, Any]) -> Step:
+def serving_judged_again(deployed: PipelineRecord) -> Step:
     """This spec's model already serves: only serving settings or the gate budget can have
     changed. A budget tightened below what it measured is said, and it keeps serving (there is
     nothing better to serve)."""
-    gate = deployed.get("gate", {})
-    message = str(gate.get("message", ""))
+    message, reason = (deployed.gate.message, deployed.gate.reason) if deployed.gate else ("", DROP_EXCEEDS_BUDGET)
     step = Step([Condition("Quantized", "True", Reason.JOB_SUCCEEDED, "the quantized model for this spec is ready")])
-    if gate.get("passed"):
+    if deployed.passed:
         step.served = deployed
         step.updates.append(Condition("AccuracyGatePassed", "True", Reason.WITHIN_BUDGET, message))
         return step
     step.phase, step.candidate = "Failed", deployed
     step.updates += [
-        Condition("AccuracyGatePassed", "False", str(gate.get("reason") or DROP_EXCEEDS_BUDGET), message),
+        Condition("AccuracyGatePassed", "False", reason, message),
         Condition("Ready", "False", Reason.ACCURACY_GATE_FAILED,
                   f"the serving model is outside the gate's budget: {message.removesuffix(NOT_DEPLOYED)}; it keeps serving "
                   "until a model within the budget replaces it (change quantization settings), or raise the budget"),
@@ -392,9 +401,9 @@ def pipeline_step(body: dict[str, Any], model: RTDETRModel, plan: PipelinePlan, 
     job = observed.quantize_job
     # The verdict, once read, is kept in status.candidate: the finished Job's pod or the Job
     # itself may be deleted (TTL, a cleanup, a human) without re-running hours of QAT.
-    remembered = before.get("candidate") if isinstance(before.get("candidate"), dict) else None
+    remembered = kept_record(before.get("candidate"))
     verdict = job.verdict if job is not None else None  # parses the termination message once
-    if verdict is None and remembered is not None and remembered.get("pipelineDigest") in ours and (
+    if verdict is None and remembered is not None and remembered.pipeline_digest in ours and (
         job is None or job.succeeded
     ):
         verdict = remembered
@@ -406,18 +415,18 @@ def pipeline_step(body: dict[str, Any], model: RTDETRModel, plan: PipelinePlan, 
     return quantize_step(body, model, plan, job, settings)
 
 
-def runtime_deployment(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings, serve: dict[str, Any],
+def runtime_deployment(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings, serve: PipelineRecord,
                        live: DeploymentObservation | None) -> dict[str, Any]:  # fmt: skip
     """The serving Deployment for ``serve``, with what only the Deployment carries (not its pods):
     the served record and the hash of the template it was given."""
     desired = build_runtime_deployment(body, model, settings, serve)
     keep_legacy_template_annotations(desired, live)
-    desired["metadata"]["annotations"][ANNOTATION_RESULT] = json.dumps(serve, sort_keys=True, separators=(",", ":"))
+    desired["metadata"]["annotations"][ANNOTATION_RESULT] = json.dumps(serve.wire(), sort_keys=True, separators=(",", ":"))
     desired["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH] = template_hash(desired)
     return desired
 
 
-def rollout_step(served: dict[str, Any], desired: dict[str, Any], replicas: int, deployment: DeploymentObservation | None,
+def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int, deployment: DeploymentObservation | None,
                  before: dict[str, Any]) -> Step:  # fmt: skip
     """Ready for a served model, from its Deployment (``kubectl rollout status`` semantics)."""
     # The pods run the desired template and no old ReplicaSet's pods are left (a replicas change
@@ -429,9 +438,9 @@ def rollout_step(served: dict[str, Any], desired: dict[str, Any], replicas: int,
                   and deployment.replicas == replicas and deployment.updated_replicas >= replicas
                   and deployment.available_replicas >= deployment.updated_replicas)  # fmt: skip
     was_serving = (find(list(before.get("conditions") or []), "Ready") or {}).get("reason") == Reason.SERVING and (
-        (before.get("serving") or {}).get("servingDigest") == served["model"]["digest"]
+        (before.get("serving") or {}).get("servingDigest") == served.model.digest
     )
-    serving = f"serving {served['model']['digest'][:19]}"
+    serving = f"serving {served.model.digest[:19]}"
     if rolled_out and replicas == 0:
         return Step([Condition("Ready", "True", Reason.SCALED_TO_ZERO, "serving.replicas is 0")], phase="Ready")
     if rolled_out:
@@ -473,7 +482,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     # what was made under either is this spec's model, so an upgrade re-runs nothing.
     ours = {plan.pipeline_digest, earlier_pipeline_digest(model.spec)}
     deployed = deployed_model(deployment, before)
-    if deployed is not None and deployed.get("pipelineDigest") in ours:
+    if deployed is not None and deployed.pipeline_digest in ours:
         deployed = judged(deployed, model.spec.quantization)
         step = serving_judged_again(deployed)
     else:
@@ -495,23 +504,25 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     conditions = set_conditions(conditions_before, updates, generation, now)
     status = assemble_status(before, generation, phase, plan.pipeline_digest, conditions, step, serve, deployment,
                              endpoint(model, settings))  # fmt: skip
-    keep = ours | ({str(serve["pipelineDigest"])} if serve is not None else set())
+    keep = ours | ({serve.pipeline_digest} if serve is not None else set())
     delete = superseded(model.name, observed.pipeline_jobs, keep)
     return Decision(ensure, status, _events(conditions_before, conditions), plan.pipeline_digest, delete, updates)
 
 
 def assemble_status(before: dict[str, Any], generation: int, phase: str, digest: str, conditions: list[dict[str, Any]],
-                    step: Step, serve: dict[str, Any] | None, deployment: DeploymentObservation | None,
+                    step: Step, serve: PipelineRecord | None, deployment: DeploymentObservation | None,
                     url: str) -> dict[str, Any]:  # fmt: skip
     """The whole status: what was there, with this decision's fields."""
     serving: dict[str, Any] = {"endpoint": url, "readyReplicas": deployment.ready_replicas if deployment else 0}
-    decided: dict[str, Any] = {"candidate": step.candidate}
+    decided: dict[str, Any] = {"candidate": step.candidate.wire() if step.candidate is not None else None}
     if serve is not None:
         # absent rather than null: a merge patch drops nulls, and the next compare would differ forever
-        serving["servingDigest"] = serve["model"]["digest"]
-        decided.update(served=serve, accuracy=serve.get("accuracy"))  # kubectl's mAP/Drop columns: what serves
+        serving["servingDigest"] = serve.model.digest
+        decided["served"] = serve.wire()
+        if serve.accuracy is not None:  # kubectl's mAP/Drop columns: what serves
+            decided["accuracy"] = serve.accuracy.model_dump(by_alias=True)
     if step.served is not None:
-        decided["model"] = step.served["model"]
+        decided["model"] = step.served.model.model_dump(by_alias=True, exclude_none=True)
     return {
         **before,
         **{k: v for k, v in decided.items() if v is not None},

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from rtdetr_edge.api.job import PipelineRecord
 from rtdetr_edge.api.status import RTDETRModelStatus
 from rtdetr_edge.resource import parse_resource, pipeline_digest
 from rtdetr_operator.conditions import find
@@ -454,16 +455,17 @@ def test_the_user_guide_explains_every_reason_the_operator_sets() -> None:
 @pytest.mark.parametrize(
     ("served", "hint"),
     [
-        ({"model": {"isaPortable": False}, "measuredOn": {"device": "cpu", "isaLevel": "avx512-vnni"}},
+        ({"model": {"isaPortable": False}, "measuredOn": {"device": "cpu", "product": "EPYC", "isaLevel": "avx512-vnni"}},
          "only on avx512-vnni-class CPUs"),
-        ({"model": {"isaPortable": True}, "measuredOn": {"device": "cpu", "isaLevel": "avx512-vnni"}}, ""),
+        ({"model": {"isaPortable": True}, "measuredOn": {"device": "cpu", "product": "EPYC", "isaLevel": "avx512-vnni"}}, ""),
         ({"model": {}, "measuredOn": {"device": "gpu", "product": "Tesla T4"}}, ""),  # GPU, or an older Job's summary
         ({"model": {"isaPortable": False}}, ""),
     ],
 )  # fmt: skip
 def test_an_unschedulable_cpu_specific_model_says_what_it_waits_for(served: dict[str, Any], hint: str) -> None:
     """A model that is not ISA-portable is placed by NFD labels: a cluster without them must hear why."""
-    text = isa_placement_hint(served)
+    text = isa_placement_hint(PipelineRecord.model_validate({"pipelineDigest": "d", **served,
+                                                             "model": {"uri": "pvc://a/m", "digest": "x", **served["model"]}}))
     assert (hint in text and "Node Feature Discovery" in text) if hint else text == ""
 
 
@@ -542,3 +544,30 @@ def test_what_the_previous_release_made_is_this_specs_model() -> None:
     running = JobObservation(active=True, progress={"stage": "quantize", "done": 3, "total": 500})
     mid_run = decide(r50(), OperatorSettings(), Observed(quantize_job=running, pipeline_jobs=(old_job,)), NOW)
     assert condition(mid_run.status, "Quantized")["reason"] == "JobRunning" and mid_run.delete == []
+
+
+def _pruned(value: Any, schema: dict[str, Any]) -> Any:
+    """``value`` as the API server stores it under a structural ``schema`` (unknown fields pruned)."""
+    if isinstance(value, dict) and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        known = schema.get("properties", {})
+        return {k: _pruned(v, known[k]) for k, v in value.items() if k in known}
+    if isinstance(value, list) and "items" in schema:
+        return [_pruned(item, schema["items"]) for item in value]
+    return value
+
+
+def test_every_status_field_the_operator_writes_survives_the_crds_schema() -> None:
+    """What the API server prunes, the operator would write again at every resync (a status
+    write per resource every few seconds, forever): status is typed by the same classes the CRD
+    is generated from, so nothing it writes is pruned."""
+    import yaml as yaml_module
+
+    from rtdetr_edge.api import crd
+
+    schema = yaml_module.safe_load(crd.render())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    body, observed = serving(r50(), available=2)
+    body["spec"]["quantization"]["trainIter"] = 600
+    refused = JobObservation(succeeded=True, termination_message=summary(digest_of(body), passed=False, quantized=51.0))
+    for status in (body["status"], decide(body, OperatorSettings(), replace(observed, quantize_job=refused), LATER).status):
+        assert status["served"]["model"]["isaPortable"] is True and status["model"]["isaPortable"] is True
+        assert _pruned(status, schema) == status

@@ -89,6 +89,18 @@ def test_apply_quantize_gate_and_serve(demo: Demo) -> None:
     assert isinstance(answer["detections"], list)
 
 
+def test_a_serving_model_writes_no_status_while_nothing_changes(demo: Demo) -> None:
+    """Every field the operator writes into status survives the API server's schema (nothing
+    pruned and written again): an idle, serving model costs no status write per resync."""
+    cluster, namespace = demo.cluster, demo.namespace
+    time.sleep(RESYNC_SECONDS)  # a write that was in flight has landed
+    settled = cluster.model(namespace, NAME)
+    time.sleep(3 * RESYNC_SECONDS)
+    later = cluster.model(namespace, NAME)
+    assert later["metadata"]["resourceVersion"] == settled["metadata"]["resourceVersion"], (
+        {k: v for k, v in later["status"].items() if settled["status"].get(k) != v})  # fmt: skip
+
+
 class LoadGenerator:
     """A bounded load on the Service, routed as kube-proxy would: to the ready endpoints of its
     EndpointSlices, re-read every 250 ms. Counts every request's outcome and the digest that

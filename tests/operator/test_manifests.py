@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from rtdetr_edge.api.job import Accuracy, GateVerdict, JobSummary, ModelRef, PipelinePlan, ShapeRangesRef
+from rtdetr_edge.api.job import Accuracy, GateVerdict, JobSummary, MeasuredOn, ModelRef, PipelinePlan, PipelineRecord, ShapeRangesRef
 from rtdetr_edge.resource import parse_resource, pipeline_digest, pipeline_plan
 from rtdetr_operator.exporter import build_export_job
 from rtdetr_operator.manifests import build_pipeline_configmap, build_quantize_job, build_runtime_deployment, build_service
@@ -41,7 +41,8 @@ def summary(digest: str, passed: bool = True, baseline: float = 53.1, quantized:
     return JobSummary(
         ok=True, pipeline_digest=digest, message=message,
         model=ModelRef(digest="sha256:" + "ab" * 32, uri=f"pvc://rtdetr-artifacts/{namespace}/{name}/{key}/model",
-                       size_bytes=48_000_000, quantized=True, method="qat"),
+                       size_bytes=48_000_000, quantized=True, method="qat", isa_portable=True),
+        measured_on=MeasuredOn(device="gpu", product="Tesla T4"),
         accuracy=Accuracy(baseline_map=baseline, quantized_map=quantized, map_drop=drop, images=500),
         shape_ranges=ShapeRangesRef(file=f"shapes/{'ab' * 32}-b4.pbtxt", max_batch_size=4, tensors=1200),
         gate=GateVerdict(passed=passed, reason="WithinBudget" if passed else "DropExceedsBudget", message=message),
@@ -53,7 +54,7 @@ def manifests_for(sample: str, settings: OperatorSettings) -> list[dict[str, Any
     model = parse_resource(body)
     plan = pipeline_plan(model.spec)
     digest = plan.pipeline_digest
-    served = json.loads(summary(digest, namespace=model.namespace, name=model.name))
+    served = JobSummary.model_validate_json(summary(digest, namespace=model.namespace, name=model.name)).record()
     result = [
         build_pipeline_configmap(body, model, plan),
         build_quantize_job(body, model, digest, settings),
@@ -172,7 +173,7 @@ def test_device_defaults_run_as_shipped() -> None:
     bare["spec"]["source"] = {"checkpoint": "pvc://models/rtdetr_r50vd_6x_coco.pdparams"}
     model = parse_resource(bare)
     digest = pipeline_digest(model.spec)
-    served = {"pipelineDigest": digest, "model": {"uri": "pvc://a/m", "digest": "x"}, "shapeRanges": {"file": "s"}}
+    served = PipelineRecord.model_validate({"pipelineDigest": digest, "model": {"uri": "pvc://a/m", "digest": "x"}, "shapeRanges": {"file": "s"}})
     pods = [build_quantize_job(bare, model, digest, OperatorSettings())["spec"]["template"]["spec"],
             build_export_job(bare, model, digest, OperatorSettings())["spec"]["template"]["spec"],
             build_runtime_deployment(bare, model, OperatorSettings(), served)["spec"]["template"]["spec"]]  # fmt: skip
@@ -244,7 +245,7 @@ def test_pods_run_the_runtime_and_shape_ranges_the_gate_measured(sample: str, se
     served: dict[str, Any] = {"pipelineDigest": pipeline_digest(model.spec), "model": {"uri": "pvc://a/m", "digest": "x"}}
     if model.spec.serving.device == "gpu":
         served["shapeRanges"] = {"file": "shapes/x-b4.pbtxt"}
-    args = build_runtime_deployment(body, model, OperatorSettings(), served)["spec"]["template"]["spec"]["containers"][0]["args"]
+    args = build_runtime_deployment(body, model, OperatorSettings(), PipelineRecord.model_validate(served))["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--backend") + 1] == backend
     assert ("--shape-ranges" in args) == (model.spec.serving.device == "gpu")
     if "--shape-ranges" in args:
@@ -280,7 +281,7 @@ def test_cpu_pods_know_where_their_gate_ran(
         "model": {"uri": "pvc://a/m", "digest": "x", "isaPortable": portable},
         "measuredOn": {"device": "cpu", "product": "AMD EPYC", **({"isaLevel": measured_on} if measured_on else {})},
     }
-    deployment = build_runtime_deployment(body, model, OperatorSettings(), served)
+    deployment = build_runtime_deployment(body, model, OperatorSettings(), PipelineRecord.model_validate(served))
     pod = deployment["spec"]["template"]["spec"]
     args = pod["containers"][0]["args"]
     if measured_on:
@@ -326,7 +327,7 @@ def test_placement_fields_reach_the_jobs_and_serving_pods(version: str) -> None:
     checkpoint["spec"]["source"] = {"checkpoint": "pvc://models/weights.pdparams"}
     model = parse_resource(body)
     digest = pipeline_digest(model.spec)
-    served = json.loads(summary(digest))
+    served = JobSummary.model_validate_json(summary(digest)).record()
     children = {
         "quantize": build_quantize_job(body, model, digest, OperatorSettings()),
         "export": build_export_job(checkpoint, parse_resource(checkpoint), digest, OperatorSettings()),

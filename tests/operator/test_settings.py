@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from rtdetr_edge.api.job import PipelineRecord
 from rtdetr_edge.resource import parse_resource
 import click
 
@@ -73,7 +74,8 @@ def test_serving_pods_on_a_host_path_get_the_owner_init_container_only_then() ->
     assert "10001" in init["command"][-1] and pod["securityContext"]["runAsUser"] == 10001
 
     plain = build_runtime_deployment(body_of("rtdetr-r50.yaml"), parse_resource(body_of("rtdetr-r50.yaml")), settings,
-                                     {"pipelineDigest": "d", "model": {"uri": "pvc://a/m", "digest": "x"}, "shapeRanges": {"file": "s"}})  # fmt: skip
+                                     PipelineRecord.model_validate({"pipelineDigest": "d", "model": {"uri": "pvc://a/m", "digest": "x"},
+                                                                    "shapeRanges": {"file": "s"}}))  # fmt: skip
     assert "initContainers" not in plain["spec"]["template"]["spec"]
     assert {"name": "engine-cache", "emptyDir": {}} in plain["spec"]["template"]["spec"]["volumes"], "the shipped default"
 

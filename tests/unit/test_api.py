@@ -96,7 +96,7 @@ def test_a_job_summary_survives_the_termination_message() -> None:
     assert JobSummary.from_termination_message("Traceback (most recent call last):\n  boom") is None
     assert JobSummary.from_termination_message('{"schema":"rtdetr.io/quantize-result/v0","ok":true}') is None
     with pytest.raises(ValueError, match="cannot be served"):
-        JobSummary(ok=True, pipeline_digest="sha256:" + "0" * 64).served()
+        JobSummary(ok=True, pipeline_digest="sha256:" + "0" * 64).record()
 
 
 def test_every_spec_field_explains_itself() -> None:

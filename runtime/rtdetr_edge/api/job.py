@@ -137,6 +137,28 @@ class GateVerdict(SummaryModel):
     message: str
 
 
+class PipelineRecord(SummaryModel):
+    """A finished pipeline as the operator keeps it: ``status.served`` (the model the pods serve,
+    also on the serving Deployment) and ``status.candidate`` (this spec's last verdict, kept once
+    read so a deleted Job or pod never loses it). Made from the Job's summary; the operator judges
+    its gate again when the budget changes."""
+
+    pipeline_digest: str = Field(description="The pipeline that made the model (names its artifacts).")
+    model: ModelRef
+    accuracy: Accuracy | None = None
+    gate: GateVerdict | None = None
+    measured_on: MeasuredOn | None = None
+    shape_ranges: ShapeRangesRef | None = Field(None, description="TensorRT shape ranges the Job collected (GPU serving).")
+
+    @property
+    def passed(self) -> bool:
+        return self.gate is not None and self.gate.passed
+
+    def wire(self) -> dict[str, object]:
+        """As status and the Deployment's annotation hold it (camelCase, no nulls)."""
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
 class JobSummary(SummaryModel):
     schema_: Literal["rtdetr.io/quantize-result/v1"] = Field(RESULT_SCHEMA, alias="schema")
     ok: bool
@@ -173,20 +195,11 @@ class JobSummary(SummaryModel):
         except ValueError:
             return None
 
-    def served(self) -> dict[str, object]:
-        """What a Deployment needs from a passed pipeline (kept in its annotation and status)."""
+    def record(self) -> PipelineRecord:
+        """What the operator keeps of a finished pipeline (status.served / status.candidate)."""
         if self.pipeline_digest is None or self.model is None:
             raise ValueError("a summary without pipelineDigest and model cannot be served")
-        served: dict[str, object] = {
-            "pipelineDigest": self.pipeline_digest,
-            "model": self.model.model_dump(
-                by_alias=True, include={"digest", "uri", "size_bytes", "isa_portable"}, exclude_none=True
-            ),
-            "accuracy": self.accuracy.model_dump(by_alias=True) if self.accuracy else {},
-            "gate": self.gate.model_dump(by_alias=True) if self.gate else {},
-        }
-        if self.measured_on is not None:  # serving pods compare their CPU with it
-            served["measuredOn"] = self.measured_on.model_dump(by_alias=True, exclude_none=True)
-        if self.shape_ranges is not None:  # collected for GPU (TensorRT) serving only
-            served["shapeRanges"] = {"file": self.shape_ranges.file}
-        return served
+        model = self.model.model_copy(update={"quantized": None, "method": None})  # status keeps what serving needs
+        shapes = ShapeRangesRef(file=self.shape_ranges.file) if self.shape_ranges is not None else None
+        return PipelineRecord(pipeline_digest=self.pipeline_digest, model=model, accuracy=self.accuracy, gate=self.gate,
+                              measured_on=self.measured_on, shape_ranges=shapes)  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field
 
+from rtdetr_edge.api.job import ModelRef, PipelineRecord
 from rtdetr_edge.api.spec import wire_config
 
 Phase = Literal["Pending", "Exporting", "Quantizing", "Evaluating", "Deploying", "Ready", "Failed"]
@@ -33,12 +34,6 @@ class ConditionStatus(StatusModel):
     observed_generation: int | None = None
 
 
-class ModelStatus(StatusModel):
-    digest: str | None = None
-    uri: str | None = None
-    size_bytes: int | None = None
-
-
 class AccuracyStatus(StatusModel):
     """COCO mAP of the model being served (the mAP/Drop columns); a candidate's is in status.candidate."""
 
@@ -62,18 +57,18 @@ class RTDETRModelStatus(StatusModel):
     observed_generation: int | None = None
     phase: Phase | None = None
     pipeline_digest: str | None = None
-    served: dict[str, Any] | None = Field(
+    served: PipelineRecord | None = Field(
         None,
-        description="The pipeline result of the model the pods serve (kept so a lost Deployment comes back with it).",
+        description="The pipeline record of the model the pods serve (kept so a lost Deployment comes back with it).",
     )
-    candidate: dict[str, Any] | None = Field(
+    candidate: PipelineRecord | None = Field(
         None,
         description="The last pipeline verdict for this spec (accuracy, gate), kept once read so a deleted Job or "
         "pod never loses it; status.accuracy describes the served model.",
     )
     conditions: list[ConditionStatus] | None = Field(None, json_schema_extra={"x-kubernetes-list-type": "map",
                                                                             "x-kubernetes-list-map-keys": ["type"]})
-    model: ModelStatus | None = None
+    model: ModelRef | None = Field(None, description="The model this spec made, once it passed its gate.")
     accuracy: AccuracyStatus | None = None
     serving: ServingStatus | None = None
     progress: dict[str, Any] | None = Field(None, description="The running Job's stage, iteration and ETA.")
