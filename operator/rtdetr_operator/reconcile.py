@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtdetr_edge.api.job import GateVerdict, JobSummary, PipelinePlan, PipelineRecord
+from rtdetr_edge.api.job import JobSummary, PipelinePlan, PipelineRecord
 from rtdetr_edge.api.status import IN_FLIGHT_PHASES
 from rtdetr_edge.cpu_isa import NFD_PREFIX
 from rtdetr_edge.api.spec import QuantizationSpec
@@ -245,7 +245,7 @@ def judged(record: PipelineRecord, quantization: QuantizationSpec) -> PipelineRe
         return record
     accuracy = record.accuracy
     gate = accuracy_gate(accuracy.baseline_map, accuracy.quantized_map, quantization.max_map_drop, quantization.min_baseline_map)
-    return record.model_copy(update={"gate": GateVerdict(passed=gate.passed, reason=gate.reason, message=gate.message)})
+    return record.model_copy(update={"gate": gate})
 
 
 def kept_record(document: Any) -> PipelineRecord | None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
+
+from rtdetr_edge.api.job import GateVerdict
 
 WITHIN_BUDGET = "WithinBudget"
 DROP_EXCEEDS_BUDGET = "DropExceedsBudget"
@@ -21,18 +22,9 @@ or images), and any candidate would "pass" a drop budget measured against it."""
 NOT_DEPLOYED = "; the quantized model is not deployed"
 
 
-@dataclass(frozen=True)
-class GateVerdict:
-    passed: bool
-    reason: str  # a condition reason: WithinBudget | DropExceedsBudget | BaselineTooLow
-    baseline_map: float
-    candidate_map: float
-    map_drop: float
-    max_map_drop: float
-    message: str
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+def reported_map(value: float) -> float:
+    """An mAP as the pipeline reports it and the gate judges it."""
+    return round(value, MAP_DECIMALS)
 
 
 def accuracy_gate(
@@ -51,7 +43,7 @@ def accuracy_gate(
             raise ValueError(f"{name} must be a finite number, got {value}")
     if max_map_drop < 0:
         raise ValueError(f"max_map_drop must be >= 0, got {max_map_drop}")
-    baseline_map, candidate_map = round(baseline_map, MAP_DECIMALS), round(candidate_map, MAP_DECIMALS)
+    baseline_map, candidate_map = reported_map(baseline_map), reported_map(candidate_map)
     drop = baseline_map - candidate_map
     within = drop <= max_map_drop + 1e-9
     comparison = "<=" if within else ">"
@@ -70,15 +62,7 @@ def accuracy_gate(
     passed = reason == WITHIN_BUDGET
     if not passed:
         message += NOT_DEPLOYED
-    return GateVerdict(
-        passed=passed,
-        reason=reason,
-        baseline_map=round(baseline_map, 3),
-        candidate_map=round(candidate_map, 3),
-        map_drop=round(drop, 3),
-        max_map_drop=max_map_drop,
-        message=message,
-    )
+    return GateVerdict(passed=passed, reason=reason, message=message, max_map_drop=max_map_drop)
 
 
 def judge_reported(accuracy: Mapping[str, Any], max_map_drop: float, min_baseline_map: float) -> GateVerdict | None:

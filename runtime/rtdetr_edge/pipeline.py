@@ -31,7 +31,7 @@ from rtdetr_edge.device_identity import detect_device_identity
 from rtdetr_edge.engine_cache import shape_file_name
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.files import write_text_atomic
-from rtdetr_edge.gate import MAP_DECIMALS, accuracy_gate, judge_reported
+from rtdetr_edge.gate import accuracy_gate, judge_reported, reported_map
 from rtdetr_edge.model_files import LABELS_FILE, ModelFiles
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.progress import ProgressReporter
@@ -201,9 +201,10 @@ def judged_again(result: dict[str, Any], quantization: EffectiveQuantization) ->
     verdict = judge_reported(result.get("accuracy") or {}, quantization.max_map_drop, quantization.min_baseline_map)
     if verdict is None:
         return result
-    if verdict.to_dict() != result.get("gate"):
+    gate = verdict.model_dump(by_alias=True)
+    if gate != result.get("gate"):
         log.info("accuracy gate, with this resource's budget: %s", verdict.message)
-    return {**result, "gate": verdict.to_dict(), "message": verdict.message}
+    return {**result, "gate": gate, "message": verdict.message}
 
 
 def evaluation_settings(spec: Any, int8_runtime: str, device: str) -> tuple[PredictorSettings, PredictorSettings]:
@@ -400,11 +401,11 @@ def _run_stages(
         "quantization": quantization.model_dump(),
         "baseline": baseline.to_dict(),
         "candidate": candidate.to_dict(),
-        "gate": verdict.to_dict(),
+        "gate": verdict.model_dump(by_alias=True),
         "accuracy": {
-            "baselineMap": verdict.baseline_map,  # as the gate judged them (MAP_DECIMALS)
-            "quantizedMap": verdict.candidate_map,
-            "mapDrop": round(verdict.map_drop, MAP_DECIMALS),
+            "baselineMap": reported_map(baseline.map),  # as the gate judged them
+            "quantizedMap": reported_map(candidate.map),
+            "mapDrop": reported_map(reported_map(baseline.map) - reported_map(candidate.map)),
             "images": candidate.images,
         },
         "shapeRanges": shape_ranges_ref,

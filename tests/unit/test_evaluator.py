@@ -156,7 +156,7 @@ def test_the_operator_judging_reported_maps_agrees_with_the_job() -> None:
     the budget changes: both must reach the same verdict (the gate rounds as it reports)."""
     import random
 
-    from rtdetr_edge.gate import judge_reported
+    from rtdetr_edge.gate import judge_reported, reported_map
 
     rng = random.Random(7)
     for _ in range(2000):
@@ -164,7 +164,7 @@ def test_the_operator_judging_reported_maps_agrees_with_the_job() -> None:
         candidate = baseline - rng.choice([rng.uniform(-1, 3), 0.5 + rng.uniform(-0.006, 0.006)])
         budget, floor = rng.choice([0.0, 0.5, 1.0, 2.0]), rng.choice([0.0, 1.0, 30.0])
         job = accuracy_gate(baseline, candidate, budget, floor)
-        reported = {"baselineMap": job.baseline_map, "quantizedMap": job.candidate_map}
+        reported = {"baselineMap": reported_map(baseline), "quantizedMap": reported_map(candidate)}
         assert judge_reported(reported, budget, floor) == job, (baseline, candidate, budget, floor)
     assert judge_reported({"images": 0}, 0.5, 1.0) is None
     raised = judge_reported({"baselineMap": 44.74, "quantizedMap": 43.52}, 2.0, 1.0)

@@ -132,9 +132,13 @@ class ShapeRangesRef(SummaryModel):
 
 
 class GateVerdict(SummaryModel):
+    """The accuracy gate's verdict (``rtdetr_edge.gate.accuracy_gate``): by the Job, and by the
+    operator again when the budget changes."""
+
     passed: bool
-    reason: str
-    message: str
+    reason: str = Field(description="WithinBudget, DropExceedsBudget or BaselineTooLow.")
+    message: str = Field(description="e.g. mAP 53.1 -> 53.0 (drop 0.1 <= 0.5).")
+    max_map_drop: float | None = Field(None, description="The quantization.maxMapDrop it was judged with.")
 
 
 class PipelineRecord(SummaryModel):
