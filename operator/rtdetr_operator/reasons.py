@@ -20,6 +20,9 @@ class Reason(StrEnum):
         member.meaning = meaning
         return member
 
+    def __repr__(self) -> str:  # logs print status patches: the word, as the API server stores it
+        return repr(self.value)
+
     # Ready
     SERVING = "Serving", "the gated model is rolled out and every replica is ready (or, once Ready, still serves while scaling)"
     SCALED_TO_ZERO = "ScaledToZero", "serving.replicas is 0"

@@ -267,7 +267,10 @@ def test_the_job_runs_the_operators_plan(shapes_model: Path, shapes_dataset: Pat
     done = subprocess.run([*command, "--plan", str(plan_file)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = JobSummary.from_termination_message((tmp_path / "termination-log").read_text())
-    assert summary is not None and summary.pipeline_digest == operators and summary.message == "done before", "reused"
+    assert summary is not None and summary.pipeline_digest == operators, summary
+    assert summary.model is not None and summary.model.digest == "sha256:" + "00" * 32, "reused, not run again"
+    # ... and judged with the resource's budget (maxMapDrop 2.0), which is not part of the digest.
+    assert summary.gate is not None and summary.gate.passed and summary.message == "mAP 1.0 -> 1.0 (drop 0.0 <= 2)", summary
     plan_file.write_text(plan.model_dump_json(by_alias=True).replace(operators, "latest"))
     bad = subprocess.run([*command, "--plan", str(plan_file)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and f"--plan {plan_file}" in bad.stderr and "pipelineDigest" in bad.stderr, bad.stderr
