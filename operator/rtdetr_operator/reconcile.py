@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtdetr_edge.api.job import JobSummary, PipelinePlan, PipelineRecord
+from rtdetr_edge.api.spec import QuantizationSpec
 from rtdetr_edge.api.status import IN_FLIGHT_PHASES
 from rtdetr_edge.cpu_isa import NFD_PREFIX
-from rtdetr_edge.api.spec import QuantizationSpec
 from rtdetr_edge.gate import DROP_EXCEEDS_BUDGET, NOT_DEPLOYED, accuracy_gate
 from rtdetr_edge.resource import RTDETRModel, SpecError, earlier_pipeline_digest, parse_resource, pipeline_plan
 from rtdetr_operator.conditions import Condition, changed, find, set_conditions
@@ -308,41 +308,28 @@ def deployed_model(deployment: DeploymentObservation | None, before: dict[str, A
     return kept_record(before.get("served"))
 
 
-def judgement(verdict: PipelineRecord, available: Condition) -> Step:
-    """A finished pipeline's verdict (already judged with the current budget): served, or refused
-    while whatever served keeps serving."""
-    message, reason = (verdict.gate.message, verdict.gate.reason) if verdict.gate else ("", DROP_EXCEEDS_BUDGET)
-    step = Step([Condition("Quantized", "True", Reason.JOB_SUCCEEDED, "quantization finished")], candidate=verdict)
-    if verdict.passed:
-        step.served = verdict
+def judgement(record: PipelineRecord, available: Condition, serving: bool) -> Step:
+    """A finished pipeline's record, judged with the current budget: served, or refused. A refused
+    candidate leaves whatever serves serving; a ``serving`` record (this spec's model already
+    serves: only serving settings or the budget changed) refused by a tightened budget says so
+    and keeps serving, there being nothing better to serve."""
+    message, reason = (record.gate.message, record.gate.reason) if record.gate else ("", DROP_EXCEEDS_BUDGET)
+    quantized = "the quantized model for this spec is ready" if serving else "quantization finished"
+    step = Step([Condition("Quantized", "True", Reason.JOB_SUCCEEDED, quantized)], candidate=None if serving else record)
+    if record.passed:
+        step.served = record
         step.updates.append(Condition("AccuracyGatePassed", "True", Reason.WITHIN_BUDGET, message))
         return step
-    step.phase = "Failed"
+    if serving:
+        refused = (f"the serving model is outside the gate's budget: {message.removesuffix(NOT_DEPLOYED)}; it keeps serving "
+                   "until a model within the budget replaces it (change quantization settings), or raise the budget")  # fmt: skip
+    else:
+        refused = f"{message}; the previous model keeps serving" if available.status == "True" else message
+    step.phase, step.candidate = "Failed", record
     step.updates += [
         Condition("AccuracyGatePassed", "False", reason, message),
-        Condition("Ready", "False", Reason.ACCURACY_GATE_FAILED,
-                  f"{message}; the previous model keeps serving" if available.status == "True" else message),
-    ]  # fmt: skip
-    return step
-
-
-def serving_judged_again(deployed: PipelineRecord) -> Step:
-    """This spec's model already serves: only serving settings or the gate budget can have
-    changed. A budget tightened below what it measured is said, and it keeps serving (there is
-    nothing better to serve)."""
-    message, reason = (deployed.gate.message, deployed.gate.reason) if deployed.gate else ("", DROP_EXCEEDS_BUDGET)
-    step = Step([Condition("Quantized", "True", Reason.JOB_SUCCEEDED, "the quantized model for this spec is ready")])
-    if deployed.passed:
-        step.served = deployed
-        step.updates.append(Condition("AccuracyGatePassed", "True", Reason.WITHIN_BUDGET, message))
-        return step
-    step.phase, step.candidate = "Failed", deployed
-    step.updates += [
-        Condition("AccuracyGatePassed", "False", reason, message),
-        Condition("Ready", "False", Reason.ACCURACY_GATE_FAILED,
-                  f"the serving model is outside the gate's budget: {message.removesuffix(NOT_DEPLOYED)}; it keeps serving "
-                  "until a model within the budget replaces it (change quantization settings), or raise the budget"),
-    ]  # fmt: skip
+        Condition("Ready", "False", Reason.ACCURACY_GATE_FAILED, refused),
+    ]
     return step
 
 
@@ -408,7 +395,7 @@ def pipeline_step(body: dict[str, Any], model: RTDETRModel, plan: PipelinePlan, 
     ):
         verdict = remembered
     if verdict is not None:
-        return judgement(judged(verdict, model.spec.quantization), available)  # with the budget as it is now
+        return judgement(judged(verdict, model.spec.quantization), available, serving=False)  # with the budget as it is now
     export = observed.export_job
     if model.spec.source.checkpoint is not None and (export is None or not export.succeeded):
         return export_step(body, model, plan.pipeline_digest, export, settings)
@@ -484,7 +471,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     deployed = deployed_model(deployment, before)
     if deployed is not None and deployed.pipeline_digest in ours:
         deployed = judged(deployed, model.spec.quantization)
-        step = serving_judged_again(deployed)
+        step = judgement(deployed, available, serving=True)
     else:
         step = pipeline_step(body, model, plan, ours, observed, before, available, settings)
     # What the pods should serve: this spec's model once it passed its gate, else the one that
