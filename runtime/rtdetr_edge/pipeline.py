@@ -355,7 +355,8 @@ def _run_stages(
     timings["evaluate_candidate"] = time.perf_counter() - mark
 
     phases.update(3, phase="accuracy gate")
-    verdict = accuracy_gate(baseline.map, candidate.map, quantization.max_map_drop, quantization.min_baseline_map)
+    baseline_map, quantized_map = reported_map(baseline.map), reported_map(candidate.map)  # as the gate judges them
+    verdict = accuracy_gate(baseline_map, quantized_map, quantization.max_map_drop, quantization.min_baseline_map)
     log.info("accuracy gate: %s", verdict.message)
 
     candidate_files = ModelFiles.locate(model_dir)
@@ -403,9 +404,9 @@ def _run_stages(
         "candidate": candidate.to_dict(),
         "gate": verdict.model_dump(by_alias=True),
         "accuracy": {
-            "baselineMap": reported_map(baseline.map),  # as the gate judged them
-            "quantizedMap": reported_map(candidate.map),
-            "mapDrop": reported_map(reported_map(baseline.map) - reported_map(candidate.map)),
+            "baselineMap": baseline_map,
+            "quantizedMap": quantized_map,
+            "mapDrop": reported_map(baseline_map - quantized_map),
             "images": candidate.images,
         },
         "shapeRanges": shape_ranges_ref,
