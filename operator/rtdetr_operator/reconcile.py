@@ -24,7 +24,7 @@ from rtdetr_edge.api.job import JobSummary, PipelinePlan, PipelineRecord
 from rtdetr_edge.api.spec import QuantizationSpec
 from rtdetr_edge.api.status import IN_FLIGHT_PHASES
 from rtdetr_edge.cpu_isa import NFD_PREFIX
-from rtdetr_edge.gate import DROP_EXCEEDS_BUDGET, NOT_DEPLOYED, accuracy_gate
+from rtdetr_edge.gate import DROP_EXCEEDS_BUDGET, NOT_DEPLOYED, judge
 from rtdetr_edge.resource import RTDETRModel, SpecError, earlier_pipeline_digest, parse_resource, pipeline_plan
 from rtdetr_operator.conditions import Condition, changed, find, set_conditions
 from rtdetr_operator.exporter import EXPORT_ANNOTATION, build_export_job, exported_model_uri
@@ -243,9 +243,7 @@ def judged(record: PipelineRecord, quantization: QuantizationSpec) -> PipelineRe
     without them (none is made so) keeps the verdict its Job gave."""
     if record.accuracy is None:
         return record
-    accuracy = record.accuracy
-    gate = accuracy_gate(accuracy.baseline_map, accuracy.quantized_map, quantization.max_map_drop, quantization.min_baseline_map)
-    return record.model_copy(update={"gate": gate})
+    return record.model_copy(update={"gate": judge(record.accuracy, quantization)})
 
 
 def kept_record(document: Any) -> PipelineRecord | None:
@@ -507,9 +505,9 @@ def assemble_status(before: dict[str, Any], generation: int, phase: str, digest:
         serving["servingDigest"] = serve.model.digest
         decided["served"] = serve.wire()
         if serve.accuracy is not None:  # kubectl's mAP/Drop columns: what serves
-            decided["accuracy"] = serve.accuracy.model_dump(by_alias=True)
+            decided["accuracy"] = serve.accuracy.wire()
     if step.served is not None:
-        decided["model"] = step.served.model.model_dump(by_alias=True, exclude_none=True)
+        decided["model"] = step.served.model.wire()
     return {
         **before,
         **{k: v for k, v in decided.items() if v is not None},

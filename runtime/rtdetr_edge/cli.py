@@ -257,7 +257,7 @@ def quantize(**params: Any) -> int:
     )  # fmt: skip
     report = quantize_model(params["model"], list_images(params["train_images"]), params["out"], settings,
                             params["progress_file"])  # fmt: skip
-    print_json(report.to_dict())
+    print_json(report.wire())
     return 0
 
 
@@ -283,7 +283,7 @@ def evaluate(**params: Any) -> int:
     mapping = class_to_category_ids(ground_truth, num_classes, list(params["category_ids"]) or None)
     result = evaluate_model(params["model"], predictor_settings(params), params["cache_dir"], ground_truth, mapping,
                             params["batch_size"])  # fmt: skip
-    document = json.dumps(result.to_dict(), indent=2)
+    document = json.dumps(result.wire(), indent=2)
     if params["out"]:
         write_text_atomic(params["out"], document)
     click.echo(document)
@@ -321,7 +321,7 @@ def pipeline(resource: Path, pvc_root: Path, download_dir: Path, cache_dir: Path
             raise click.BadParameter(str(error), param_hint=f"--plan {plan}") from None
     resolver = StorageResolver(pvc_root=pvc_root, download_dir=download_dir)
     result = run_pipeline(model, resolver, cache_dir, usable(device), termination_log, the_plan)
-    print_json({k: result[k] for k in ("status", "pipelineDigest", "model", "accuracy", "message")})
+    print_json(result.summary().wire())
     return 0
 
 

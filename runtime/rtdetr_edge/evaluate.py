@@ -11,36 +11,20 @@ import io
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rtdetr_edge.api.job import Evaluation
 from rtdetr_edge.coco import CocoGroundTruth, iterate_batches
 from rtdetr_edge.postprocess import ModelOutputs, select_detections
-from rtdetr_edge.preprocess import ModelInputs
 from rtdetr_edge.predictor.settings import PredictorSettings
+from rtdetr_edge.preprocess import ModelInputs
 from rtdetr_edge.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
 COCO_MAX_DETECTIONS = 100  # pycocotools' maxDets for AP
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    map: float  # AP@[.50:.95], in points (0-100)
-    map50: float  # AP@.50, in points
-    images: int
-    model_digest: str
-    precision: str
-    device: str
-    backend: str
-    latency_ms: float  # mean predictor time per image (batch as evaluated)
-    seconds: float
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def rows_to_coco(image_id: int, rows: np.ndarray, class_to_category: list[int]) -> list[dict[str, object]]:
@@ -120,7 +104,7 @@ def evaluate_model(
     class_to_category: list[int],
     batch_size: int = 1,
     on_progress: Callable[[int, int, float], None] | None = None,
-) -> EvaluationResult:
+) -> Evaluation:
     """Warm up the serving predictor for ``model_dir`` and score it on ``ground_truth``."""
     started = time.perf_counter()
     warmed = warm_up(model_dir, settings, cache_dir)
@@ -131,7 +115,7 @@ def evaluate_model(
     finally:
         warmed.predictor.close()
     ap, ap50 = coco_map(ground_truth.document, predictions)
-    result = EvaluationResult(
+    result = Evaluation(
         map=round(ap, 3),
         map50=round(ap50, 3),
         images=len(ground_truth.images),

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from typing import Protocol
 
-from rtdetr_edge.api.job import GateVerdict
+from rtdetr_edge.api.job import Accuracy, GateVerdict
 
 WITHIN_BUDGET = "WithinBudget"
 DROP_EXCEEDS_BUDGET = "DropExceedsBudget"
@@ -65,11 +64,18 @@ def accuracy_gate(
     return GateVerdict(passed=passed, reason=reason, message=message, max_map_drop=max_map_drop)
 
 
-def judge_reported(accuracy: Mapping[str, Any], max_map_drop: float, min_baseline_map: float) -> GateVerdict | None:
-    """The gate over mAPs as a finished run reported them (``baselineMap``, ``quantizedMap``: its
-    result and status.accuracy), with a budget that may differ from the run's; None without them.
-    The budget is not part of the pipeline digest, so the same model can be judged again."""
-    baseline, candidate = accuracy.get("baselineMap"), accuracy.get("quantizedMap")
-    if not isinstance(baseline, (int, float)) or not isinstance(candidate, (int, float)):
-        return None
-    return accuracy_gate(float(baseline), float(candidate), max_map_drop, min_baseline_map)
+class GateBudget(Protocol):
+    """What the gate judges with: the resource's quantization spec, or the plan's settings."""
+
+    @property
+    def max_map_drop(self) -> float: ...
+
+    @property
+    def min_baseline_map(self) -> float: ...
+
+
+def judge(accuracy: Accuracy, budget: GateBudget) -> GateVerdict:
+    """The gate over mAPs as a finished run reported them (its result, status.accuracy), with a
+    budget that may differ from the run's: the budget is not part of the pipeline digest, so the
+    same model is judged again, by the Job reusing a run and by the operator, in seconds."""
+    return accuracy_gate(accuracy.baseline_map, accuracy.quantized_map, budget.max_map_drop, budget.min_baseline_map)

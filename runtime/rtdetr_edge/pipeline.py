@@ -24,18 +24,31 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from pydantic import ValidationError
 
+from rtdetr_edge.api.job import (
+    RESULT_SCHEMA,
+    Accuracy,
+    EffectiveQuantization,
+    MeasuredOn,
+    ModelRef,
+    PipelinePlan,
+    PipelineResult,
+    QuantizeRun,
+    ResourceRef,
+    ShapeRangesRef,
+    SourceRef,
+)
 from rtdetr_edge.coco import class_to_category_ids, list_images, load_ground_truth
 from rtdetr_edge.cpu_isa import this_cpu
 from rtdetr_edge.device_identity import detect_device_identity
 from rtdetr_edge.engine_cache import shape_file_name
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.files import write_text_atomic
-from rtdetr_edge.gate import accuracy_gate, judge_reported, reported_map
+from rtdetr_edge.gate import accuracy_gate, judge, reported_map
 from rtdetr_edge.model_files import LABELS_FILE, ModelFiles
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.progress import ProgressReporter
-from rtdetr_edge.api.job import RESULT_SCHEMA, EffectiveQuantization, JobSummary, PipelinePlan
 from rtdetr_edge.resource import (
     RTDETRModel,
     artifact_key,
@@ -103,41 +116,43 @@ def artifact_paths(model: RTDETRModel, resolver: StorageResolver, digest: str | 
     return ArtifactPaths(root / model.namespace / model.name, artifact_key(digest), digest)
 
 
-def read_result(paths: ArtifactPaths) -> dict[str, Any] | None:
+def read_result(paths: ArtifactPaths) -> PipelineResult | None:
     """The finished result for this digest, if any (a finished directory is always complete)."""
     try:
-        result = json.loads(paths.result_file.read_text(encoding="utf-8"))
+        text = paths.result_file.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as error:
+    except OSError as error:
         raise PipelineError(f"{paths.result_file} is unreadable ({error}); delete {paths.final} to redo it") from None
-    if result.get("schema") != RESULT_SCHEMA:
-        raise PipelineError(f"{paths.result_file} has schema {result.get('schema')!r}, expected {RESULT_SCHEMA}")
-    return dict(result)
+    try:
+        schema = json.loads(text).get("schema")
+    except (ValueError, AttributeError) as error:
+        raise PipelineError(f"{paths.result_file} is not a JSON object ({error}); delete {paths.final} to redo it") from None
+    if schema != RESULT_SCHEMA:
+        raise PipelineError(f"{paths.result_file} has schema {schema!r}, expected {RESULT_SCHEMA}")
+    try:
+        return PipelineResult.model_validate_json(text)
+    except ValidationError as error:
+        raise PipelineError(f"{paths.result_file} is not a {RESULT_SCHEMA} ({error}); delete {paths.final} to redo it") from None
 
 
-def termination_summary(result: dict[str, Any]) -> str:
+def write_termination_log(result: PipelineResult, path: Path | None) -> None:
     """One JSON line ≤ 4 KiB for the Pod's termination message (what the operator reads)."""
-    keys = ("pipelineDigest", "model", "accuracy", "shapeRanges", "reason", "gate", "measuredOn")
-    picked = {key: result[key] for key in keys if key in result}
-    summary = JobSummary.model_validate(
-        {**picked, "schema": RESULT_SCHEMA, "ok": result.get("status") == "Succeeded", "message": str(result.get("message", ""))}
-    )
-    return summary.line()
-
-
-def write_termination_log(result: dict[str, Any], path: Path | None) -> None:
     target = path if path is not None else (TERMINATION_LOG if TERMINATION_LOG.exists() else None)
     if target is None:
         return
     try:
-        target.write_text(termination_summary(result) + "\n")
+        target.write_text(result.summary().line() + "\n")
     except OSError as error:  # not in a pod, or no permission: the result file still has it
         log.warning("could not write the termination log %s: %s", target, error)
 
 
-def _write_json_atomic(path: Path, document: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True))
+def write_result(path: Path, result: PipelineResult) -> None:
+    write_text_atomic(path, json.dumps(result.wire(), indent=2, sort_keys=True))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def num_model_classes(model_dir: Path) -> int:
@@ -152,8 +167,8 @@ def run_pipeline(
     device: str = "cpu",
     termination_log: Path | None = None,
     plan: PipelinePlan | None = None,
-) -> dict[str, Any]:
-    """Run (or reuse) the quantize Job's sequence for ``model``; return the result document.
+) -> PipelineResult:
+    """Run (or reuse) the quantize Job's sequence for ``model``; return its result.
     ``plan``: the operator's (digest, ACT settings, tool versions); made from the resource
     when run by hand."""
     plan = plan or pipeline_plan(model.spec)
@@ -177,15 +192,14 @@ def run_pipeline(
             result = _run_stages(model, resolver, cache_dir, device, plan, paths, staging)
         except RtdetrEdgeError as error:
             shutil.rmtree(staging, ignore_errors=True)
-            failure = {
-                "schema": RESULT_SCHEMA,
-                "status": "Failed",
-                "reason": getattr(error, "reason", type(error).__name__.removesuffix("Error") + "Failed"),
-                "message": str(error),
-                "pipelineDigest": paths.digest,
-                "finishedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
-            _write_json_atomic(paths.failure_file, failure)
+            failure = PipelineResult(
+                status="Failed",
+                reason=getattr(error, "reason", type(error).__name__.removesuffix("Error") + "Failed"),
+                message=str(error),
+                pipeline_digest=paths.digest,
+                finished_at=now(),
+            )
+            write_result(paths.failure_file, failure)
             write_termination_log(failure, termination_log)
             raise
         paths.failure_file.unlink(missing_ok=True)
@@ -194,17 +208,16 @@ def run_pipeline(
     return result
 
 
-def judged_again(result: dict[str, Any], quantization: EffectiveQuantization) -> dict[str, Any]:
+def judged_again(result: PipelineResult, quantization: EffectiveQuantization) -> PipelineResult:
     """A finished run's result judged with this plan's gate budget (the budget is not part of the
     pipeline digest: the same model may be judged again with another). result.json keeps the
     verdict of the run that made it."""
-    verdict = judge_reported(result.get("accuracy") or {}, quantization.max_map_drop, quantization.min_baseline_map)
-    if verdict is None:
+    if result.accuracy is None:
         return result
-    gate = verdict.model_dump(by_alias=True)
-    if gate != result.get("gate"):
+    verdict = judge(result.accuracy, quantization)
+    if verdict != result.gate:
         log.info("accuracy gate, with this resource's budget: %s", verdict.message)
-    return {**result, "gate": gate, "message": verdict.message}
+    return result.model_copy(update={"gate": verdict, "message": verdict.message})
 
 
 def evaluation_settings(spec: Any, int8_runtime: str, device: str) -> tuple[PredictorSettings, PredictorSettings]:
@@ -231,13 +244,11 @@ def evaluation_settings(spec: Any, int8_runtime: str, device: str) -> tuple[Pred
     return baseline, candidate
 
 
-def measured_on(settings: PredictorSettings) -> dict[str, Any]:
+def measured_on(settings: PredictorSettings) -> MeasuredOn:
     """Where the gate ran (JobSummary's ``measuredOn``): serving pods compare their CPU with it."""
     identity = detect_device_identity(settings)
-    on: dict[str, Any] = {"device": identity.kind, "product": identity.product}
-    if identity.kind == "cpu":
-        on["isaLevel"] = this_cpu().level
-    return on
+    return MeasuredOn(device=identity.kind, product=identity.product,
+                      isa_level=this_cpu().level if identity.kind == "cpu" else None)  # fmt: skip
 
 
 def _run_stages(
@@ -248,7 +259,7 @@ def _run_stages(
     plan: PipelinePlan,
     paths: ArtifactPaths,
     staging: Path,
-) -> dict[str, Any]:
+) -> PipelineResult:
     from rtdetr_edge.evaluate import evaluate_model
     from rtdetr_edge.quantize import QuantizeSettings, quantize_model
     from rtdetr_edge.shape_ranges import collect_shape_ranges
@@ -290,7 +301,7 @@ def _run_stages(
 
     phases.update(0, phase="quantize")
     mark = time.perf_counter()
-    quantize_report: dict[str, Any] | None = None
+    quantize_run: QuantizeRun | None = None
     if quantization.method == "none":
         model_dir.mkdir()
         shutil.copy2(source.program, model_dir / source.program.name)
@@ -317,7 +328,7 @@ def _run_stages(
             ),
             progress_file=paths.progress_file,
         )
-        quantize_report = report.to_dict()
+        quantize_run = report
     timings["quantize"] = time.perf_counter() - mark
 
     baseline_settings, candidate_settings = evaluation_settings(spec, quantization.runtime, device)
@@ -361,7 +372,7 @@ def _run_stages(
 
     candidate_files = ModelFiles.locate(model_dir)
     candidate_digest = candidate_files.digest()
-    shape_ranges_ref: dict[str, Any] | None = None
+    shape_ranges_ref: ShapeRangesRef | None = None
     if spec.serving.device == "gpu":
         # TensorRT needs every tensor's shape range; collect them here, where memory is sized for
         # quantization, so serving pods never collect on first start. CPU predictors use none.
@@ -374,49 +385,46 @@ def _run_stages(
             staging / SHAPES_SUBDIR / shape_name,
         )  # fmt: skip
         timings["shape_ranges"] = time.perf_counter() - mark
-        shape_ranges_ref = {
-            "file": f"{SHAPES_SUBDIR}/{shape_name}",
-            "maxBatchSize": spec.serving.max_batch_size,
-            "tensors": len(shape_ranges),
-        }
+        shape_ranges_ref = ShapeRangesRef(
+            file=f"{SHAPES_SUBDIR}/{shape_name}", max_batch_size=spec.serving.max_batch_size, tensors=len(shape_ranges)
+        )
     timings["total"] = time.perf_counter() - started
 
     artifacts_uri = spec.artifacts.rstrip("/")
     final_uri = f"{artifacts_uri}/{model.namespace}/{model.name}/{paths.key}"
-    result: dict[str, Any] = {
-        "schema": RESULT_SCHEMA,
-        "status": "Succeeded",
-        "resource": {"name": model.name, "namespace": model.namespace},
-        "pipelineDigest": paths.digest,
-        "message": verdict.message,
-        "model": {
-            "digest": candidate_digest,
-            "uri": f"{final_uri}/{MODEL_SUBDIR}",
-            "sizeBytes": candidate_files.size_bytes(),
-            "quantized": candidate_files.is_quantized_for(candidate_settings.backend),
-            "method": quantization.method,
-            "isaPortable": cpu_numerics_portable(candidate_files, candidate_settings),
-        },
-        "source": {"digest": source.digest(), "sizeBytes": source.size_bytes()},
-        "quantize": quantize_report,
-        "quantization": quantization.model_dump(),
-        "baseline": baseline.to_dict(),
-        "candidate": candidate.to_dict(),
-        "gate": verdict.model_dump(by_alias=True),
-        "accuracy": {
-            "baselineMap": baseline_map,
-            "quantizedMap": quantized_map,
-            "mapDrop": reported_map(baseline_map - quantized_map),
-            "images": candidate.images,
-        },
-        "shapeRanges": shape_ranges_ref,
-        "categoryIds": category_map,
-        "measuredOn": measured_on(candidate_settings),  # ONNX Runtime INT8: CPU, wherever the Job runs
-        "timingsSeconds": {name: round(value, 1) for name, value in timings.items()},
-        "tools": plan.tools,
-        "finishedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    _write_json_atomic(staging / RESULT_FILE, result)
+    result = PipelineResult(
+        status="Succeeded",
+        resource=ResourceRef(name=model.name, namespace=model.namespace),
+        pipeline_digest=paths.digest,
+        message=verdict.message,
+        model=ModelRef(
+            digest=candidate_digest,
+            uri=f"{final_uri}/{MODEL_SUBDIR}",
+            size_bytes=candidate_files.size_bytes(),
+            quantized=candidate_files.is_quantized_for(candidate_settings.backend),
+            method=quantization.method,
+            isa_portable=cpu_numerics_portable(candidate_files, candidate_settings),
+        ),
+        source=SourceRef(digest=source.digest(), size_bytes=source.size_bytes()),
+        quantize=quantize_run,
+        quantization=quantization,
+        baseline=baseline,
+        candidate=candidate,
+        gate=verdict,
+        accuracy=Accuracy(
+            baseline_map=baseline_map,
+            quantized_map=quantized_map,
+            map_drop=reported_map(baseline_map - quantized_map),
+            images=candidate.images,
+        ),
+        shape_ranges=shape_ranges_ref,
+        category_ids=category_map,
+        measured_on=measured_on(candidate_settings),  # ONNX Runtime INT8: CPU, wherever the Job runs
+        timings_seconds={name: round(value, 1) for name, value in timings.items()},
+        tools=plan.tools,
+        finished_at=now(),
+    )
+    write_result(staging / RESULT_FILE, result)
     phases.update(5, phase="done")
     os.replace(staging, paths.final)
     log.info("pipeline %s finished: %s", paths.key, paths.final)

@@ -16,11 +16,11 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rtdetr_edge.api.job import OnnxRuntimeInt8
+from rtdetr_edge.api.job import OnnxRuntimeInt8, QuantizeRun
 from rtdetr_edge.coco import read_image
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.graph_links import unchecked_graph_links
@@ -54,23 +54,6 @@ class QuantizeSettings:
     device: str = "cpu"
     runtime: str = "paddle"  # paddle | onnxruntime: which runtime the INT8 model is made for
     onnxruntime: OnnxRuntimeInt8 | None = None  # the plan's recipe; made from quantize_op_types when absent
-
-
-@dataclass(frozen=True)
-class QuantizeReport:
-    method: str
-    act_config: dict[str, Any]
-    iterations: int
-    final_loss: float | None
-    seconds: float
-    input_digest: str
-    output_digest: str
-    input_bytes: int
-    output_bytes: int
-    params_ratio: float
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def build_act_config(settings: QuantizeSettings) -> dict[str, Any]:
@@ -134,7 +117,7 @@ def quantize_model(
     out_dir: Path,
     settings: QuantizeSettings,
     progress_file: Path | None = None,
-) -> QuantizeReport:
+) -> QuantizeRun:
     """Quantize ``model_dir`` into ``out_dir`` (which must not exist; it appears complete or not at all)."""
     started = time.perf_counter()
     source = ModelFiles.locate(model_dir)
@@ -188,7 +171,7 @@ def quantize_model(
         if dynamic_mode and not paddle.in_dynamic_mode():
             paddle.disable_static()  # ACT switches Paddle to static mode and leaves it there
     output = ModelFiles.locate(out_dir)
-    report = QuantizeReport(
+    report = QuantizeRun(
         method=settings.method,
         act_config=act_config,
         iterations=iterations,

@@ -11,15 +11,13 @@ and AVX-512 VNNI machines.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rtdetr_edge.cpu_isa import EXACT_INT8_NFD_FLAGS, NFD_PREFIX, IsaLevel, int8_arithmetic, this_cpu
-from rtdetr_edge.files import write_text_atomic
-from rtdetr_edge.pipeline import artifact_paths, run_pipeline
+from rtdetr_edge.pipeline import artifact_paths, run_pipeline, write_result
 from rtdetr_edge.resource import parse_resource, pipeline_plan
 from rtdetr_edge.storage import StorageResolver
 from tests.cluster.pod_runner import RUNNER_NODE
@@ -53,10 +51,11 @@ def seed_legacy_artifact(cluster: Cluster, namespace: str, document: dict[str, A
     resolver = StorageResolver(pvc_root, cluster.workdir / "isa-downloads")
     result = run_pipeline(model, resolver, cluster.workdir / "isa-cache", "cpu",
                           plan=plan.model_copy(update={"quantization": earlier}))  # fmt: skip
-    assert result["gate"]["passed"] and result["model"]["isaPortable"] is False
-    result["measuredOn"]["isaLevel"] = measured_on
+    assert result.passed and result.model is not None and result.model.isa_portable is False
+    assert result.measured_on is not None
+    result = result.model_copy(update={"measured_on": result.measured_on.model_copy(update={"isa_level": measured_on})})
     final = artifact_paths(model, resolver, plan.pipeline_digest).final
-    write_text_atomic(final / "result.json", json.dumps(result, indent=2, sort_keys=True))
+    write_result(final / "result.json", result)
     for path in [final, *final.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)
 

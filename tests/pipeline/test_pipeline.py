@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rtdetr_edge.api.job import RESULT_SCHEMA, TERMINATION_LIMIT, JobSummary, MeasuredOn, PipelineResult
 from rtdetr_edge.coco import DatasetError
 from rtdetr_edge.cpu_isa import this_cpu
-from rtdetr_edge.api.job import RESULT_SCHEMA, TERMINATION_LIMIT, JobSummary
+from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.pipeline import (
     PipelineError,
     artifact_paths,
     run_pipeline,
-    termination_summary,
 )
-from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.preprocess import preprocess_bytes, stack_batch
 from rtdetr_edge.quantize_onnx import int8_weights_portable
@@ -35,7 +34,7 @@ from rtdetr_edge.warmup import warm_up
 from .conftest import resource, write_resource
 
 
-def run(document: dict, tmp_path: Path, termination_log: Path | None = None) -> dict:  # type: ignore[type-arg]
+def run(document: dict, tmp_path: Path, termination_log: Path | None = None) -> PipelineResult:  # type: ignore[type-arg]
     resolver = StorageResolver(tmp_path / "pvc", tmp_path / "dl")
     return run_pipeline(parse_resource(document), resolver, tmp_path / "cache", "cpu", termination_log)
 
@@ -47,27 +46,31 @@ def test_good_candidate_passes_the_gate(shapes_model: Path, shapes_dataset: Path
     document["spec"]["serving"]["device"] = "gpu"
     termination = tmp_path / "termination-log"
     result = run(document, tmp_path, termination)
-    assert result["schema"] == RESULT_SCHEMA and result["status"] == "Succeeded"
-    baseline, candidate = result["baseline"], result["candidate"]
-    assert baseline["precision"] == "fp32" and candidate["precision"] == "int8"
-    assert (baseline["device"], baseline["backend"], candidate["backend"]) == ("cpu", "paddle", "paddle")
-    assert baseline["map"] > 30, "the shipped shapes model is trained; its baseline mAP must mean something"
-    assert result["gate"]["passed"] and result["gate"]["reason"] == "WithinBudget"
-    assert result["accuracy"]["images"] == 32
-    assert result["model"]["quantized"] and result["model"]["uri"].endswith("/model")
+    assert result.status == "Succeeded" and result.passed
+    baseline, candidate = result.baseline, result.candidate
+    assert baseline is not None and candidate is not None and result.gate is not None and result.model is not None
+    assert baseline.precision == "fp32" and candidate.precision == "int8"
+    assert (baseline.device, baseline.backend, candidate.backend) == ("cpu", "paddle", "paddle")
+    assert baseline.map > 30, "the shipped shapes model is trained; its baseline mAP must mean something"
+    assert result.gate.reason == "WithinBudget"
+    assert result.accuracy is not None and result.accuracy.images == 32
+    assert result.model.quantized and result.model.uri.endswith("/model")
 
     paths = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl"))
     final = paths.final
-    assert json.loads((final / "result.json").read_text()) == result
-    assert (final / result["shapeRanges"]["file"]).is_file() and result["shapeRanges"]["tensors"] > 100
-    assert result["shapeRanges"]["maxBatchSize"] == 2
+    written = json.loads((final / "result.json").read_text())
+    assert written["schema"] == "rtdetr.io/quantize-result/v1" and written["candidate"]["latencyMs"] > 0
+    assert PipelineResult.model_validate(written) == result, "result.json is the result's dump, camelCase"
+    shapes = result.shape_ranges
+    assert shapes is not None and (final / shapes.file).is_file() and (shapes.tensors or 0) > 100
+    assert shapes.max_batch_size == 2
     assert not list(paths.run_dir.glob(".*partial*")) and not paths.progress_file.exists()
 
     line = termination.read_text()
     assert line.count("\n") == 1 and len(line.encode()) <= TERMINATION_LIMIT
-    summary = json.loads(line)
-    assert summary["ok"] is True and summary["gate"]["passed"] is True
-    assert summary["accuracy"] == result["accuracy"]
+    summary = JobSummary.model_validate_json(line)
+    assert summary.ok and summary.gate is not None and summary.gate.passed
+    assert summary.accuracy == result.accuracy and summary.model == result.model
 
     # Same inputs again: nothing is recomputed, the same document comes back.
     mtime = (final / "result.json").stat().st_mtime_ns
@@ -86,23 +89,24 @@ def test_cpu_int8_is_onnxruntime_quantization_gated_on_onnxruntime(
     document["spec"]["serving"]["cpuRuntime"] = "onnxruntime"
     assert pipeline_plan(parse_resource(document).spec).quantization.runtime == "onnxruntime"
     result = run(document, tmp_path)
-    baseline, candidate = result["baseline"], result["candidate"]
-    assert (baseline["backend"], baseline["precision"]) == ("onnxruntime", "fp32")
-    assert (candidate["backend"], candidate["precision"]) == ("onnxruntime", "int8")
-    assert result["quantize"]["act_config"]["runtime"] == "onnxruntime"
-    assert result["gate"]["passed"], result["gate"]
-    assert baseline["map"] - candidate["map"] <= document["spec"]["quantization"]["maxMapDrop"] and baseline["map"] > 30
-    assert result.get("shapeRanges") is None
+    baseline, candidate, quantize = result.baseline, result.candidate, result.quantize
+    assert baseline is not None and candidate is not None and quantize is not None and result.model is not None
+    assert (baseline.backend, baseline.precision) == ("onnxruntime", "fp32")
+    assert (candidate.backend, candidate.precision) == ("onnxruntime", "int8")
+    assert quantize.act_config["runtime"] == "onnxruntime"
+    assert result.passed, result.gate
+    assert baseline.map - candidate.map <= document["spec"]["quantization"]["maxMapDrop"] and baseline.map > 30
+    assert result.shape_ranges is None
     cpu = this_cpu()
-    assert result["measuredOn"] == {"device": "cpu", "product": cpu.product, "isaLevel": cpu.level}
-    assert result["model"]["quantized"] is True and result["model"]["isaPortable"] is True
-    measured_on = JobSummary.model_validate_json(termination_summary(result)).measured_on
+    assert result.measured_on == MeasuredOn(device="cpu", product=cpu.product, isa_level=cpu.level)
+    assert result.model.quantized is True and result.model.isa_portable is True
+    measured_on = JobSummary.model_validate_json(result.summary().line()).measured_on
     assert measured_on is not None and measured_on.isa_level == cpu.level
     final = artifact_paths(parse_resource(document), StorageResolver(tmp_path / "pvc", tmp_path / "dl")).final
     model = ModelFiles.locate(final / "model")
     assert model.onnx_int8 is not None and model.is_quantized_for("onnxruntime") and not model.is_quantized()
     assert int8_weights_portable(model.onnx_int8), "7-bit weights: no CPU saturates them"
-    assert result["quantize"]["act_config"]["weightBits"] == 7
+    assert quantize.act_config["weightBits"] == 7
     assert (final / "model" / "infer_cfg.yml").is_file(), "labels travel with the model"
     # What the gate measured is what serves: the same INT8 file, through warm-up.
     warmed = warm_up(final / "model", PredictorSettings(backend="onnxruntime", precision="int8"), tmp_path / "serve")
@@ -118,16 +122,18 @@ def test_damaged_candidate_fails_the_gate(shapes_model: Path, shapes_dataset: Pa
     """Damage by really training: ACT with a learning rate 10,000x the recipe's wrecks the weights."""
     document = resource(shapes_model, shapes_dataset, tmp_path / "artifacts", learningRate=0.3, trainIter=8)
     result = run(document, tmp_path)
-    gate = result["gate"]
-    assert not gate["passed"] and gate["reason"] == "DropExceedsBudget", gate
-    assert result["candidate"]["map"] < result["baseline"]["map"] - 2.0
-    assert "not deployed" in gate["message"]
-    assert result["status"] == "Succeeded", "a failed gate is a result, not a crashed Job"
+    gate = result.gate
+    assert gate is not None and not gate.passed and gate.reason == "DropExceedsBudget", gate
+    assert result.candidate is not None and result.baseline is not None
+    assert result.candidate.map < result.baseline.map - 2.0
+    assert "not deployed" in gate.message and not result.passed
+    assert result.status == "Succeeded", "a failed gate is a result, not a crashed Job"
 
 
 def test_termination_summary_is_bounded() -> None:
-    huge = {"status": "Failed", "reason": "QuantizationFailed", "message": "x" * 10000, "pipelineDigest": "sha256:0"}
-    line = termination_summary(huge)
+    huge = PipelineResult(status="Failed", reason="QuantizationFailed", message="x" * 10000, pipeline_digest="sha256:0",
+                          finished_at="2026-12-05T00:00:00+00:00")  # fmt: skip
+    line = huge.summary().line()
     assert len(line.encode()) <= TERMINATION_LIMIT and json.loads(line)["message"].endswith("...")
 
 
@@ -240,7 +246,7 @@ def test_evaluate_cli_matches_hand_check(shapes_model: Path, shapes_dataset: Pat
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     assert result["images"] == 16 and 0 <= result["map"] <= result["map50"] <= 100
-    assert np.isfinite(result["latency_ms"])
+    assert np.isfinite(result["latencyMs"])
 
 
 def test_the_job_runs_the_operators_plan(shapes_model: Path, shapes_dataset: Path, tmp_path: Path) -> None:
@@ -255,6 +261,7 @@ def test_the_job_runs_the_operators_plan(shapes_model: Path, shapes_dataset: Pat
     assert paths.digest == operators and paths.key == "5a" * 8
     paths.final.mkdir(parents=True)
     finished = {"schema": RESULT_SCHEMA, "status": "Succeeded", "pipelineDigest": operators, "message": "done before",
+                "finishedAt": "2026-12-01T00:00:00+00:00",
                 "model": {"digest": "sha256:" + "00" * 32, "uri": "pvc://artifacts/x/model"},
                 "accuracy": {"baselineMap": 1.0, "quantizedMap": 1.0, "mapDrop": 0.0, "images": 4}}  # fmt: skip
     paths.result_file.write_text(json.dumps(finished))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import requests
 
+from rtdetr_edge.api.job import PipelineResult
+
 from ..conftest import free_port
 from .conftest import resource, write_resource
 
@@ -103,15 +105,23 @@ def test_run_serves_the_quantized_model(
     assert process.returncode == 0
 
 
-def pipeline_result(backend: str, fp32_ms: float, int8_ms: float) -> dict[str, object]:
-    evaluation = {"map": 44.0, "map50": 59.0, "images": 64, "device": "cpu", "backend": backend}
-    return {
-        "pipelineDigest": "sha256:" + "a" * 64, "timingsSeconds": {"total": 30.0}, "gate": {"passed": True, "message": "ok"},
-        "source": {"sizeBytes": 1_000_000}, "model": {"sizeBytes": 2_000_000}, "quantize": {"output_bytes": 300_000},
+def pipeline_result(backend: str, fp32_ms: float, int8_ms: float) -> PipelineResult:
+    """A result.json as the previous release wrote it (its nested records in snake_case): read as it is."""
+    evaluation = {"map": 44.0, "map50": 59.0, "images": 64, "device": "cpu", "backend": backend,
+                  "model_digest": "sha256:" + "b" * 64, "seconds": 9.0}  # fmt: skip
+    quantize = {"method": "ptq", "act_config": {}, "iterations": 8, "final_loss": None, "seconds": 3.0,
+                "input_digest": "sha256:" + "c" * 64, "output_digest": "sha256:" + "d" * 64, "input_bytes": 1_000_000,
+                "output_bytes": 300_000, "params_ratio": 0.27}  # fmt: skip
+    return PipelineResult.model_validate({
+        "schema": "rtdetr.io/quantize-result/v1", "status": "Succeeded", "finishedAt": "2026-11-30T10:00:00+00:00",
+        "pipelineDigest": "sha256:" + "a" * 64, "timingsSeconds": {"total": 30.0},
+        "gate": {"passed": True, "reason": "WithinBudget", "message": "ok"},
+        "source": {"digest": "sha256:" + "c" * 64, "sizeBytes": 1_000_000}, "quantize": quantize,
+        "model": {"digest": "sha256:" + "d" * 64, "uri": "pvc://a/model", "sizeBytes": 2_000_000},
         "measuredOn": {"device": "cpu", "product": "AMD EPYC", "isaLevel": "avx2"},
         "baseline": {**evaluation, "precision": "fp32", "latency_ms": fp32_ms},
         "candidate": {**evaluation, "precision": "int8", "latency_ms": int8_ms},
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def test_the_summary_never_prints_a_simulated_int8_latency_as_a_speed(shapes_model: Path, shapes_dataset: Path,
@@ -129,6 +139,5 @@ def test_the_summary_never_prints_a_simulated_int8_latency_as_a_speed(shapes_mod
     cpu = summary_table(model, pipeline_result("onnxruntime", 5.8, 11.2), reused=False, endpoint=None)
     assert "11.2 ms" in cpu and "0.30 MB" in cpu and "INT8 is slower than FP32 here" in cpu
     assert "slower" not in summary_table(model, pipeline_result("onnxruntime", 375.0, 241.0), reused=False, endpoint=None)
-    earlier = {key: value for key, value in pipeline_result("paddle", 17.1, 105.4).items() if key != "measuredOn"}
-    earlier["device"] = "cpu"  # what the previous release recorded; its results are reused as they are
-    assert "measured on cpu (CPU not recorded)" in summary_table(model, earlier, reused=True, endpoint=None)
+    earlier = pipeline_result("paddle", 17.1, 105.4).model_copy(update={"measured_on": None})  # before measuredOn
+    assert "measured on (not recorded: a result of an earlier release)" in summary_table(model, earlier, True, None)

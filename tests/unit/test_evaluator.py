@@ -156,7 +156,9 @@ def test_the_operator_judging_reported_maps_agrees_with_the_job() -> None:
     the budget changes: both must reach the same verdict (the gate rounds as it reports)."""
     import random
 
-    from rtdetr_edge.gate import judge_reported, reported_map
+    from rtdetr_edge.api.job import Accuracy
+    from rtdetr_edge.api.spec import QuantizationSpec
+    from rtdetr_edge.gate import judge, reported_map
 
     rng = random.Random(7)
     for _ in range(2000):
@@ -164,9 +166,11 @@ def test_the_operator_judging_reported_maps_agrees_with_the_job() -> None:
         candidate = baseline - rng.choice([rng.uniform(-1, 3), 0.5 + rng.uniform(-0.006, 0.006)])
         budget, floor = rng.choice([0.0, 0.5, 1.0, 2.0]), rng.choice([0.0, 1.0, 30.0])
         job = accuracy_gate(baseline, candidate, budget, floor)
-        reported = {"baselineMap": reported_map(baseline), "quantizedMap": reported_map(candidate)}
-        assert judge_reported(reported, budget, floor) == job, (baseline, candidate, budget, floor)
-    assert judge_reported({"images": 0}, 0.5, 1.0) is None
-    raised = judge_reported({"baselineMap": 44.74, "quantizedMap": 43.52}, 2.0, 1.0)
-    tightened = judge_reported({"baselineMap": 44.74, "quantizedMap": 43.52}, 1.0, 1.0)
+        reported = Accuracy(baseline_map=reported_map(baseline), quantized_map=reported_map(candidate),
+                            map_drop=reported_map(baseline - candidate), images=1)  # fmt: skip
+        spec = QuantizationSpec(max_map_drop=budget, min_baseline_map=floor)
+        assert judge(reported, spec) == job, (baseline, candidate, budget, floor)
+    measured = Accuracy(baseline_map=44.74, quantized_map=43.52, map_drop=1.22, images=32)
+    raised = judge(measured, QuantizationSpec(max_map_drop=2.0))
+    tightened = judge(measured, QuantizationSpec(max_map_drop=1.0))
     assert raised is not None and raised.passed and tightened is not None and not tightened.passed

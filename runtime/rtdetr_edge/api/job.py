@@ -3,13 +3,15 @@
 ``PipelinePlan``: what the operator hands the Job, computed once by the operator from the
 resource as the user wrote it; the Job executes it and never recomputes any of it (for a
 checkpoint source the Job's spec names the export, which would hash differently).
-``JobSummary``: what the Job hands back, one JSON line ≤ 4 KiB in the pod's termination message.
+``PipelineResult``: everything a run knows, as ``result.json`` on the artifacts volume.
+``JobSummary``: its projection the Job hands back, one JSON line ≤ 4 KiB in the pod's
+termination message. ``PipelineRecord``: what the operator keeps of it in status.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -93,9 +95,14 @@ class PipelinePlan(PlanModel):
 
 
 class SummaryModel(BaseModel):
-    """Read leniently (a newer Job may say more), written exactly."""
+    """Read leniently (a newer Job may say more; an older one wrote nested fields in snake_case,
+    which populate_by_name still reads), written exactly."""
 
     model_config = wire_config(frozen=True, extra="ignore")
+
+    def wire(self) -> dict[str, Any]:
+        """As JSON holds it: camelCase, no nulls."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 class ModelRef(SummaryModel):
@@ -158,10 +165,6 @@ class PipelineRecord(SummaryModel):
     def passed(self) -> bool:
         return self.gate is not None and self.gate.passed
 
-    def wire(self) -> dict[str, object]:
-        """As status and the Deployment's annotation hold it (camelCase, no nulls)."""
-        return self.model_dump(by_alias=True, exclude_none=True)
-
 
 class JobSummary(SummaryModel):
     schema_: Literal["rtdetr.io/quantize-result/v1"] = Field(RESULT_SCHEMA, alias="schema")
@@ -207,3 +210,92 @@ class JobSummary(SummaryModel):
         shapes = ShapeRangesRef(file=self.shape_ranges.file) if self.shape_ranges is not None else None
         return PipelineRecord(pipeline_digest=self.pipeline_digest, model=model, accuracy=self.accuracy, gate=self.gate,
                               measured_on=self.measured_on, shape_ranges=shapes)  # fmt: skip
+
+
+class ResourceRef(SummaryModel):
+    name: str
+    namespace: str
+
+
+class SourceRef(SummaryModel):
+    """The FP32 export the run started from."""
+
+    digest: str
+    size_bytes: int
+
+
+class Evaluation(SummaryModel):
+    """One model's COCO evaluation through the serving predictor (``rtdetr_edge.evaluate``)."""
+
+    map: float
+    """AP@[.50:.95] in points (0-100)."""
+    map50: float
+    images: int
+    model_digest: str
+    precision: str
+    device: str
+    backend: str
+    latency_ms: float
+    """Mean predictor time per image, batch as evaluated."""
+    seconds: float
+
+
+class QuantizeRun(SummaryModel):
+    """What the quantize stage did (``rtdetr_edge.quantize``)."""
+
+    method: str
+    act_config: dict[str, Any]
+    """The ACT config that ran (PaddleSlim's own keys), or ONNX Runtime's recipe."""
+    iterations: int
+    final_loss: float | None = None
+    seconds: float
+    input_digest: str
+    output_digest: str
+    input_bytes: int
+    output_bytes: int
+    """What the runtime loads: the INT8 files only."""
+    params_ratio: float
+
+
+class PipelineResult(SummaryModel):
+    """``result.json``: a finished run (``status`` Succeeded, the gate's verdict inside: a refused
+    candidate is a result, not a failure) or a failed one (``<key>.failed.json``: reason, message)."""
+
+    schema_: Literal["rtdetr.io/quantize-result/v1"] = Field(RESULT_SCHEMA, alias="schema")
+    status: Literal["Succeeded", "Failed"]
+    pipeline_digest: str
+    message: str = ""
+    reason: str | None = None
+    """Why it failed: PipelineFailed, ToolVersionMismatch, DatasetFailed, …"""
+    finished_at: str
+    resource: ResourceRef | None = None
+    model: ModelRef | None = None
+    source: SourceRef | None = None
+    quantize: QuantizeRun | None = None
+    """None for method none (the FP32 export is served as it is)."""
+    quantization: EffectiveQuantization | None = None
+    baseline: Evaluation | None = None
+    candidate: Evaluation | None = None
+    gate: GateVerdict | None = None
+    accuracy: Accuracy | None = None
+    shape_ranges: ShapeRangesRef | None = None
+    category_ids: list[int] | None = None
+    measured_on: MeasuredOn | None = None
+    timings_seconds: dict[str, float] = Field(default_factory=dict)
+    tools: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "Succeeded"
+
+    @property
+    def passed(self) -> bool:
+        return self.succeeded and self.gate is not None and self.gate.passed
+
+    def summary(self) -> JobSummary:
+        """The termination message's projection of this result."""
+        return JobSummary(
+            ok=self.succeeded, pipeline_digest=self.pipeline_digest, model=self.model, accuracy=self.accuracy,
+            shape_ranges=self.shape_ranges, gate=self.gate, measured_on=self.measured_on, reason=self.reason,
+            message=self.message,
+        )  # fmt: skip
