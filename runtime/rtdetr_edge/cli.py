@@ -8,6 +8,7 @@ Kubernetes manifests configure the runtime. A failing command exits non-zero wit
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -18,14 +19,17 @@ from pathlib import Path
 from typing import Any, get_args
 
 import click
+from annotated_types import Ge, Gt, Le
+from pydantic import BaseModel
 
 from rtdetr_edge import __version__
-from rtdetr_edge.api.spec import ARCHES, DEFAULT_MAX_BATCH_SIZE, MAX_BATCH_SIZE_LIMIT
+from rtdetr_edge.api.spec import ARCHES, METHODS, QuantizationSpec, ServingSpec
 from rtdetr_edge.cpu_isa import IsaLevel
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor.plan import default_backend
 from rtdetr_edge.predictor.settings import BACKENDS, CPU_INT8_MODES, DEVICES, PRECISIONS, PredictorSettings
+from rtdetr_edge.server.model_service import MAX_DETECTIONS_LIMIT, ServeOptions
 
 log = logging.getLogger("rtdetr_edge")
 ENV_PREFIX = "RTDETR_"
@@ -54,6 +58,26 @@ def options(*decorators: Callable[[Callable[..., Any]], Callable[..., Any]]) -> 
     return apply
 
 
+def from_api(model: type[BaseModel], name: str) -> dict[str, Any]:
+    """A numeric option's range and default, from the API field ``name`` of ``model``: each bound
+    and default is defined once, in the API (the CRD is generated from the same field)."""
+    field = model.model_fields[name]
+    low: float | None = None
+    high: float | None = None
+    low_open = False
+    for rule in field.metadata:
+        if isinstance(rule, Ge):
+            low = rule.ge  # type: ignore[assignment]
+        elif isinstance(rule, Gt):
+            low, low_open = rule.gt, True  # type: ignore[assignment]
+        elif isinstance(rule, Le):
+            high = rule.le  # type: ignore[assignment]
+    kind = click.FloatRange if float in (field.annotation, *get_args(field.annotation)) else click.IntRange
+    return {"type": kind(low, high, min_open=low_open), "default": field.default}
+
+
+PREDICTOR_DEFAULTS = PredictorSettings()
+SERVE_DEFAULTS = {field.name: field.default for field in dataclasses.fields(ServeOptions)}
 AUTO = "auto"
 
 
@@ -62,22 +86,23 @@ def default_cache_dir() -> Path:
     return Path(base) / "rtdetr-edge"
 
 
-DEVICE = option("--device", env=True, type=click.Choice(DEVICES), default="cpu", help="gpu = TensorRT")
+DEVICE = option("--device", env=True, type=click.Choice(DEVICES), default=PREDICTOR_DEFAULTS.device,
+                help="gpu = TensorRT")  # fmt: skip
 CACHE_DIR = option("--cache-dir", env=True, type=PATH, default=default_cache_dir, help="engine cache root",
                    show_default="~/.cache/rtdetr-edge")  # fmt: skip
 PREDICTOR = options(
     DEVICE,
-    option("--precision", env=True, type=click.Choice(PRECISIONS), default="fp32"),
+    option("--precision", env=True, type=click.Choice(PRECISIONS), default=PREDICTOR_DEFAULTS.precision),
     option(
         "--backend", env=True, type=click.Choice((AUTO, *BACKENDS)), default=AUTO,
         help="auto: paddle (TensorRT) on GPU; on CPU onnxruntime (the faster CPU runtime), except an INT8 "
         "model without model.int8.onnx, which only Paddle runs",
     ),
-    option("--max-batch-size", env=True, type=click.IntRange(1, MAX_BATCH_SIZE_LIMIT), default=DEFAULT_MAX_BATCH_SIZE),
-    option("--cpu-threads", env=True, type=click.IntRange(1), default=2),
-    option("--gpu-device-id", env=True, type=click.IntRange(0), default=0),
+    option("--max-batch-size", env=True, **from_api(ServingSpec, "max_batch_size")),
+    option("--cpu-threads", env=True, type=click.IntRange(1), default=PREDICTOR_DEFAULTS.cpu_threads),
+    option("--gpu-device-id", env=True, type=click.IntRange(0), default=PREDICTOR_DEFAULTS.gpu_device_id),
     option(
-        "--cpu-int8", env=True, type=click.Choice(CPU_INT8_MODES), default="simulated",
+        "--cpu-int8", env=True, type=click.Choice(CPU_INT8_MODES), default=PREDICTOR_DEFAULTS.cpu_int8,
         help="INT8 models on CPU: the QDQ graph in FP32 kernels (the quantized model's accuracy) or oneDNN INT8 "
         "kernels (measured -12 mAP on RT-DETR-shaped models here; validate with the gate)",
     ),  # fmt: skip
@@ -141,15 +166,16 @@ def cli(log_level: str) -> None:
 @cli.command()
 @MODEL_DIR
 @PREDICTOR
-@option("--model-name", env=True, default="rtdetr", help="name in the OIP v2 API")
+@option("--model-name", env=True, default=SERVE_DEFAULTS["model_name"], help="name in the OIP v2 API")
 @option("--host", env=True, default="0.0.0.0")
 @PORT
 @option("--labels", env=True, type=EXISTING_FILE, default=None, help="label file (default: the export's, else COCO's 80)")
-@option("--score-threshold", env=True, type=click.FloatRange(0, 1), default=0.5)
-@option("--max-detections", env=True, type=click.IntRange(1), default=100)
-@option("--batch-window-micros", env=True, type=click.IntRange(0, 1_000_000), default=2000)
-@option("--max-body-bytes", env=True, type=click.IntRange(1), default=16 << 20)
-@option("--max-image-pixels", env=True, type=click.IntRange(1), default=40_000_000)
+@option("--score-threshold", env=True, **from_api(ServingSpec, "score_threshold"))
+@option("--max-detections", env=True, type=click.IntRange(1, MAX_DETECTIONS_LIMIT),
+        default=SERVE_DEFAULTS["max_detections"])  # fmt: skip
+@option("--batch-window-micros", env=True, **from_api(ServingSpec, "batch_window_micros"))
+@option("--max-body-bytes", env=True, type=click.IntRange(1), default=SERVE_DEFAULTS["max_body_bytes"])
+@option("--max-image-pixels", env=True, type=click.IntRange(1), default=SERVE_DEFAULTS["max_image_pixels"])
 @option("--drain-seconds", env=True, type=click.FloatRange(0), default=30.0)
 @option("--shutdown-delay-seconds", env=True, type=click.FloatRange(0), default=0.0,
         help="on SIGTERM, report not-ready and keep serving this long before draining (pods the operator creates: 10)")
@@ -160,7 +186,6 @@ def cli(log_level: str) -> None:
         "other numbers on this CPU is refused")  # fmt: skip
 def serve(**params: Any) -> int:
     """Warm up a model and serve detection over HTTP."""
-    from rtdetr_edge.server.model_service import ServeOptions
     from rtdetr_edge.server.run import run_server
 
     settings = predictor_settings(params)
@@ -230,13 +255,14 @@ def detect(images: tuple[Path, ...], url: str, score_threshold: float | None, ma
 @option("--train-images", type=EXISTING_DIR, required=True, help="folder of training images (no labels)")
 @option("--out", type=PATH, required=True, help="output folder (must not exist)")
 @option("--arch", type=click.Choice(ARCHES), default="r50vd", help="selects the ACT defaults in configs/act/")
-@option("--method", type=click.Choice(["qat", "ptq"]), default="qat")
-@option("--train-iter", type=click.IntRange(1), default=None)
-@option("--eval-iter", type=click.IntRange(1), default=None)
-@option("--learning-rate", type=click.FloatRange(0, min_open=True), default=None)
+@option("--method", type=click.Choice([m for m in METHODS if m != "none"]),
+        default=QuantizationSpec.model_fields["method"].default)  # fmt: skip
+@option("--train-iter", **from_api(QuantizationSpec, "train_iter"), help="default: the arch's")
+@option("--eval-iter", **from_api(QuantizationSpec, "eval_iter"), help="default: the arch's")
+@option("--learning-rate", **from_api(QuantizationSpec, "learning_rate"), help="default: the arch's")
 @option("--quantize-op-types", multiple=True, help="repeat for each op type (default: the arch's)")
-@option("--batch-size", type=click.IntRange(1), default=1)
-@option("--calibration-batches", type=click.IntRange(1), default=32, help="ptq only")
+@option("--batch-size", **from_api(QuantizationSpec, "batch_size"))
+@option("--calibration-batches", **from_api(QuantizationSpec, "calibration_batches"), help="ptq only")
 @option(
     "--for", "runtime", type=click.Choice(BACKENDS), default="paddle",
     help="paddle: PaddleSlim's QDQ model (TensorRT, Paddle CPU); onnxruntime: ONNX Runtime's INT8 "
@@ -424,8 +450,8 @@ def demo(work_dir: Path, host: str, port: int, no_serve: bool) -> int:
 @cli.command()
 @click.argument("images", nargs=-1, type=EXISTING_FILE)
 @option("--model", type=EXISTING_DIR, default=None, help="an RT-DETR export (default: the tiny model)")
-@option("--cpu-threads", type=click.IntRange(1), default=2)
-@option("--max-batch-size", type=click.IntRange(1, MAX_BATCH_SIZE_LIMIT), default=DEFAULT_MAX_BATCH_SIZE)
+@option("--cpu-threads", type=click.IntRange(1), default=PREDICTOR_DEFAULTS.cpu_threads)
+@option("--max-batch-size", **from_api(ServingSpec, "max_batch_size"))
 @option("--requests", type=click.IntRange(1), default=200, help="requests per HTTP measurement")
 @option("--concurrency", type=click.IntRange(1), multiple=True, default=(1, 4, 8), help="repeatable")
 @option("--work-dir", type=PATH, default=Path(".rtdetr-edge/bench"))
@@ -452,7 +478,7 @@ def bench(images: tuple[Path, ...], **params: Any) -> int:
 @cli.command("bench-cpu")
 @click.argument("images", nargs=-1, type=EXISTING_FILE)
 @option("--model", type=EXISTING_DIR, default=None, help="an RT-DETR export to time (default: the shipped R18 graph)")
-@option("--cpu-threads", type=click.IntRange(1), default=2)
+@option("--cpu-threads", type=click.IntRange(1), default=PREDICTOR_DEFAULTS.cpu_threads)
 @option("--repetitions", type=click.IntRange(1), default=3, help="every runtime, interleaved")
 @option("--runs", type=click.IntRange(1), default=8, help="timed calls per runtime and repetition")
 @option("--calibration-images", type=click.IntRange(1), default=8, help="of IMAGES, for the INT8 models")

@@ -141,3 +141,52 @@ def test_max_batch_size_has_one_bound_and_default_everywhere() -> None:
     serving = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["serving"]
     field = serving["properties"]["maxBatchSize"]
     assert (field["maximum"], field["default"]) == (MAX_BATCH_SIZE_LIMIT, DEFAULT_MAX_BATCH_SIZE)
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "section", "field"),
+    [
+        ("serve", "score_threshold", "serving", "scoreThreshold"),
+        ("serve", "batch_window_micros", "serving", "batchWindowMicros"),
+        ("serve", "max_batch_size", "serving", "maxBatchSize"),
+        ("quantize", "batch_size", "quantization", "batchSize"),
+        ("quantize", "calibration_batches", "quantization", "calibrationBatches"),
+        ("quantize", "train_iter", "quantization", "trainIter"),
+        ("quantize", "learning_rate", "quantization", "learningRate"),
+        ("quantize", "method", "quantization", "method"),
+    ],
+)
+def test_an_option_that_mirrors_a_resource_field_has_its_bounds_and_default(
+    command: str, option: str, section: str, field: str
+) -> None:
+    """One definition per bound and default: what `kubectl explain` shows is what the CLI takes."""
+    import yaml
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "crds" / "rtdetrmodels.rtdetr.io.yaml").read_text())
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    schema = spec[section]["properties"][field]
+    param = next(p for p in cli.cli.commands[command].params if p.name == option)
+    assert param.default == schema.get("default"), (param.default, schema)
+    if "enum" in schema:  # the CLI never takes "none" (nothing to quantize)
+        assert set(param.type.choices) == set(schema["enum"]) - {"none"}
+        return
+    assert (param.type.min, param.type.max) == (schema.get("minimum"), schema.get("maximum")), schema
+    assert param.type.min_open == schema.get("exclusiveMinimum", False)
+
+
+def test_the_server_options_default_to_what_the_server_uses() -> None:
+    """`rtdetr-edge serve`'s defaults are ServeOptions' and PredictorSettings' (used directly by
+    `rtdetr-edge run` and the tests): one definition each."""
+    import dataclasses
+
+    from rtdetr_edge.predictor.settings import PredictorSettings
+    from rtdetr_edge.server.model_service import ServeOptions
+
+    params = {p.name: p for p in cli.cli.commands["serve"].params}
+    serve_defaults = {f.name: f.default for f in dataclasses.fields(ServeOptions)}
+    for name in ("model_name", "score_threshold", "max_detections", "max_body_bytes", "max_image_pixels"):
+        assert params[name].default == serve_defaults[name], name
+    assert params["batch_window_micros"].default / 1e6 == serve_defaults["batch_window_seconds"]
+    predictor = PredictorSettings()
+    for name in ("device", "precision", "cpu_threads", "gpu_device_id", "cpu_int8", "max_batch_size"):
+        assert params[name].default == getattr(predictor, name), name

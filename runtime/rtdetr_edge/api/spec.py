@@ -37,6 +37,9 @@ CPU_RUNTIMES: tuple[str, ...] = get_args(CpuRuntime)
 MAX_BATCH_SIZE_LIMIT = 64
 """The largest serving.maxBatchSize (and --max-batch-size) accepted: engines and shape ranges cover 1..it."""
 DEFAULT_MAX_BATCH_SIZE = 4
+DEFAULT_BATCH_WINDOW_MICROS = 2000
+DEFAULT_SCORE_THRESHOLD = 0.5
+"""Serving defaults the resource and ``rtdetr-edge serve`` share (the server's ServeOptions)."""
 
 # What the API server accepts where the operator runs: models and datasets come from a mounted
 # claim or a download; `rtdetr-edge run` also takes file:// (checked in Python by parse_uri).
@@ -250,8 +253,12 @@ class ServingSpec(PodPlacement):
     max_batch_size: int = Field(
         DEFAULT_MAX_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE_LIMIT, description="Largest batch a pod forms (and its engines cover)."
     )
-    batch_window_micros: int = Field(2000, ge=0, le=1_000_000, description="How long a pod waits to fill a batch.")
-    score_threshold: float = Field(0.5, ge=0, le=1, description="Detections below this score are dropped.")
+    batch_window_micros: int = Field(
+        DEFAULT_BATCH_WINDOW_MICROS, ge=0, le=1_000_000, description="How long a pod waits to fill a batch."
+    )
+    score_threshold: float = Field(
+        DEFAULT_SCORE_THRESHOLD, ge=0, le=1, description="Detections below this score are dropped."
+    )
     engine_cache: EngineCacheSpec | None = None
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)
 

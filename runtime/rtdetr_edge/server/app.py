@@ -27,12 +27,11 @@ from rtdetr_edge.errors import (
 )
 from rtdetr_edge.preprocess import INPUT_SIZE
 from rtdetr_edge.server import oip
-from rtdetr_edge.server.model_service import ModelService
+from rtdetr_edge.server.model_service import MAX_DETECTIONS_LIMIT, ModelService
 
 log = logging.getLogger(__name__)
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/octet-stream")
-MAX_DETECTIONS_LIMIT = 1000
 _ERROR_TYPES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 Handler = Callable[[Request], Awaitable[Response]]

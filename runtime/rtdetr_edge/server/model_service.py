@@ -17,12 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdetr_edge.api.spec import DEFAULT_BATCH_WINDOW_MICROS, DEFAULT_SCORE_THRESHOLD
 from rtdetr_edge.cpu_isa import IsaLevel
 from rtdetr_edge.errors import NotReadyError, RtdetrEdgeError
 from rtdetr_edge.labels import load_labels
 from rtdetr_edge.postprocess import ModelOutputs, select_detections, to_detections
 from rtdetr_edge.predictor.settings import PredictorSettings
-from rtdetr_edge.preprocess import DEFAULT_MAX_IMAGE_PIXELS, ModelInputs, PreprocessedImage, preprocess_bytes, stack_batch
+from rtdetr_edge.preprocess import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ModelInputs,
+    PreprocessedImage,
+    preprocess_bytes,
+    stack_batch,
+)
 from rtdetr_edge.server.batcher import BatchInfo, DynamicBatcher
 from rtdetr_edge.server.metrics import ServerMetrics
 from rtdetr_edge.warmup import WarmedModel, warm_up
@@ -30,11 +37,13 @@ from rtdetr_edge.warmup import WarmedModel, warm_up
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_DETECTIONS_LIMIT = 1000
+"""The most detections a request may ask for (``max_detections``)."""
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """Everything ``rtdetr-edge serve`` needs; each default is what the CLI uses."""
+    """Everything ``rtdetr-edge serve`` needs; the CLI's defaults are these (and the resource's)."""
 
     model_dir: Path
     cache_dir: Path
@@ -42,10 +51,10 @@ class ServeOptions:
     model_name: str = "rtdetr"
     labels_file: Path | None = None
     """One label per line (or PaddleDetection's infer_cfg.yml); COCO's 80 by default."""
-    score_threshold: float = 0.5
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD
     """Default for /v1/detect when the request does not pass ``score_threshold``."""
     max_detections: int = 100
-    batch_window_seconds: float = 0.002
+    batch_window_seconds: float = DEFAULT_BATCH_WINDOW_MICROS / 1e6
     """How long a forming batch may wait for requests still being preprocessed."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
