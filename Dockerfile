@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # rtdetr-edge images (named targets):
 #   operator     slim, no Paddle: the kopf control plane            docker build --target operator .
 #   runtime-cpu  Paddle 2.6.2 CPU (oneDNN) + PaddleSlim: Jobs and serving on CPU nodes
@@ -25,11 +24,12 @@ COPY --from=source /src/ /src/
 WORKDIR /src
 RUN find runtime/rtdetr_edge -mindepth 1 -maxdepth 1 -not -name __init__.py -not -name py.typed -not -name api -not -name resource.py -not -name storage.py -not -name files.py -not -name errors.py -not -name progress.py -not -name cpu_isa.py -not -name gate.py -exec rm -rf {} +
 
-# The runtime images: data plane and pipeline, without the development tools (rtdetr_edge.dev).
+# The runtime images: data plane and pipeline, without the development tools (rtdetr_edge.dev)
+# or the operator.
 FROM ${PYTHON_IMAGE} AS source-runtime
 COPY --from=source /src/ /src/
 WORKDIR /src
-RUN rm -rf runtime/rtdetr_edge/dev
+RUN rm -rf runtime/rtdetr_edge/dev operator/rtdetr_operator
 
 FROM ${PYTHON_IMAGE} AS python-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -41,25 +41,46 @@ RUN groupadd --gid 10001 rtdetr \
     && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin rtdetr
 WORKDIR /opt/rtdetr-edge
 
-# Every image installs exact pins from requirements/*.txt (make lock), then the project --no-deps.
+# Every image installs exact pins from requirements/*.txt (make lock) in one layer, then the
+# project --no-deps in the next, from its source stage mounted for the install only: a source
+# change rebuilds that small layer alone, and the image keeps the installed package and the ACT
+# defaults (configs/), not a second copy of the sources.
+# Behind a TLS-intercepting proxy, or with a private index (build-arg PIP_INDEX_URL) signed by
+# your own CA, pass the CA bundle as a build secret: --secret id=ca-bundle,src=<bundle.pem>
+# (docker build and buildctl alike); it is used by pip during the build and never stored in a layer.
 FROM python-base AS operator
-COPY --from=source-operator /src/ ./
-RUN pip install --no-cache-dir --requirement requirements/operator.txt \
-    && pip install --no-cache-dir --no-deps .
+ARG PIP_INDEX_URL=https://pypi.org/simple
+COPY --from=source-operator /src/configs/ ./configs/
+RUN --mount=type=bind,from=source-operator,source=/src/requirements,target=/tmp/requirements \
+    --mount=type=secret,id=ca-bundle,required=false \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install --no-cache-dir --requirement /tmp/requirements/operator.txt
+RUN --mount=type=bind,from=source-operator,source=/src,target=/tmp/src,rw \
+    --mount=type=secret,id=ca-bundle,required=false \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install --no-cache-dir --no-deps /tmp/src
 USER 10001:10001
 ENTRYPOINT ["rtdetr-operator"]
 
 FROM python-base AS runtime-cpu
 ARG PADDLESLIM_VERSION=2.6.0
+ARG PIP_INDEX_URL=https://pypi.org/simple
 # libgomp: OpenMP runtime that Paddle's CPU kernels link against.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
     && rm -rf /var/lib/apt/lists/*
-COPY --from=source-runtime /src/ ./
+COPY --from=source-runtime /src/configs/ ./configs/
 # PaddleSlim's metadata pins opencv-python==4.6.0.66 and swig, which it does not use:
 # install it without dependencies; its real imports are in the `runtime` extra.
-RUN pip install --no-cache-dir --requirement requirements/runtime-cpu.txt \
-    && pip install --no-cache-dir --no-deps . "paddleslim==${PADDLESLIM_VERSION}"
+RUN --mount=type=bind,from=source-runtime,source=/src/requirements,target=/tmp/requirements \
+    --mount=type=secret,id=ca-bundle,required=false \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install --no-cache-dir --requirement /tmp/requirements/runtime-cpu.txt \
+    && pip install --no-cache-dir --no-deps "paddleslim==${PADDLESLIM_VERSION}"
+RUN --mount=type=bind,from=source-runtime,source=/src,target=/tmp/src,rw \
+    --mount=type=secret,id=ca-bundle,required=false \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install --no-cache-dir --no-deps /tmp/src
 USER 10001:10001
 ENTRYPOINT ["rtdetr-edge"]
 
@@ -90,9 +111,12 @@ RUN apt-get update \
 COPY --from=ghcr.io/astral-sh/uv:0.5.11 /uv /usr/local/bin/uv
 RUN uv python install "${PYTHON_VERSION}" && uv venv --python "${PYTHON_VERSION}" /opt/venv
 WORKDIR /opt/rtdetr-edge
-COPY --from=source-runtime /src/ ./
-RUN uv pip install --python /opt/venv --no-cache --requirement requirements/runtime-gpu.txt "paddlepaddle-gpu==${PADDLE_VERSION}" \
-    && uv pip install --python /opt/venv --no-cache --no-deps . "paddleslim==${PADDLESLIM_VERSION}"
+COPY --from=source-runtime /src/configs/ ./configs/
+RUN --mount=type=bind,from=source-runtime,source=/src/requirements,target=/tmp/requirements \
+    uv pip install --python /opt/venv --no-cache --requirement /tmp/requirements/runtime-gpu.txt "paddlepaddle-gpu==${PADDLE_VERSION}" \
+    && uv pip install --python /opt/venv --no-cache --no-deps "paddleslim==${PADDLESLIM_VERSION}"
+RUN --mount=type=bind,from=source-runtime,source=/src,target=/tmp/src,rw \
+    uv pip install --python /opt/venv --no-cache --no-deps /tmp/src
 USER 10001:10001
 ENTRYPOINT ["rtdetr-edge"]
 

@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | sha256sum | cut -c1-16)
 
-.PHONY: install cluster-tools cluster demo test test-fast bench bench-cpu lock crd clean
+.PHONY: install system-packages cluster-tools cluster demo test test-fast bench bench-cpu lock crd clean
 
 # PaddleSlim 2.6.0's metadata pins opencv-python==4.6.0.66 and swig, which it does
 # not need, so it is installed with --no-deps; its real imports are in the runtime extra.
@@ -35,8 +35,18 @@ install: $(STAMP) $(SCAN_STAMP)
 # scheduler, kwok), the helm CLI, Flux's source/kustomize controllers and gopher-lua (Argo CD's
 # Lua engine), built with Go from the pins in tests/cluster/go/*/go.mod into
 # ~/.cache/rtdetr-edge/cluster (once per machine: ~18 min on 2 cores; then seconds).
-cluster-tools: install
+cluster-tools: install system-packages
 	$(BIN)/python -m tests.cluster.build
+
+# Debian's runc (the OCI runtime BuildKit's worker and the image tests run containers with) and
+# mmdebstrap (the images' base, made from Debian's packages: Docker Hub is out of reach here).
+# Installed as root; elsewhere the image tests say why they skip.
+SYSTEM_PACKAGES := runc mmdebstrap
+system-packages:
+	@if command -v $(word 1,$(SYSTEM_PACKAGES)) >/dev/null && command -v $(word 2,$(SYSTEM_PACKAGES)) >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "note: $(SYSTEM_PACKAGES) not installed (needs root and apt): the image tests will be skipped"; fi
 
 # A real cluster on this machine until Ctrl-C (prints the KUBECONFIG to use). Needs root
 # (pod network namespaces) and Go.

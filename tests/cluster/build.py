@@ -90,6 +90,19 @@ COMPONENTS = (
     ),
     # Argo CD's health-script engine (gopher-lua with the globals Argo CD's controller sets up).
     Component("argocd-lua", "github.com/yuin/gopher-lua", {"argocd-lua": "."}),
+    # The images: BuildKit builds the Dockerfile (runc worker), a real OCI registry serves them and
+    # the chart on loopback, crane makes the Debian base image from its root filesystem.
+    Component(
+        "buildkit",
+        "github.com/moby/buildkit",
+        {"buildkitd": "github.com/moby/buildkit/cmd/buildkitd", "buildctl": "github.com/moby/buildkit/cmd/buildctl"},
+    ),
+    Component(
+        "registry",
+        "github.com/distribution/distribution/v3",
+        {"registry": "github.com/distribution/distribution/v3/cmd/registry",
+         "crane": "github.com/google/go-containerregistry/cmd/crane"},
+    ),
 )
 
 
