@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from rtdetr_edge.dev.bench import free_port
+from tests.cluster.images import BuiltImages, built_images, missing_prerequisites
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_IMAGES = sorted((REPO / "tests" / "fixtures" / "images").glob("*.jpg"))
@@ -106,3 +107,17 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         yield process
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def images() -> Iterator[BuiltImages]:
+    """The Dockerfile's images built by BuildKit from this checkout and pushed to a registry on
+    loopback (tests/cluster/images.py), for one session; skipped, with the reason, where
+    containers cannot be built (not root, no runc or mmdebstrap)."""
+    problems = missing_prerequisites()
+    if problems:
+        pytest.skip("containers cannot be built here: " + "; ".join(problems))
+    with built_images() as built:
+        for target, ref in built.refs.items():
+            print(f"built {target} in {built.seconds[f'dev-{target}']:.0f} s: {ref}", file=sys.stderr)
+        yield built

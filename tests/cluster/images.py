@@ -267,6 +267,28 @@ def buildkit(to: Registry) -> Iterator[BuildKit]:
             log.close()
 
 
+CHART = REPO / "charts" / "rtdetr-edge"
+CHART_REPOSITORY = "charts"
+
+
+def push_chart(to: Registry, work: Path) -> str:
+    """``helm package`` + ``helm push`` of the chart as an OCI artifact, as a release does; its
+    ``oci://`` reference by the digest the registry serves."""
+    helm = str(binary("helm"))
+    run([helm, "package", str(CHART), "--destination", str(work)], "helm package")
+    (package,) = work.glob("rtdetr-edge-*.tgz")
+    run([helm, "push", str(package), f"oci://{to.host}/{CHART_REPOSITORY}", "--plain-http"], "helm push")
+    version = package.name.removeprefix("rtdetr-edge-").removesuffix(".tgz")
+    return f"oci://{to.host}/{CHART_REPOSITORY}/rtdetr-edge@{to.digest(f'{CHART_REPOSITORY}/rtdetr-edge', version)}"
+
+
+def image_values(ref: str) -> dict[str, str]:
+    """The chart's image values (registry, repository, digest) naming ``ref``."""
+    name, digest = ref.split("@", 1)
+    registry_host, repository = name.split("/", 1)
+    return {"registry": registry_host, "repository": repository, "digest": digest}
+
+
 @dataclass(frozen=True)
 class BuiltImages:
     registry: Registry

@@ -238,11 +238,11 @@ class OperatorRelease:
         assert pod is not None, "no operator pod"
         return self.cluster.kubectl("logs", "-n", self.namespace, pod["metadata"]["name"], check=False).stdout
 
-    def install(self, values: dict[str, Any]) -> OperatorRelease:
+    def install(self, values: dict[str, Any], chart: str = str(CHART), *helm_flags: str) -> OperatorRelease:
         values_file = self.cluster.workdir / f"values-{self.name}.yaml"
         values_file.write_text(yaml.safe_dump(values))
-        self.cluster.helm("install", self.name, str(CHART), "--namespace", self.namespace, "--create-namespace",
-                          "--values", str(values_file), "--wait", "--timeout", "180s")  # fmt: skip
+        self.cluster.helm("install", self.name, chart, "--namespace", self.namespace, "--create-namespace",
+                          "--values", str(values_file), "--wait", "--timeout", "180s", *helm_flags)  # fmt: skip
         self.wait_ready()
         return self
 

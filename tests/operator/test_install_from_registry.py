@@ -1,0 +1,35 @@
+"""As a user installs: the chart from an OCI registry by digest, naming the images by the digests
+that registry serves (built from this checkout by BuildKit). The operator pod runs on the test
+pod runner until the real node arrives (issue 20): what is checked here is what the API server
+and Helm see, the references the pods are created with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.cluster.images import BuiltImages, image_values, push_chart
+
+from .conftest import TEST_VALUES, Cluster, OperatorRelease
+
+
+def test_the_chart_installs_from_the_registry_by_digest_with_the_images_it_holds(
+    cluster: Cluster, images: BuiltImages, tmp_path: Path
+) -> None:
+    chart = push_chart(images.registry, tmp_path)
+    operator_image, runtime_image = images.refs["operator"], images.refs["runtime-cpu"]
+    values = {
+        **TEST_VALUES,
+        "operator": {**TEST_VALUES["operator"], "image": image_values(operator_image)},
+        "images": {"runtimeCpu": image_values(runtime_image)},
+    }
+    release = OperatorRelease(cluster).install(values, chart, "--plain-http")
+    try:
+        pod = release.wait_ready()
+        (container,) = pod["spec"]["containers"]
+        assert container["image"] == operator_image, "the operator pod names the image by the registry's digest"
+        env = {item["name"]: item.get("value") for item in container.get("env") or []}
+        assert env["RTDETR_OPERATOR_RUNTIME_IMAGE_CPU"] == runtime_image, "Jobs and CPU serving pods get the runtime image"
+        listed = cluster.helm("list", "--namespace", release.namespace, "--output", "json").stdout
+        assert '"chart":"rtdetr-edge-0.1.0"' in listed.replace(" ", ""), listed
+    finally:
+        release.uninstall()
