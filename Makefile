@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | sha256sum | cut -c1-16)
 
-.PHONY: install system-packages cluster-tools cluster demo test test-fast bench bench-cpu lock crd clean
+.PHONY: install system-packages cluster-tools cluster demo images push test test-fast bench bench-cpu lock crd clean
 
 # PaddleSlim 2.6.0's metadata pins opencv-python==4.6.0.66 and swig, which it does
 # not need, so it is installed with --no-deps; its real imports are in the runtime extra.
@@ -55,6 +55,17 @@ cluster: cluster-tools
 
 demo: install
 	$(BIN)/rtdetr-edge demo
+
+# The operator and runtime-cpu images, built from this checkout by BuildKit (as root, like the
+# image tests) into a registry on loopback; `make push REGISTRY=host/path` also copies them, with
+# their digests, and the chart there (log in first: `crane auth login`, `helm registry login`;
+# INSECURE=1 for a plain-HTTP registry). The digests printed are what values.yaml can pin.
+images: cluster-tools
+	$(BIN)/python -m tests.cluster.images
+
+push: cluster-tools
+	@test -n "$(REGISTRY)" || (echo "usage: make push REGISTRY=host[:port]/path [INSECURE=1]"; exit 2)
+	$(BIN)/python -m tests.cluster.images --push $(REGISTRY) $(if $(INSECURE),--insecure)
 
 test: install cluster-tools
 	$(BIN)/python -m pytest

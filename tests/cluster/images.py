@@ -271,15 +271,16 @@ CHART = REPO / "charts" / "rtdetr-edge"
 CHART_REPOSITORY = "charts"
 
 
-def push_chart(to: Registry, work: Path) -> str:
-    """``helm package`` + ``helm push`` of the chart as an OCI artifact, as a release does; its
-    ``oci://`` reference by the digest the registry serves."""
+def push_chart(destination: str, work: Path, plain_http: bool = False) -> str:
+    """``helm package`` + ``helm push`` of the chart as an OCI artifact to ``destination``
+    (``host[:port]/path``), as a release does; its ``oci://`` reference by the digest Helm pushed."""
     helm = str(binary("helm"))
     run([helm, "package", str(CHART), "--destination", str(work)], "helm package")
     (package,) = work.glob("rtdetr-edge-*.tgz")
-    run([helm, "push", str(package), f"oci://{to.host}/{CHART_REPOSITORY}", "--plain-http"], "helm push")
-    version = package.name.removeprefix("rtdetr-edge-").removesuffix(".tgz")
-    return f"oci://{to.host}/{CHART_REPOSITORY}/rtdetr-edge@{to.digest(f'{CHART_REPOSITORY}/rtdetr-edge', version)}"
+    pushed = run([helm, "push", str(package), f"oci://{destination}/{CHART_REPOSITORY}", *(["--plain-http"] * plain_http)],
+                 "helm push")  # fmt: skip
+    digest = next(line.split()[-1] for line in (pushed.stdout + pushed.stderr).splitlines() if line.startswith("Digest:"))
+    return f"oci://{destination}/{CHART_REPOSITORY}/rtdetr-edge@{digest}"
 
 
 def image_values(ref: str) -> dict[str, str]:
@@ -311,7 +312,47 @@ def built_images(targets: tuple[str, ...] = BUILT_TARGETS) -> Iterator[BuiltImag
             yield BuiltImages(serving, base, refs, kit.builds, kit)
 
 
-if __name__ == "__main__":
-    with built_images() as images:
+def release_tag(target: str) -> str:
+    """The tag the chart's defaults pull: ``<appVersion>-<target>``."""
+    from rtdetr_edge import __version__
+
+    return f"{__version__}-{target}"
+
+
+def mirror(images: BuiltImages, destination: str, work: Path, insecure: bool = False) -> dict[str, str]:
+    """Copy the images (same digests: ``crane copy``) and the chart into ``destination``
+    (``host[:port]/path``) under the tags the chart defaults to; target -> reference by digest,
+    and ``chart`` -> its ``oci://`` reference by digest."""
+    flags = ["--insecure"] if insecure else []
+    copied = {}
+    for target, ref in images.refs.items():
+        tagged = f"{destination}/rtdetr-edge:{release_tag(target)}"
+        run([str(binary("crane")), "copy", ref, tagged, *flags], f"crane copy {target}")
+        copied[target] = f"{destination}/rtdetr-edge@{ref.rsplit('@', 1)[1]}"
+    copied["chart"] = push_chart(destination, work, plain_http=insecure)
+    return copied
+
+
+def main(argv: list[str]) -> int:
+    """``make images`` / ``make push REGISTRY=host/path [INSECURE=1]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster.images", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--push", metavar="HOST/PATH", help="copy the images and the chart there (same digests)")
+    parser.add_argument("--insecure", action="store_true", help="the registry speaks plain HTTP")
+    options = parser.parse_args(argv)
+    problems = missing_prerequisites()
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    with built_images() as images, tempfile.TemporaryDirectory() as work:
         for target, ref in images.refs.items():
-            print(f"{target}\t{ref}\t{images.seconds[f'dev-{target}']:.0f} s")
+            print(f"{target}\t{ref}\tbuilt in {images.seconds[f'dev-{target}']:.0f} s")
+        if options.push:
+            for name, ref in mirror(images, options.push.rstrip("/"), Path(work), options.insecure).items():
+                print(f"pushed {name}\t{ref}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -14,7 +14,18 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.containers import Mount, container, image_config, run_to_completion, unpacked
-from tests.cluster.images import BASE_REPOSITORY, BUILT_TARGETS, IMAGE_REPOSITORY, REPO, BuiltImages, crane, free_port
+from tests.cluster.images import (
+    BASE_REPOSITORY,
+    BUILT_TARGETS,
+    IMAGE_REPOSITORY,
+    REPO,
+    BuiltImages,
+    crane,
+    free_port,
+    mirror,
+    registry,
+    release_tag,
+)
 
 pytestmark = pytest.mark.slow
 NON_ROOT = (10001, 10001)
@@ -121,3 +132,16 @@ def test_a_source_change_rebuilds_only_the_projects_layer(images: BuiltImages, t
     before, after = layer_digests(images.refs["operator"]), layer_digests(rebuilt)
     print(f"operator after a source change: rebuilt in {images.seconds['dev-operator-changed']:.1f} s")
     assert len(before) == len(after) and before[:-1] == after[:-1] and before[-1] != after[-1], (before, after)
+
+
+def test_a_private_registry_mirror_serves_the_same_digests(images: BuiltImages, tmp_path: Path) -> None:
+    """`make push REGISTRY=…` (an air-gapped site's mirror): the images keep their digests under
+    the tags the chart defaults to, and the chart lands beside them."""
+    with registry(tmp_path / "mirror-storage") as private:
+        copied = mirror(images, f"{private.host}/vision", tmp_path, insecure=True)
+        for target in BUILT_TARGETS:
+            digest = images.refs[target].rsplit("@", 1)[1]
+            assert private.digest("vision/rtdetr-edge", release_tag(target)) == digest, target
+            assert copied[target] == f"{private.host}/vision/rtdetr-edge@{digest}"
+        chart_digest = private.digest("vision/charts/rtdetr-edge", "0.1.0")
+        assert copied["chart"] == f"oci://{private.host}/vision/charts/rtdetr-edge@{chart_digest}"

@@ -15,7 +15,9 @@ from .conftest import TEST_VALUES, Cluster, OperatorRelease
 def test_the_chart_installs_from_the_registry_by_digest_with_the_images_it_holds(
     cluster: Cluster, images: BuiltImages, tmp_path: Path
 ) -> None:
-    chart = push_chart(images.registry, tmp_path)
+    pushed = push_chart(images.registry.host, tmp_path, plain_http=True)
+    chart = f"oci://{images.registry.host}/charts/rtdetr-edge@{images.registry.digest('charts/rtdetr-edge', '0.1.0')}"
+    assert pushed == chart, "the registry serves what Helm pushed"
     operator_image, runtime_image = images.refs["operator"], images.refs["runtime-cpu"]
     values = {
         **TEST_VALUES,
