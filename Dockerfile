@@ -3,10 +3,9 @@
 #   runtime-cpu  Paddle 2.6.2 CPU (oneDNN) + PaddleSlim: Jobs and serving on CPU nodes
 #   runtime-gpu  CUDA 11.8 + cuDNN 8.6 + TensorRT 8.5.3 + paddlepaddle-gpu 2.6.2 (the combination
 #                that wheel was built with): quantize Jobs and TensorRT serving on GPU nodes
-#   exporter     runtime-gpu + PaddleDetection at a pinned tag, for source.checkpoint exports
+#   exporter     runtime-gpu + PaddleDetection at a pinned commit, for source.checkpoint exports
 # Versions shared with the Python project are checked by tests/test_packaging.py.
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:11.8.0-cudnn8-runtime-ubuntu22.04
 
 # The project's files, copied once and shared by every image.
 FROM scratch AS source
@@ -62,13 +61,16 @@ RUN --mount=type=bind,from=source-operator,source=/src,target=/tmp/src,rw \
 USER 10001:10001
 ENTRYPOINT ["rtdetr-operator"]
 
-FROM python-base AS runtime-cpu
-ARG PADDLESLIM_VERSION=2.6.0
-ARG PIP_INDEX_URL=https://pypi.org/simple
-# libgomp: OpenMP runtime that Paddle's CPU kernels link against.
+# What both runtime images need beside Python: libgomp, the OpenMP runtime Paddle's libraries
+# link against (CPU and GPU builds alike).
+FROM python-base AS paddle-base
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1=12.2.0-14+deb12u1 \
     && rm -rf /var/lib/apt/lists/*
+
+FROM paddle-base AS runtime-cpu
+ARG PADDLESLIM_VERSION=2.6.0
+ARG PIP_INDEX_URL=https://pypi.org/simple
 COPY --from=source-runtime /src/configs/ ./configs/
 # PaddleSlim's metadata pins opencv-python==4.6.0.66 and swig, which it does not use:
 # install it without dependencies; its real imports are in the `runtime` extra.
@@ -84,53 +86,68 @@ RUN --mount=type=bind,from=source-runtime,source=/src,target=/tmp/src,rw \
 USER 10001:10001
 ENTRYPOINT ["rtdetr-edge"]
 
-FROM ${CUDA_IMAGE} AS runtime-gpu
+# The GPU runtime on the same Debian base, with NVIDIA's libraries from their PyPI wheels (no
+# NVIDIA base image or apt repository). PyPI's paddlepaddle-gpu 2.6.2 (cp311) is built for
+# CUDA 11.8 and cuDNN 8.6.0 (paddle.version.cuda(), .cudnn()) and TensorRT 8.5
+# (paddle.inference.get_trt_compile_version()); RT-DETR's grid_sample needs TensorRT >= 8.5.1.
+# Paddle dlopens each library by an unversioned name: rtdetr_edge.cuda_libraries links them
+# under /opt/cuda/lib, and `rtdetr-edge gpu-libraries` checks them without a GPU (the image
+# tests run it). The driver (libcuda.so) is the node's, mounted by the NVIDIA container toolkit.
+FROM paddle-base AS runtime-gpu
 ARG PADDLE_VERSION=2.6.2
 ARG PADDLESLIM_VERSION=2.6.0
-ARG PYTHON_VERSION=3.11.10
-ARG UV_VERSION=0.5.11
-# paddlepaddle-gpu 2.6.2 is built against CUDA 11.8, cuDNN 8.6 and TensorRT 8.5.3;
-# RT-DETR's grid_sample needs TensorRT >= 8.5.1.
-ARG CUDNN_VERSION=8.6.0.163-1+cuda11.8
-ARG TENSORRT_VERSION=8.5.3-1+cuda11.8
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    RTDETR_CONFIG_DIR=/opt/rtdetr-edge/configs \
-    UV_PYTHON_INSTALL_DIR=/opt/python \
-    PATH=/opt/venv/bin:${PATH}
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG CUDA_RUNTIME_VERSION=11.8.89
+ARG CUBLAS_VERSION=11.11.3.6
+ARG CUDNN_VERSION=8.6.0.163
+ARG CURAND_VERSION=10.3.0.86
+ARG CUSOLVER_VERSION=11.4.1.48
+ARG CUSPARSE_VERSION=11.7.5.86
+ARG CUFFT_VERSION=10.9.0.58
+# TensorRT 8.5.3's wheels carry Python bindings for CPython <= 3.10 only; Paddle loads only its
+# libraries, which do not depend on Python: they are taken from the wheel, checked by its hash.
+ARG TENSORRT_VERSION=8.5.3.1
+ARG TENSORRT_WHEEL_SHA256=00375391073e51c1d662cc116f5472a921f27d75bb617c0195b3479633c625f3
+ENV NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    LD_LIBRARY_PATH=/opt/cuda/lib
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends --allow-downgrades --allow-change-held-packages \
-        "libcudnn8=${CUDNN_VERSION}" "libnvinfer8=${TENSORRT_VERSION}" "libnvinfer-plugin8=${TENSORRT_VERSION}" \
-    && rm -rf /var/lib/apt/lists/* \
-    && groupadd --gid 10001 rtdetr \
-    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin rtdetr
-# Ubuntu 22.04 ships Python 3.10; a pinned standalone CPython 3.11 (glibc 2.17-compatible) via uv.
-COPY --from=ghcr.io/astral-sh/uv:0.5.11 /uv /usr/local/bin/uv
-RUN uv python install "${PYTHON_VERSION}" && uv venv --python "${PYTHON_VERSION}" /opt/venv
-WORKDIR /opt/rtdetr-edge
-COPY --from=source-runtime /src/configs/ ./configs/
 RUN --mount=type=bind,from=source-runtime,source=/src/requirements,target=/tmp/requirements \
-    uv pip install --python /opt/venv --no-cache --requirement /tmp/requirements/runtime-gpu.txt "paddlepaddle-gpu==${PADDLE_VERSION}" \
-    && uv pip install --python /opt/venv --no-cache --no-deps "paddleslim==${PADDLESLIM_VERSION}"
+    --mount=type=secret,id=ca-bundle,required=false \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install --no-cache-dir --requirement /tmp/requirements/runtime-gpu.txt "paddlepaddle-gpu==${PADDLE_VERSION}" \
+        "nvidia-cuda-runtime-cu11==${CUDA_RUNTIME_VERSION}" "nvidia-cublas-cu11==${CUBLAS_VERSION}" \
+        "nvidia-cudnn-cu11==${CUDNN_VERSION}" "nvidia-curand-cu11==${CURAND_VERSION}" \
+        "nvidia-cusolver-cu11==${CUSOLVER_VERSION}" "nvidia-cusparse-cu11==${CUSPARSE_VERSION}" \
+        "nvidia-cufft-cu11==${CUFFT_VERSION}" \
+    && pip install --no-cache-dir --no-deps "paddleslim==${PADDLESLIM_VERSION}" \
+    && pip download --no-cache-dir --no-deps --only-binary=:all: --python-version 3.10 \
+        --platform manylinux_2_17_x86_64 --dest /tmp/tensorrt "tensorrt==${TENSORRT_VERSION}" \
+    && echo "${TENSORRT_WHEEL_SHA256}  $(ls /tmp/tensorrt/tensorrt-*.whl)" | sha256sum --check --strict - \
+    && python -c "import sys, zipfile; archive = zipfile.ZipFile(sys.argv[1]); \
+[archive.extract(n, '/opt') for n in archive.namelist() if n.startswith('tensorrt/lib')]" /tmp/tensorrt/tensorrt-*.whl \
+    && rm -rf /tmp/tensorrt
+COPY --from=source-runtime /src/configs/ ./configs/
 RUN --mount=type=bind,from=source-runtime,source=/src,target=/tmp/src,rw \
-    uv pip install --python /opt/venv --no-cache --no-deps /tmp/src
+    --mount=type=secret,id=ca-bundle,required=false \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install --no-cache-dir --no-deps /tmp/src \
+    && python -m rtdetr_edge.cuda_libraries
 USER 10001:10001
 ENTRYPOINT ["rtdetr-edge"]
 
 FROM runtime-gpu AS exporter
 # PaddleDetection's RT-DETR export (tools/export_model.py ... trt=True). The PyPI `paddledet`
-# predates RT-DETR and cannot install, so use the source at a pinned tag.
-ARG PADDLEDETECTION_REF=v2.8.0
+# predates RT-DETR and cannot install, so the source comes from git at a pinned commit, which
+# BuildKit checks (--checksum: the build fails if the fetched commit is not this one). The commit
+# is develop of 2024-10-18, the tree whose RT-DETR export was measured on Paddle 2.6.2.
+ARG PADDLEDETECTION_COMMIT=666f597fd00d3157e84dd9fb2dd3f40bf9918ebc
 USER 0
-ADD https://github.com/PaddlePaddle/PaddleDetection/archive/refs/tags/${PADDLEDETECTION_REF}.tar.gz /tmp/paddledetection.tar.gz
-RUN mkdir -p /opt/PaddleDetection \
-    && tar -xzf /tmp/paddledetection.tar.gz --strip-components=1 -C /opt/PaddleDetection \
-    && rm /tmp/paddledetection.tar.gz \
-    && uv pip install --python /opt/venv --no-cache "pandas==2.2.3" "shapely==2.0.6" "typeguard==4.4.1" \
-    && uv pip install --python /opt/venv --no-cache --no-deps "imgaug==0.4.0"
+ADD --checksum=${PADDLEDETECTION_COMMIT} https://github.com/PaddlePaddle/PaddleDetection.git#${PADDLEDETECTION_COMMIT} /opt/PaddleDetection
+RUN --mount=type=secret,id=ca-bundle,required=false \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && pip install --no-cache-dir "pandas==2.2.3" "shapely==2.0.6" "typeguard==4.4.1" \
+    && pip install --no-cache-dir --no-deps "imgaug==0.4.0"
 WORKDIR /opt/PaddleDetection
 USER 10001:10001
 ENTRYPOINT ["python", "tools/export_model.py"]

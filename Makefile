@@ -38,15 +38,17 @@ install: $(STAMP) $(SCAN_STAMP)
 cluster-tools: install system-packages
 	$(BIN)/python -m tests.cluster.build
 
-# Debian's runc (the OCI runtime BuildKit's worker and the image tests run containers with) and
-# mmdebstrap (the images' base, made from Debian's packages: Docker Hub is out of reach here).
-# Installed as root; elsewhere the image tests say why they skip.
-SYSTEM_PACKAGES := runc mmdebstrap
+# Debian's runc (the OCI runtime BuildKit's worker and the image tests run containers with),
+# mmdebstrap (the images' base, made from Debian's packages: Docker Hub is out of reach here) and
+# shellcheck (actionlint runs it on the release workflow's scripts). Installed as root; elsewhere
+# the image tests say why they skip.
+SYSTEM_PACKAGES := runc mmdebstrap shellcheck
 system-packages:
-	@if command -v $(word 1,$(SYSTEM_PACKAGES)) >/dev/null && command -v $(word 2,$(SYSTEM_PACKAGES)) >/dev/null; then :; \
+	@missing=""; for command in $(SYSTEM_PACKAGES); do command -v $$command >/dev/null || missing="$$missing $$command"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
-	else echo "note: $(SYSTEM_PACKAGES) not installed (needs root and apt): the image tests will be skipped"; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "note:$$missing not installed (needs root and apt): the image tests will be skipped"; fi
 
 # A real cluster on this machine until Ctrl-C (prints the KUBECONFIG to use). Needs root
 # (pod network namespaces) and Go.
@@ -56,16 +58,18 @@ cluster: cluster-tools
 demo: install
 	$(BIN)/rtdetr-edge demo
 
-# The operator and runtime-cpu images, built from this checkout by BuildKit (as root, like the
-# image tests) into a registry on loopback; `make push REGISTRY=host/path` also copies them, with
-# their digests, and the chart there (log in first: `crane auth login`, `helm registry login`;
-# INSECURE=1 for a plain-HTTP registry). The digests printed are what values.yaml can pin.
+# The operator, runtime-cpu and runtime-gpu images, built from this checkout by BuildKit (as root,
+# like the image tests) into a registry on loopback; `make push REGISTRY=host/path` also copies
+# them, with their digests, and the chart there (log in first: `crane auth login`, `helm registry
+# login`; INSECURE=1 for a plain-HTTP registry; SIGN_KEY=cosign.key signs what was pushed and
+# attests each image's SBOM, COSIGN_PASSWORD in the environment). The digests printed are what
+# values.yaml can pin.
 images: cluster-tools
 	$(BIN)/python -m tests.cluster.images
 
 push: cluster-tools
-	@test -n "$(REGISTRY)" || (echo "usage: make push REGISTRY=host[:port]/path [INSECURE=1]"; exit 2)
-	$(BIN)/python -m tests.cluster.images --push $(REGISTRY) $(if $(INSECURE),--insecure)
+	@test -n "$(REGISTRY)" || (echo "usage: make push REGISTRY=host[:port]/path [INSECURE=1] [SIGN_KEY=cosign.key]"; exit 2)
+	$(BIN)/python -m tests.cluster.images --push $(REGISTRY) $(if $(INSECURE),--insecure) $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
 
 test: install cluster-tools
 	$(BIN)/python -m pytest

@@ -60,8 +60,11 @@ def test_dockerfile_targets_and_users() -> None:
     assert {"operator", "runtime-cpu", "runtime-gpu", "exporter"} <= set(targets)
     users = re.findall(r"^USER (\S+)$", DOCKERFILE, re.M)
     assert users and users[-1] == "10001:10001", "the last USER of every stage is non-root"
-    assert "libnvinfer8=${TENSORRT_VERSION}" in DOCKERFILE and dockerfile_args("TENSORRT_VERSION") == {"8.5.3-1+cuda11.8"}
-    assert dockerfile_args("CUDNN_VERSION") == {"8.6.0.163-1+cuda11.8"}
+    # What paddlepaddle-gpu 2.6.2 (PyPI, cp311) was built against: CUDA 11.8, cuDNN 8.6, TensorRT 8.5.
+    assert '"tensorrt==${TENSORRT_VERSION}"' in DOCKERFILE and dockerfile_args("TENSORRT_VERSION") == {"8.5.3.1"}
+    assert '"nvidia-cudnn-cu11==${CUDNN_VERSION}"' in DOCKERFILE and dockerfile_args("CUDNN_VERSION") == {"8.6.0.163"}
+    assert '"nvidia-cuda-runtime-cu11==${CUDA_RUNTIME_VERSION}"' in DOCKERFILE
+    assert dockerfile_args("CUDA_RUNTIME_VERSION") == {"11.8.89"}
 
 
 def test_hadolint_is_clean() -> None:

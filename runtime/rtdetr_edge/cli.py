@@ -221,6 +221,23 @@ def warmup(**params: Any) -> int:
     return 0
 
 
+@cli.command("gpu-libraries")
+def gpu_libraries() -> int:
+    """Check, without a GPU, that every CUDA, cuDNN and TensorRT library Paddle loads resolves, at
+    the versions Paddle was built with (the runtime-gpu image's self-check; run it on a node to
+    see what a GPU pod would load)."""
+    from rtdetr_edge.cuda_libraries import check_libraries, paddle_build_versions
+    from rtdetr_edge.resource import installed_version
+
+    if installed_version("paddlepaddle-gpu") is None:
+        raise click.ClickException("this install has no CUDA build of Paddle (paddlepaddle-gpu): use the runtime-gpu image")
+    report = check_libraries(paddle_build_versions())
+    print_json(report.to_dict())
+    if report.problems:
+        raise click.ClickException("; ".join(report.problems))
+    return 0
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=EXISTING_FILE)
 @option("--url", env=True, default="http://127.0.0.1:8080")

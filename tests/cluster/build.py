@@ -65,6 +65,10 @@ class Component:
                           f"-X {package}.gitMinor={minor}", f"-X {package}.gitTreeState=clean"]  # fmt: skip
         if self.module == "helm.sh/helm/v4":
             flags.append(f"-X helm.sh/helm/v4/internal/version.version={self.version()}")
+        if self.module == "github.com/anchore/syft":  # the SBOM names the tool that wrote it
+            flags.append(f"-X main.version={self.version()}")
+        if self.module == "github.com/sigstore/cosign/v2":
+            flags.append(f"-X sigs.k8s.io/release-utils/version.gitVersion={self.version()}")
         return " ".join(flags)
 
 
@@ -103,6 +107,11 @@ COMPONENTS = (
         {"registry": "github.com/distribution/distribution/v3/cmd/registry",
          "crane": "github.com/google/go-containerregistry/cmd/crane"},
     ),
+    # The release's supply chain: an SBOM per image (syft), signatures made and verified by digest
+    # (cosign), and the release workflow, which cannot run here, linted (actionlint).
+    Component("syft", "github.com/anchore/syft", {"syft": "github.com/anchore/syft/cmd/syft"}),
+    Component("cosign", "github.com/sigstore/cosign/v2", {"cosign": "github.com/sigstore/cosign/v2/cmd/cosign"}),
+    Component("actionlint", "github.com/rhysd/actionlint", {"actionlint": "github.com/rhysd/actionlint/cmd/actionlint"}),
 )
 
 

@@ -133,6 +133,13 @@ def unpacked(ref: str) -> Path:
     return target
 
 
+def merged_env(image: list[str], overrides: dict[str, str]) -> list[str]:
+    """The image's environment with ``overrides`` replacing its values (as a pod's env does: a
+    process reads the first of duplicated names, so none may stay)."""
+    values = dict(item.split("=", 1) for item in image)
+    return [f"{name}={value}" for name, value in {**values, **overrides}.items()]
+
+
 @dataclass
 class Container:
     id: str
@@ -151,7 +158,7 @@ def container(ref: str, args: list[str] | None = None, *, env: dict[str, str] | 
     """``ref`` running in the background as its own user (or ``user``); stopped on exit."""
     config = image_config(ref)
     spec = ContainerSpec(
-        args=config.command(args, entrypoint), user=user or config.user, env=[*config.env, *(f"{k}={v}" for k, v in (env or {}).items())],
+        args=config.command(args, entrypoint), user=user or config.user, env=merged_env(config.env, env or {}),
         cwd=config.workdir, read_only_root=read_only_root, mounts=mounts or [], memory_limit_bytes=memory_limit_bytes,
     )  # fmt: skip
     name = f"rtdetr-test-{uuid.uuid4().hex[:8]}"

@@ -8,7 +8,7 @@ lives in ``~/.cache/rtdetr-edge/images`` (outside the repository): BuildKit's la
 base image's root filesystem and the registry's storage, so a source-only change rebuilds one
 layer.
 
-    python -m tests.cluster.images     # build operator + runtime-cpu, push, print their digests
+    python -m tests.cluster.images     # build the images, push them, print their digests
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ BASE_PACKAGES = ("python3", "python3-pip", "python-is-python3", "ca-certificates
 BASE_REPOSITORY = "rtdetr-edge/python"
 BASE_TAG = f"3.11-{DEBIAN_SUITE}"
 IMAGE_REPOSITORY = "rtdetr-edge/rtdetr-edge"
-BUILT_TARGETS = ("operator", "runtime-cpu")
-"""The Dockerfile targets built here (runtime-gpu and exporter need NVIDIA's base image)."""
+BUILT_TARGETS = ("operator", "runtime-cpu", "runtime-gpu")
+"""The Dockerfile targets built here (the exporter fetches PaddleDetection from GitHub)."""
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 """This machine's CA bundle, handed to the build as the ``ca-bundle`` secret: package downloads
 here pass a TLS-intercepting proxy, as at many user sites."""
@@ -148,6 +148,11 @@ def registry(storage: Path | None = None) -> Iterator[Registry]:
             f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: 127.0.0.1:{port}\n"
         )
+        # What no tag names any more (the images of earlier builds) is deleted before serving: the
+        # storage holds one build of each image, not every build this machine ever made.
+        # (An empty storage has nothing to collect, and the registry refuses to walk it.)
+        if (storage / "docker" / "registry" / "v2" / "repositories").is_dir():
+            run([str(binary("registry")), "garbage-collect", "--delete-untagged", str(config)], "registry garbage-collect")
         log = (Path(scratch) / "registry.log").open("wb")
         process = subprocess.Popen([str(binary("registry")), "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -247,7 +252,9 @@ def buildkit(to: Registry) -> Iterator[BuildKit]:
             f'root = "{root}"\n'
             f'[grpc]\n  address = ["unix://{socket_path}"]\n'
             '[worker.oci]\n  enabled = true\n  snapshotter = "overlayfs"\n  networkMode = "host"\n'
-            '  gc = true\n  reservedSpace = "2GB"\n  maxUsedSpace = "20GB"\n'
+            # The GPU image's layers alone are ~9 GB; the cache keeps every image's layers while
+            # the disk has 5 GB to spare.
+            '  gc = true\n  reservedSpace = "2GB"\n  maxUsedSpace = "40GB"\n  minFreeSpace = "5GB"\n'
             "[worker.containerd]\n  enabled = false\n"
             f'[registry."{to.host}"]\n  http = true\n  insecure = true\n'
         )
@@ -340,7 +347,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster.images", description=__doc__.split("\n\n")[0])
     parser.add_argument("--push", metavar="HOST/PATH", help="copy the images and the chart there (same digests)")
     parser.add_argument("--insecure", action="store_true", help="the registry speaks plain HTTP")
+    parser.add_argument("--sign-key", metavar="KEY", type=Path,
+                        help="cosign private key: sign what was pushed and attest each image's SBOM "
+                             "(the key's password in COSIGN_PASSWORD)")  # fmt: skip
     options = parser.parse_args(argv)
+    if options.sign_key and not options.push:
+        parser.error("--sign-key signs what --push pushed: give --push too")
     problems = missing_prerequisites()
     if problems:
         print("error: " + "; ".join(problems), file=sys.stderr)
@@ -349,8 +361,16 @@ def main(argv: list[str]) -> int:
         for target, ref in images.refs.items():
             print(f"{target}\t{ref}\tbuilt in {images.seconds[f'dev-{target}']:.0f} s")
         if options.push:
-            for name, ref in mirror(images, options.push.rstrip("/"), Path(work), options.insecure).items():
+            pushed = mirror(images, options.push.rstrip("/"), Path(work), options.insecure)
+            for name, ref in pushed.items():
                 print(f"pushed {name}\t{ref}")
+            if options.sign_key:
+                from tests.cluster.supply_chain import KeyPair, sign_release
+
+                keys = KeyPair(options.sign_key, options.sign_key.with_suffix(".pub"), os.environ.get("COSIGN_PASSWORD", ""))
+                for name in sign_release(pushed, keys, Path(work), options.insecure):
+                    print(f"signed {name} and attested its SBOM")
+                print("signed chart")
     return 0
 
 

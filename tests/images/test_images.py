@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rtdetr_edge.cuda_libraries import PADDLE_LOADS
 from tests.cluster.containers import Mount, container, image_config, run_to_completion, unpacked
 from tests.cluster.images import (
     BASE_REPOSITORY,
@@ -145,3 +146,23 @@ def test_a_private_registry_mirror_serves_the_same_digests(images: BuiltImages, 
             assert copied[target] == f"{private.host}/vision/rtdetr-edge@{digest}"
         chart_digest = private.digest("vision/charts/rtdetr-edge", "0.1.0")
         assert copied["chart"] == f"oci://{private.host}/vision/charts/rtdetr-edge@{chart_digest}"
+
+
+@pytest.mark.timeout(3600)  # the GPU image's first build downloads ~3 GB of wheels
+def test_the_gpu_image_resolves_every_library_paddle_loads_at_the_versions_it_was_built_with(images: BuiltImages) -> None:
+    """No GPU here, so no kernel runs; what can be checked is checked in the image as shipped:
+    each CUDA, cuDNN and TensorRT library Paddle dlopens loads by the name Paddle asks for, and
+    reports the version Paddle was built against (CUDA 11.8, cuDNN 8.6, TensorRT 8.5)."""
+    ref = images.refs["runtime-gpu"]
+    code, output = run_to_completion(ref, ["gpu-libraries"], timeout=300)
+    assert code == 0, output[-3000:]
+    report = json.loads(output[output.index("{") : output.rindex("}") + 1])
+    assert set(report["loaded"]) == set(PADDLE_LOADS) and report["problems"] == [], report
+    assert all(path.startswith("/usr/local/lib/python3.11/dist-packages/nvidia/") or path.startswith("/opt/tensorrt/")
+               for path in report["loaded"].values()), report["loaded"]  # fmt: skip
+    versions = report["versions"]
+    assert [versions[key].split(".")[:2] for key in ("cuda", "cudnn", "tensorrt")] == [["11", "8"], ["8", "6"], ["8", "5"]], versions
+    print(f"runtime-gpu: {layer_bytes(ref) / 1e6:.0f} MB compressed, built in {images.seconds['dev-runtime-gpu']:.0f} s; {versions}")
+    # Without the links Paddle's unversioned names resolve to nothing: the check fails, naming them.
+    code, output = run_to_completion(ref, ["gpu-libraries"], env={"LD_LIBRARY_PATH": ""}, timeout=300)
+    assert code == 1 and "libcudnn.so does not load" in output and "libnvinfer.so does not load" in output, output[-2000:]

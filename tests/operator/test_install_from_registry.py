@@ -1,5 +1,5 @@
 """As a user installs: the chart from an OCI registry by digest, naming the images by the digests
-that registry serves (built from this checkout by BuildKit). The operator pod runs on the test
+that registry serves (built from this checkout by BuildKit), each signature verified first. The operator pod runs on the test
 pod runner until the real node arrives (issue 20): what is checked here is what the API server
 and Helm see, the references the pods are created with."""
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.cluster.images import BuiltImages, image_values, push_chart
+from tests.cluster.supply_chain import clean, generate_key_pair, sign, verify
 
 from .conftest import TEST_VALUES, Cluster, OperatorRelease
 
@@ -19,6 +20,13 @@ def test_the_chart_installs_from_the_registry_by_digest_with_the_images_it_holds
     chart = f"oci://{images.registry.host}/charts/rtdetr-edge@{images.registry.digest('charts/rtdetr-edge', '0.1.0')}"
     assert pushed == chart, "the registry serves what Helm pushed"
     operator_image, runtime_image = images.refs["operator"], images.refs["runtime-cpu"]
+    # As a site that signs what it mirrors: signed by digest, and verified before it is installed.
+    keys = generate_key_pair(tmp_path / "keys", password="site-key")
+    for ref in (chart.removeprefix("oci://"), operator_image, runtime_image):
+        clean(ref, plain_http=True)
+        sign(ref, keys, plain_http=True)
+        verified = verify(ref, keys.public, plain_http=True)
+        assert verified.returncode == 0, f"{ref} does not verify: {verified.stderr[-1500:]}"
     values = {
         **TEST_VALUES,
         "operator": {**TEST_VALUES["operator"], "image": image_values(operator_image)},
