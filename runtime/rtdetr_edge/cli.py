@@ -174,6 +174,8 @@ def cli(log_level: str) -> None:
 @option("--max-detections", env=True, type=click.IntRange(1, MAX_DETECTIONS_LIMIT),
         default=SERVE_DEFAULTS["max_detections"])  # fmt: skip
 @option("--batch-window-micros", env=True, **from_api(ServingSpec, "batch_window_micros"))
+@option("--max-queue-millis", env=True, **from_api(ServingSpec, "max_queue_millis"),
+        help="queue-time budget: a request that would wait longer is refused with 503 + Retry-After")  # fmt: skip
 @option("--max-body-bytes", env=True, type=click.IntRange(1), default=SERVE_DEFAULTS["max_body_bytes"])
 @option("--max-image-pixels", env=True, type=click.IntRange(1), default=SERVE_DEFAULTS["max_image_pixels"])
 @option("--drain-seconds", env=True, type=click.FloatRange(0), default=30.0)
@@ -198,6 +200,7 @@ def serve(**params: Any) -> int:
         score_threshold=params["score_threshold"],
         max_detections=params["max_detections"],
         batch_window_seconds=params["batch_window_micros"] / 1e6,
+        max_queue_seconds=params["max_queue_millis"] / 1000,
         max_body_bytes=params["max_body_bytes"],
         max_image_pixels=params["max_image_pixels"],
         preprocess_threads=settings.cpu_threads,

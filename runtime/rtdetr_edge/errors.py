@@ -48,6 +48,19 @@ class NotReadyError(RtdetrEdgeError):
     code = "not_ready"
 
 
+class OverloadedError(RtdetrEdgeError):
+    """Load shedding: the request would wait in the queue longer than the server's budget
+    (``--max-queue-millis``), so it is refused at once; the client may retry after
+    ``retry_after_seconds`` (the ``Retry-After`` header), on this pod or another."""
+
+    http_status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_seconds: int) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = max(1, retry_after_seconds)
+
+
 class InferenceError(RtdetrEdgeError):
     """The predictor failed on a well-formed request."""
 

@@ -129,3 +129,61 @@ def test_close_drains_queued_work() -> None:
         return [(await t)[0] for t in tasks]
 
     assert run(scenario()) == [0, 10, 20, 30, 40]
+
+
+def test_requests_that_waited_past_the_budget_are_shed_and_the_rest_keep_their_queue_bound() -> None:
+    """A burst of 12 on a model that takes 0.1 s per batch of 2: with a 0.25 s queue budget the
+    tail of the burst is refused (OverloadedError), and no answered request waited longer."""
+    from rtdetr_edge.errors import OverloadedError
+
+    async def scenario() -> tuple[list[object], list[str]]:
+        shed: list[str] = []
+        batcher = DynamicBatcher(RecordingModel(delay=0.1), max_batch_size=2, window_seconds=0.0,
+                                 max_queue_seconds=0.25, on_shed=shed.append)  # fmt: skip
+        batcher.start()
+        outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(12)), return_exceptions=True)
+        await batcher.close()
+        return outcomes, shed
+
+    outcomes, shed = run(scenario())
+    answered = [info for outcome in outcomes if not isinstance(outcome, BaseException) for info in [outcome[1]]]
+    refused = [outcome for outcome in outcomes if isinstance(outcome, OverloadedError)]
+    assert len(answered) + len(refused) == 12 and refused and answered, outcomes
+    assert all(info.queue_seconds <= 0.25 for info in answered), [info.queue_seconds for info in answered]
+    assert shed == ["expired"] * len(refused)
+    assert all(error.http_status == 503 and error.retry_after_seconds >= 1 for error in refused)
+
+
+def test_a_new_request_is_refused_on_arrival_when_its_predicted_wait_exceeds_the_budget() -> None:
+    from rtdetr_edge.errors import OverloadedError
+
+    async def scenario() -> tuple[float, float, list[str]]:
+        shed: list[str] = []
+        batcher = DynamicBatcher(RecordingModel(delay=0.1), max_batch_size=1, window_seconds=0.0,
+                                 max_queue_seconds=0.25, on_shed=shed.append)  # fmt: skip
+        batcher.start()
+        batcher.admit()  # nothing measured yet: never refused on a guess
+        await batcher.submit(0)  # one batch measured: ~0.1 s
+        tasks = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
+        await asyncio.sleep(0.02)  # one runs, four wait: a newcomer would wait ~0.5 s
+        predicted = batcher.predicted_wait()
+        with pytest.raises(OverloadedError, match="queue budget") as refused:
+            batcher.admit()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.close()
+        return predicted, refused.value.retry_after_seconds, shed
+
+    predicted, retry_after, shed = run(scenario())
+    assert 0.35 < predicted < 0.8 and retry_after == 1 and shed[0] == "predicted", (predicted, retry_after, shed)
+
+
+def test_without_a_budget_nothing_is_shed() -> None:
+    async def scenario() -> list[object]:
+        batcher = DynamicBatcher(RecordingModel(delay=0.05), max_batch_size=2, window_seconds=0.0)
+        batcher.start()
+        outcomes = await asyncio.gather(*(batcher.submit(i) for i in range(8)), return_exceptions=True)
+        batcher.admit()
+        await batcher.close()
+        return outcomes
+
+    assert all(not isinstance(outcome, BaseException) for outcome in run(scenario()))

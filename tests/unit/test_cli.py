@@ -148,6 +148,7 @@ def test_max_batch_size_has_one_bound_and_default_everywhere() -> None:
     [
         ("serve", "score_threshold", "serving", "scoreThreshold"),
         ("serve", "batch_window_micros", "serving", "batchWindowMicros"),
+        ("serve", "max_queue_millis", "serving", "maxQueueMillis"),
         ("serve", "max_batch_size", "serving", "maxBatchSize"),
         ("quantize", "batch_size", "quantization", "batchSize"),
         ("quantize", "calibration_batches", "quantization", "calibrationBatches"),
@@ -187,6 +188,7 @@ def test_the_server_options_default_to_what_the_server_uses() -> None:
     for name in ("model_name", "score_threshold", "max_detections", "max_body_bytes", "max_image_pixels"):
         assert params[name].default == serve_defaults[name], name
     assert params["batch_window_micros"].default / 1e6 == serve_defaults["batch_window_seconds"]
+    assert params["max_queue_millis"].default / 1000 == serve_defaults["max_queue_seconds"]
     predictor = PredictorSettings()
     for name in ("device", "precision", "cpu_threads", "gpu_device_id", "cpu_int8", "max_batch_size"):
         assert params[name].default == getattr(predictor, name), name

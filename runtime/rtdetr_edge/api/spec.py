@@ -39,6 +39,7 @@ MAX_BATCH_SIZE_LIMIT = 64
 DEFAULT_MAX_BATCH_SIZE = 4
 DEFAULT_BATCH_WINDOW_MICROS = 2000
 DEFAULT_SCORE_THRESHOLD = 0.5
+DEFAULT_MAX_QUEUE_MILLIS = 5000
 """Serving defaults the resource and ``rtdetr-edge serve`` share (the server's ServeOptions)."""
 
 # What the API server accepts where the operator runs: models and datasets come from a mounted
@@ -258,6 +259,14 @@ class ServingSpec(PodPlacement):
     )
     score_threshold: float = Field(
         DEFAULT_SCORE_THRESHOLD, ge=0, le=1, description="Detections below this score are dropped."
+    )
+    max_queue_millis: int = Field(
+        DEFAULT_MAX_QUEUE_MILLIS,
+        ge=1,
+        le=600_000,
+        description="Queue-time budget (load shedding): a request that would wait longer than this for the "
+        "model is refused at once with 503 and Retry-After, so accepted requests keep their latency. Raise it "
+        "for CPU pods serving large models at high concurrency.",
     )
     engine_cache: EngineCacheSpec | None = None
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)

@@ -21,6 +21,7 @@ from rtdetr_edge.errors import (
     BadRequestError,
     NotFoundError,
     NotReadyError,
+    OverloadedError,
     PayloadTooLargeError,
     RtdetrEdgeError,
     UnsupportedMediaTypeError,
@@ -41,9 +42,9 @@ def json_response(payload: object, status: int = 200, headers: dict[str, str] | 
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
 
 
-def error_response(status: int, code: str, message: str) -> Response:
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     """Every error body: ``{"error": message, "code": code}`` (``error`` is what OIP clients read)."""
-    return json_response({"error": message, "code": code}, status)
+    return json_response({"error": message, "code": code}, status, headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -118,9 +119,11 @@ def create_app(service: ModelService) -> Starlette:
             try:
                 response = await handler(request)
             except RtdetrEdgeError as error:
-                response = error_response(error.http_status, error.code, str(error))
-                if error.http_status < 500 or (isinstance(error, NotReadyError) and service.warming_up):
-                    metrics.rejected.labels(error.code).inc()  # the client's doing, or expected: warming up
+                headers = {"Retry-After": str(error.retry_after_seconds)} if isinstance(error, OverloadedError) else None
+                response = error_response(error.http_status, error.code, str(error), headers)
+                expected = isinstance(error, OverloadedError) or (isinstance(error, NotReadyError) and service.warming_up)
+                if error.http_status < 500 or expected:
+                    metrics.rejected.labels(error.code).inc()  # the client's doing, or expected: warming up, shedding
                 else:
                     log.error("%s %s failed: %s", request.method, request.url.path, error)
             except Exception:

@@ -6,6 +6,13 @@ queued, or no other request is still being preprocessed (waiting would only add
 latency), or ``window`` has passed since the batch started forming. While a
 batch runs, new requests queue up and form the next one, so preprocessing of
 request k+1 overlaps inference of request k.
+
+Load shedding: the queue is bounded by a queue-time budget. A request whose wait,
+predicted from the queue ahead of it and the recent batch time, exceeds the budget
+is refused before any work is spent on it (:meth:`DynamicBatcher.admit`), and a
+request that has waited past the budget when its batch forms is refused rather
+than run late. Both raise :class:`OverloadedError` (HTTP 503 with Retry-After), so
+no accepted request waits in the queue longer than the budget.
 """
 
 from __future__ import annotations
@@ -13,16 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
+
+from rtdetr_edge.errors import OverloadedError
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 log = logging.getLogger(__name__)
+
+ShedReason = Literal["predicted", "expired"]
+"""predicted: refused on arrival (its wait would exceed the budget); expired: it waited past it."""
+BATCH_TIME_SMOOTHING = 0.3
+"""Weight of the newest batch in the running batch-time estimate (an exponential average)."""
 
 
 @dataclass(frozen=True)
@@ -49,15 +64,23 @@ class DynamicBatcher(Generic[Item, Result]):
         window_seconds: float,
         on_batch: Callable[[BatchInfo], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        max_queue_seconds: float | None = None,
+        on_shed: Callable[[ShedReason], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.window_seconds = window_seconds
+        self.max_queue_seconds = max_queue_seconds
+        """The queue-time budget (None: unbounded)."""
         self._on_batch = on_batch or (lambda info: None)
         self._on_queue_depth = on_queue_depth or (lambda depth: None)
+        self._on_shed = on_shed or (lambda reason: None)
         self._queue: deque[_Pending[Item, Result]] = deque()
         self._arrivals = asyncio.Event()
         self._preparing = 0
+        self._running = False
+        self._batch_seconds: float | None = None
+        """Running estimate of one batch's inference time (None until the first batch)."""
         self._closed = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self._task: asyncio.Task[None] | None = None
@@ -74,6 +97,29 @@ class DynamicBatcher(Generic[Item, Result]):
         finally:
             self._preparing -= 1
             self._arrivals.set()
+
+    def predicted_wait(self) -> float:
+        """Seconds a request arriving now would wait before its batch starts: the batch running
+        (if any) and the full batches queued or being preprocessed ahead of it. Without a
+        measured batch yet, 0 (nothing is refused on a guess)."""
+        if self._batch_seconds is None:
+            return 0.0
+        ahead = len(self._queue) + self._preparing
+        return (int(self._running) + ahead // self.max_batch_size) * self._batch_seconds
+
+    def admit(self) -> None:
+        """Refuse a new request (OverloadedError) if its predicted wait exceeds the budget;
+        call it before spending work (decoding, preprocessing) on the request."""
+        if self.max_queue_seconds is None:
+            return
+        wait = self.predicted_wait()
+        if wait > self.max_queue_seconds:
+            self._on_shed("predicted")
+            raise OverloadedError(
+                f"overloaded: a new request would wait ~{wait:.2f} s for the model, over this server's "
+                f"{self.max_queue_seconds:g} s queue budget; retry later or on another replica",
+                math.ceil(wait),
+            )
 
     async def submit(self, item: Item) -> tuple[Result, BatchInfo]:
         if self._closed:
@@ -106,12 +152,35 @@ class DynamicBatcher(Generic[Item, Result]):
                     await asyncio.wait_for(self._arrivals.wait(), remaining)
                 except TimeoutError:
                     break
-            batch = [self._queue.popleft() for _ in range(min(self.max_batch_size, len(self._queue)))]
+            taken_at = time.perf_counter()
+            batch = self._take_batch(taken_at)
             self._on_queue_depth(len(self._queue))
-            await self._run(loop, batch)
+            if batch:
+                await self._run(loop, batch, taken_at)
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[Item, Result]]) -> None:
-        started = time.perf_counter()
+    def _take_batch(self, now: float) -> list[_Pending[Item, Result]]:
+        """Up to max_batch_size requests from the head of the queue; those that waited past the
+        budget are refused instead (answering them late helps no one: the client gave up or
+        its latency target is gone)."""
+        batch: list[_Pending[Item, Result]] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            pending = self._queue.popleft()
+            waited = now - pending.enqueued
+            if self.max_queue_seconds is not None and waited > self.max_queue_seconds:
+                self._on_shed("expired")
+                if not pending.future.done():
+                    pending.future.set_exception(OverloadedError(
+                        f"overloaded: waited {waited:.2f} s for the model, over this server's "
+                        f"{self.max_queue_seconds:g} s queue budget; retry later or on another replica",
+                        math.ceil(self.predicted_wait()),
+                    ))  # fmt: skip
+                continue
+            batch.append(pending)
+        return batch
+
+    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending[Item, Result]], started: float) -> None:
+        """``started``: when the batch was taken from the queue (each request's queue time ends there)."""
+        self._running = True
         try:
             results = await loop.run_in_executor(self._executor, self._run_batch, [p.item for p in batch])
             if len(results) != len(batch):
@@ -121,7 +190,12 @@ class DynamicBatcher(Generic[Item, Result]):
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
+        finally:
+            self._running = False
         finished = time.perf_counter()
+        elapsed = finished - started
+        self._batch_seconds = elapsed if self._batch_seconds is None else (
+            BATCH_TIME_SMOOTHING * elapsed + (1 - BATCH_TIME_SMOOTHING) * self._batch_seconds)  # fmt: skip
         for pending, result in zip(batch, results):
             info = BatchInfo(len(batch), started - pending.enqueued, finished - started)
             if not pending.future.done():  # the client may have gone away

@@ -55,5 +55,14 @@ class ServerMetrics:
             registry=self.registry,
         )
         self.rejected = Counter(
-            "rtdetr_rejected_requests_total", "Requests refused: a 4xx, or a 503 while warming up; by error code.", ["code"], registry=self.registry
+            "rtdetr_rejected_requests_total",
+            "Requests refused: a 4xx, a 503 while warming up, or shed (code overloaded); by error code.",
+            ["code"],
+            registry=self.registry,
+        )
+        self.shed = Counter(
+            "rtdetr_shed_requests_total",
+            "Requests refused with 503 by the queue-time budget: predicted (on arrival) or expired (waited past it).",
+            ["reason"],
+            registry=self.registry,
         )

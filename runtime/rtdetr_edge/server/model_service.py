@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdetr_edge.api.spec import DEFAULT_BATCH_WINDOW_MICROS, DEFAULT_SCORE_THRESHOLD
+from rtdetr_edge.api.spec import DEFAULT_BATCH_WINDOW_MICROS, DEFAULT_MAX_QUEUE_MILLIS, DEFAULT_SCORE_THRESHOLD
 from rtdetr_edge.cpu_isa import IsaLevel
 from rtdetr_edge.errors import NotReadyError, RtdetrEdgeError
 from rtdetr_edge.labels import load_labels
@@ -56,6 +56,9 @@ class ServeOptions:
     max_detections: int = 100
     batch_window_seconds: float = DEFAULT_BATCH_WINDOW_MICROS / 1e6
     """How long a forming batch may wait for requests still being preprocessed."""
+    max_queue_seconds: float = DEFAULT_MAX_QUEUE_MILLIS / 1000
+    """Queue-time budget: a request that would wait longer for the model is refused with 503 and
+    Retry-After (load shedding), so accepted requests keep their latency."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     preprocess_threads: int = 2
@@ -130,6 +133,8 @@ class ModelService:
             self.options.batch_window_seconds,
             on_batch=self._record_batch,
             on_queue_depth=self.metrics.queue_depth.set,
+            max_queue_seconds=self.options.max_queue_seconds,
+            on_shed=lambda reason: self.metrics.shed.labels(reason).inc(),
         )
         self._batcher.start()
         threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
@@ -192,6 +197,7 @@ class ModelService:
         """Detections for one image body, with per-stage timings in milliseconds."""
         warmed = self.require_ready()
         assert self._batcher is not None
+        self._batcher.admit()  # before any work is spent on a request that would wait too long
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         with self._batcher.preparing():
@@ -224,6 +230,7 @@ class ModelService:
         """Run already-preprocessed tensors (OIP v2) on the inference thread."""
         warmed = self.require_ready()
         assert self._batcher is not None
+        self._batcher.admit()
         started = time.perf_counter()
         outputs = await self._batcher.run_exclusive(lambda: warmed.predictor.predict(inputs))
         self._record_batch(BatchInfo(inputs.batch_size, 0.0, time.perf_counter() - started))
