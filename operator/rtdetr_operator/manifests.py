@@ -394,6 +394,7 @@ def build_runtime_deployment(
             "--max-batch-size", str(serving.max_batch_size),
             "--batch-window-micros", str(serving.batch_window_micros),
             "--max-queue-millis", str(serving.max_queue_millis),
+            *(["--access-log"] if serving.access_log else []),
             "--score-threshold", str(serving.score_threshold),
             "--cache-dir", ENGINE_CACHE_MOUNT,
             "--host", "0.0.0.0",

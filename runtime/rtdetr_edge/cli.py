@@ -41,7 +41,7 @@ EXISTING_FILE = click.Path(path_type=Path, exists=True, dir_okay=False)
 def option(*declarations: str, env: bool = False, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A click option; ``env=True`` also reads ``RTDETR_<FLAG>`` (named in ``--help``)."""
     if env:
-        flag = next(d for d in declarations if d.startswith("--"))
+        flag = next(d for d in declarations if d.startswith("--")).split("/")[0]  # --x/--no-x: RTDETR_X
         kwargs.setdefault("envvar", ENV_PREFIX + flag[2:].upper().replace("-", "_"))
         kwargs.setdefault("show_envvar", True)
     if "default" in kwargs and kwargs["default"] is not None and kwargs["default"] is not False and kwargs["default"] != ():
@@ -177,6 +177,8 @@ def cli(log_level: str) -> None:
 @option("--max-queue-millis", env=True, **from_api(ServingSpec, "max_queue_millis"),
         help="queue-time budget: a request that would wait longer is refused with 503 + Retry-After")  # fmt: skip
 @option("--max-body-bytes", env=True, type=click.IntRange(1), default=SERVE_DEFAULTS["max_body_bytes"])
+@option("--access-log/--no-access-log", env=True, default=ServingSpec.model_fields["access_log"].default,
+        help="one JSON line per request on standard output (never a body; probes and scrapes left out)")  # fmt: skip
 @option("--max-image-pixels", env=True, type=click.IntRange(1), default=SERVE_DEFAULTS["max_image_pixels"])
 @option("--drain-seconds", env=True, type=click.FloatRange(0), default=30.0)
 @option("--shutdown-delay-seconds", env=True, type=click.FloatRange(0), default=0.0,
@@ -202,6 +204,7 @@ def serve(**params: Any) -> int:
         batch_window_seconds=params["batch_window_micros"] / 1e6,
         max_queue_seconds=params["max_queue_millis"] / 1000,
         max_body_bytes=params["max_body_bytes"],
+        access_log=params["access_log"],
         max_image_pixels=params["max_image_pixels"],
         preprocess_threads=settings.cpu_threads,
         shape_seed=params["shape_ranges"],

@@ -369,3 +369,18 @@ def test_an_isa_bound_model_adds_its_requirement_to_every_term_of_the_specs_affi
     only_pods = {"podAntiAffinity": own["podAntiAffinity"]}
     assert require_nodes(only_pods, isa) == {**only_pods, **isa}
     assert require_nodes(None, isa) == isa and require_nodes(own, None) == own and require_nodes(None, None) is None
+
+
+@pytest.mark.parametrize(("serving", "expected"), [
+    ({}, {"--max-queue-millis": "5000", "--access-log": None}),
+    ({"maxQueueMillis": 750, "accessLog": True}, {"--max-queue-millis": "750", "--access-log": True}),
+])  # fmt: skip
+def test_serving_pods_get_the_queue_budget_and_the_access_log_choice(serving: dict[str, Any], expected: dict[str, Any]) -> None:
+    body = body_of("rtdetr-r50.yaml")
+    body["spec"]["serving"].update(serving)
+    model = parse_resource(body)
+    served = PipelineRecord.model_validate({"pipelineDigest": pipeline_digest(model.spec), "model": {"uri": "pvc://a/m", "digest": "x"},
+                                            "shapeRanges": {"file": "shapes/x-b4.pbtxt"}})  # fmt: skip
+    args = build_runtime_deployment(body, model, OperatorSettings(), served)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-queue-millis") + 1] == expected["--max-queue-millis"]
+    assert ("--access-log" in args) == bool(expected["--access-log"])

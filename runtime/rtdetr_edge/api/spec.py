@@ -268,6 +268,12 @@ class ServingSpec(PodPlacement):
         "model is refused at once with 503 and Retry-After, so accepted requests keep their latency. Raise it "
         "for CPU pods serving large models at high concurrency.",
     )
+    access_log: bool = Field(
+        False,
+        description="One JSON line per request on the pods' standard output (time, method, path, status, "
+        "duration, sizes, client, request id; never an image or a detection list). Probes and scrapes are not "
+        "logged.",
+    )
     engine_cache: EngineCacheSpec | None = None
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)
 

@@ -28,6 +28,7 @@ from rtdetr_edge.errors import (
 )
 from rtdetr_edge.preprocess import INPUT_SIZE
 from rtdetr_edge.server import oip
+from rtdetr_edge.server.access_log import AccessLog, access_record
 from rtdetr_edge.server.model_service import MAX_DETECTIONS_LIMIT, ModelService
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,22 @@ def create_app(service: ModelService) -> Starlette:
     # JSON-encoded tensors take ~3x their binary size; allow a full batch either way.
     infer_body_limit = max(options.max_body_bytes, options.predictor.max_batch_size * image_tensor_bytes * 4)
 
+    access_log = AccessLog() if options.access_log else None
+
+    def log_access(route: str, request: Request, response: Response, started_unix: float, seconds: float) -> None:
+        assert access_log is not None
+        declared = request.headers.get("content-length")
+        access_log.write(access_record(
+            started_unix=started_unix, method=request.method, path=request.url.path, query=request.url.query,
+            route=route, status=response.status_code, duration_seconds=seconds,
+            request_bytes=int(declared) if declared and declared.isdigit() else None,
+            response_bytes=len(response.body), client=request.client.host if request.client else None,
+            headers=request.headers, model=options.model_name,
+        ))  # fmt: skip
+
     def endpoint(route: str, handler: Handler) -> Handler:
         async def wrapped(request: Request) -> Response:
+            started_unix = time.time()
             started = time.perf_counter()
             try:
                 response = await handler(request)
@@ -129,7 +144,10 @@ def create_app(service: ModelService) -> Starlette:
             except Exception:
                 log.exception("unexpected error on %s %s", request.method, request.url.path)
                 response = error_response(500, "internal_error", "internal error; see the server log")
-            metrics.requests.labels(route, str(response.status_code)).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.requests.labels(route, str(response.status_code)).observe(seconds)
+            if access_log is not None:
+                log_access(route, request, response, started_unix, seconds)
             if service.terminating:
                 # Kube-proxy only steers new connections: a client's keep-alive connection would
                 # keep coming here until the listener closes under it. Make it reconnect now.

@@ -60,6 +60,8 @@ class ServeOptions:
     """Queue-time budget: a request that would wait longer for the model is refused with 503 and
     Retry-After (load shedding), so accepted requests keep their latency."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    access_log: bool = False
+    """One JSON line per request on standard output (server/access_log.py); never a body."""
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     preprocess_threads: int = 2
     shape_seed: Path | None = None
