@@ -25,6 +25,7 @@ from rtdetr_operator.names import (
     pipeline_key,
     quantize_job_name,
     runtime_name,
+    runtime_pod_labels,
     selector_labels,
 )
 from rtdetr_operator.settings import OperatorSettings
@@ -419,7 +420,7 @@ def build_runtime_deployment(
         # A failed warm-up prints its cause last: it becomes the crash's termination message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    pods = {**selector_labels(model.name), COMPONENT_LABEL: "runtime"}
+    pods = runtime_pod_labels(model.name)
     placement = placement_fields(serving, serving.device, pods, required)
     spec = pod_spec([container], volumes, settings, settings.runtime_service_account, placement,
                     terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS)  # fmt: skip
@@ -458,7 +459,7 @@ def build_service(body: dict[str, Any], model: RTDETRModel, settings: OperatorSe
             "ownerReferences": [owner_reference(body)],
         },
         "spec": {
-            "selector": {**selector_labels(model.name), COMPONENT_LABEL: "runtime"},
+            "selector": runtime_pod_labels(model.name),
             "ports": [{"name": "http", "port": settings.service_port, "targetPort": "http", "protocol": "TCP"}],
         },
     }

@@ -47,5 +47,16 @@ def selector_labels(model_name: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "rtdetr-edge", INSTANCE_LABEL: model_name[:MAX_NAME]}
 
 
+def runtime_pod_labels(model_name: str) -> dict[str, str]:
+    """What selects a resource's serving pods: the Deployment's and Service's selector, and the
+    scale subresource's (status.serving.selector)."""
+    return {**selector_labels(model_name), COMPONENT_LABEL: "runtime"}
+
+
+def label_selector(labels: dict[str, str]) -> str:
+    """``labels`` as a label-selector string (``a=b,c=d``), as the scale subresource reports it."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
 def common_labels(model_name: str, component: str) -> dict[str, str]:
     return {**selector_labels(model_name), COMPONENT_LABEL: component, **MANAGED}

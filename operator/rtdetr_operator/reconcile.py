@@ -37,7 +37,7 @@ from rtdetr_operator.manifests import (
     endpoint,
     isa_bound_level,
 )
-from rtdetr_operator.names import pipeline_configmap_name
+from rtdetr_operator.names import label_selector, pipeline_configmap_name, runtime_pod_labels
 from rtdetr_operator.reasons import Reason
 from rtdetr_operator.settings import OperatorSettings, host_path_problem
 
@@ -488,7 +488,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     updates += kstatus_conditions(phase, updates)
     conditions = set_conditions(conditions_before, updates, generation, now)
     status = assemble_status(before, generation, phase, plan.pipeline_digest, conditions, step, serve, deployment,
-                             endpoint(model, settings))  # fmt: skip
+                             endpoint(model, settings), model.name)  # fmt: skip
     keep = ours | ({serve.pipeline_digest} if serve is not None else set())
     delete = superseded(model.name, observed.pipeline_jobs, keep)
     return Decision(ensure, status, _events(conditions_before, conditions), plan.pipeline_digest, delete, updates)
@@ -496,9 +496,14 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
 
 def assemble_status(before: dict[str, Any], generation: int, phase: str, digest: str, conditions: list[dict[str, Any]],
                     step: Step, serve: PipelineRecord | None, deployment: DeploymentObservation | None,
-                    url: str) -> dict[str, Any]:  # fmt: skip
+                    url: str, name: str) -> dict[str, Any]:  # fmt: skip
     """The whole status: what was there, with this decision's fields."""
-    serving: dict[str, Any] = {"endpoint": url, "readyReplicas": deployment.ready_replicas if deployment else 0}
+    serving: dict[str, Any] = {
+        "endpoint": url,
+        "readyReplicas": deployment.ready_replicas if deployment else 0,
+        "replicas": deployment.current_replicas if deployment else 0,
+        "selector": label_selector(runtime_pod_labels(name)),
+    }
     decided: dict[str, Any] = {"candidate": step.candidate.wire() if step.candidate is not None else None}
     if serve is not None:
         # absent rather than null: a merge patch drops nulls, and the next compare would differ forever

@@ -12,6 +12,7 @@ the whole story takes a few minutes (three real quantization runs on 2 cores).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -208,6 +209,48 @@ def test_a_replicas_change_adds_pods_and_replaces_none(demo: Demo) -> None:
     assert all(seen.startswith("True ") for seen in ready_seen), f"Ready left True while scaling: {ready_seen}"
     rolling = [e["message"] for e in cluster.events(namespace) if e["reason"] == "RollingOut" and e["metadata"]["name"] not in events_before]
     assert not rolling, f"scaling was announced as a rollout: {rolling}"
+
+
+def test_kubectl_scale_and_an_hpa_set_serving_replicas_through_the_scale_subresource(demo: Demo) -> None:
+    """`kubectl scale rtdetr/NAME` and a HorizontalPodAutoscaler that targets the resource itself
+    (the real HPA controller) change serving.replicas through the scale subresource; the operator
+    follows the resource and never undoes them."""
+    cluster, namespace = demo.cluster, demo.namespace
+    runtime = "app.kubernetes.io/component=runtime"
+
+    def serving(count: int) -> bool:
+        model = cluster.model(namespace, NAME)
+        pods = cluster.pods(namespace, runtime)
+        return (model["spec"]["serving"]["replicas"] == count and len(pods) == count and all(_ready(p) for p in pods)
+                and model["status"]["serving"].get("replicas") == count)  # fmt: skip
+
+    cluster.kubectl("scale", f"rtdetrmodel/{NAME}", "-n", namespace, "--replicas=2")
+    cluster.wait(lambda: serving(2), 180, "two serving pods after kubectl scale")
+    scale = json.loads(cluster.kubectl("get", "--raw", f"/apis/rtdetr.io/v1alpha1/namespaces/{namespace}/rtdetrmodels/{NAME}/scale").stdout)
+    assert scale["status"] == {"replicas": 2, "selector": f"app.kubernetes.io/component=runtime,app.kubernetes.io/instance={NAME},"
+                               "app.kubernetes.io/name=rtdetr-edge"}, scale  # fmt: skip
+    cluster.kubectl("scale", f"rtdetrmodel/{NAME}", "-n", namespace, "--replicas=1")
+    cluster.wait(lambda: serving(1), 120, "back to one serving pod")
+
+    hpa = {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": NAME, "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "rtdetr.io/v1alpha1", "kind": "RTDETRModel", "name": NAME},
+            "minReplicas": 2, "maxReplicas": 3,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+        },
+    }  # fmt: skip
+    cluster.apply(hpa)
+    try:
+        # Below its minimum, the HPA controller scales without metrics (there is no metrics API here).
+        cluster.wait(lambda: serving(2), 180, "the HPA raising serving.replicas to its minimum")
+        time.sleep(RESYNC_SECONDS * 3)  # the operator resyncs: it must leave the HPA's count alone
+        assert serving(2), "the operator undid the HPA's replica count"
+    finally:
+        cluster.kubectl("delete", "hpa", NAME, "-n", namespace, "--wait=true")
+    cluster.kubectl("scale", f"rtdetrmodel/{NAME}", "-n", namespace, "--replicas=1")
+    cluster.wait(lambda: serving(1), 120, "back to one serving pod")
 
 
 def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:

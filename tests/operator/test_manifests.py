@@ -113,7 +113,9 @@ def test_crd_printer_columns_and_shape() -> None:
     crd = yaml.safe_load(CRD_FILE.read_text())
     assert crd["spec"]["names"]["shortNames"] == ["rtdetr"] and crd["spec"]["scope"] == "Namespaced"
     version = crd["spec"]["versions"][0]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {"status": {}, "scale": {
+        "specReplicasPath": ".spec.serving.replicas", "statusReplicasPath": ".status.serving.replicas",
+        "labelSelectorPath": ".status.serving.selector"}}  # fmt: skip
     assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Arch", "Precision", "Phase", "mAP", "Drop", "Ready", "Age"]
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
-from rtdetr_edge.api.spec import GROUP, KIND, NAME_MESSAGE, NAME_PATTERN, PLURAL, VERSION, RTDETRModelSpec
-from rtdetr_edge.api.status import PHASES, RTDETRModelStatus
+from rtdetr_edge.api.spec import GROUP, KIND, NAME_MESSAGE, NAME_PATTERN, PLURAL, VERSION, RTDETRModelSpec, ServingSpec
+from rtdetr_edge.api.status import PHASES, RTDETRModelStatus, ServingStatus
 from rtdetr_edge.files import write_text_atomic
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -24,6 +25,21 @@ HEADER = (
     "# Generated from runtime/rtdetr_edge/api/ by `python -m rtdetr_edge.api.crd` (make crd): do not edit.\n"
     "# The Helm chart ships these exact bytes (charts/rtdetr-edge/files/, rendered by templates/crd.yaml).\n"
 )
+
+
+def _wire(model: type[BaseModel], field: str) -> str:
+    """A field's name on the wire (its camelCase alias)."""
+    return model.model_fields[field].alias or field
+
+
+SCALE = {
+    "specReplicasPath": f".spec.{_wire(RTDETRModelSpec, 'serving')}.{_wire(ServingSpec, 'replicas')}",
+    "statusReplicasPath": f".status.{_wire(RTDETRModelStatus, 'serving')}.{_wire(ServingStatus, 'replicas')}",
+    "labelSelectorPath": f".status.{_wire(RTDETRModelStatus, 'serving')}.{_wire(ServingStatus, 'selector')}",
+}
+"""The scale subresource: `kubectl scale rtdetr/NAME --replicas=N` sets serving.replicas, and an
+HPA may target the resource itself (it reads the pods' selector from status)."""
+
 PRINTER_COLUMNS = [
     {"name": "Arch", "type": "string", "jsonPath": ".spec.arch"},
     {"name": "Precision", "type": "string", "jsonPath": ".spec.serving.precision"},
@@ -130,7 +146,7 @@ def build_crd() -> dict[str, Any]:
             },  # fmt: skip
             "versions": [
                 {
-                    "name": VERSION, "served": True, "storage": True, "subresources": {"status": {}},
+                    "name": VERSION, "served": True, "storage": True, "subresources": {"status": {}, "scale": SCALE},
                     "additionalPrinterColumns": PRINTER_COLUMNS, "schema": {"openAPIV3Schema": root},
                 }  # fmt: skip
             ],

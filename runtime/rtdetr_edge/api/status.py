@@ -46,6 +46,10 @@ class AccuracyStatus(StatusModel):
 class ServingStatus(StatusModel):
     endpoint: str | None = None
     ready_replicas: int | None = None
+    replicas: int | None = Field(None, description="Serving pods that exist (the scale subresource's status).")
+    selector: str | None = Field(
+        None, description="Label selector of the serving pods (the scale subresource's; an HPA reads it)."
+    )
     serving_digest: str | None = None
 
 
