@@ -146,15 +146,14 @@ def check_libraries(paddle_built: dict[str, str], names: Iterable[str] = PADDLE_
             report.versions["cuda"] = version
             if "cuda" in paddle_built and not same_release(paddle_built["cuda"], version):
                 report.problems.append(f"libcudart.so is cuda {version}, Paddle was built with {paddle_built['cuda']}")
-    checks = (
-        ("libcudnn.so", "cudnnGetVersion", "cudnn", lambda v: f"{v // 1000}.{v % 1000 // 100}.{v % 100}"),
-        ("libnvinfer.so", "getInferLibVersion", "tensorrt", lambda v: f"{v // 1000}.{v % 1000 // 100}.{v % 100}"),
-    )
-    for name, function, key, spell in checks:
+    # Both encode major * 1000 + minor * 100 + patch (cuDNN 8600 = 8.6.0, TensorRT 8503 = 8.5.3).
+    checks = (("libcudnn.so", "cudnnGetVersion", "cudnn"), ("libnvinfer.so", "getInferLibVersion", "tensorrt"))
+    for name, function, key in checks:
         if name not in loaded:
             continue
         try:
-            version = spell(_version(loaded[name], function))
+            number = _version(loaded[name], function)
+            version = f"{number // 1000}.{number % 1000 // 100}.{number % 100}"
         except (OSError, AttributeError) as error:
             report.problems.append(f"{name}: {function} failed: {error}")
             continue

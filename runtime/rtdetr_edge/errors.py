@@ -12,6 +12,10 @@ class RtdetrEdgeError(Exception):
     http_status = 500
     code = "internal_error"
 
+    def response_headers(self) -> dict[str, str]:
+        """HTTP headers the error's response carries (none unless a subclass says)."""
+        return {}
+
 
 class BadRequestError(RtdetrEdgeError):
     http_status = 400
@@ -59,6 +63,9 @@ class OverloadedError(RtdetrEdgeError):
     def __init__(self, message: str, retry_after_seconds: int) -> None:
         super().__init__(message)
         self.retry_after_seconds = max(1, retry_after_seconds)
+
+    def response_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class InferenceError(RtdetrEdgeError):

@@ -12,6 +12,7 @@ adapters over the ``syft`` and ``cosign`` binaries built from their Go modules.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -131,8 +132,6 @@ def verified_sbom(ref: str, public_key: Path, plain_http: bool = False) -> dict[
     result = _run([str(binary("cosign")), "verify-attestation", "--key", str(public_key), "--type", ATTESTATION_TYPE,
                    "--insecure-ignore-tlog", *_registry_flags(plain_http), ref],
                   f"cosign verify-attestation {ref}", _cosign_env())  # fmt: skip
-    import base64
-
     envelope = json.loads(result.stdout.splitlines()[0])
     statement = json.loads(base64.b64decode(envelope["payload"]))
     return statement["predicate"]

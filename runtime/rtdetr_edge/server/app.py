@@ -134,8 +134,7 @@ def create_app(service: ModelService) -> Starlette:
             try:
                 response = await handler(request)
             except RtdetrEdgeError as error:
-                headers = {"Retry-After": str(error.retry_after_seconds)} if isinstance(error, OverloadedError) else None
-                response = error_response(error.http_status, error.code, str(error), headers)
+                response = error_response(error.http_status, error.code, str(error), error.response_headers())
                 expected = isinstance(error, OverloadedError) or (isinstance(error, NotReadyError) and service.warming_up)
                 if error.http_status < 500 or expected:
                     metrics.rejected.labels(error.code).inc()  # the client's doing, or expected: warming up, shedding

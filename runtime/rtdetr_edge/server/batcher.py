@@ -115,11 +115,14 @@ class DynamicBatcher(Generic[Item, Result]):
         wait = self.predicted_wait()
         if wait > self.max_queue_seconds:
             self._on_shed("predicted")
-            raise OverloadedError(
-                f"overloaded: a new request would wait ~{wait:.2f} s for the model, over this server's "
-                f"{self.max_queue_seconds:g} s queue budget; retry later or on another replica",
-                math.ceil(wait),
-            )
+            raise self._overloaded(f"a new request would wait ~{wait:.2f} s", wait)
+
+    def _overloaded(self, what: str, retry_after: float) -> OverloadedError:
+        return OverloadedError(
+            f"overloaded: {what} for the model, over this server's {self.max_queue_seconds:g} s queue budget; "
+            "retry later or on another replica",
+            math.ceil(retry_after),
+        )
 
     async def submit(self, item: Item) -> tuple[Result, BatchInfo]:
         if self._closed:
@@ -169,11 +172,7 @@ class DynamicBatcher(Generic[Item, Result]):
             if self.max_queue_seconds is not None and waited > self.max_queue_seconds:
                 self._on_shed("expired")
                 if not pending.future.done():
-                    pending.future.set_exception(OverloadedError(
-                        f"overloaded: waited {waited:.2f} s for the model, over this server's "
-                        f"{self.max_queue_seconds:g} s queue budget; retry later or on another replica",
-                        math.ceil(self.predicted_wait()),
-                    ))  # fmt: skip
+                    pending.future.set_exception(self._overloaded(f"waited {waited:.2f} s", self.predicted_wait()))
                 continue
             batch.append(pending)
         return batch
