@@ -25,3 +25,29 @@ def drifted(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     if live is None:
         return True
     return not (holds(desired["metadata"], live.get("metadata")) and holds(desired["spec"], live.get("spec")))
+
+
+def releases_field(desired: dict[str, Any], live: dict[str, Any] | None, manager: str, path: tuple[str, ...]) -> bool:
+    """``desired`` leaves out the field at ``path`` while ``manager`` alone holds it on ``live``:
+    applying ``desired`` as ``manager`` would delete that field. False when ``desired`` sets it,
+    when there is no live object yet, or when another manager holds it too."""
+    if live is None:
+        return False
+    node: Any = desired
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            break
+        node = node[key]
+    else:
+        return False  # desired sets it
+
+    def holds_path(fields: dict[str, Any]) -> bool:
+        for key in path:
+            fields = fields.get(f"f:{key}")
+            if not isinstance(fields, dict):
+                return False
+        return True
+
+    entries = (live.get("metadata") or {}).get("managedFields") or []
+    holders = {entry.get("manager") for entry in entries if holds_path(entry.get("fieldsV1") or {})}
+    return holders == {manager}

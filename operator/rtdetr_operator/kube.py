@@ -11,13 +11,16 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from rtdetr_edge.progress import PROGRESS_PREFIX
-from rtdetr_operator.drift import drifted
+from rtdetr_operator.drift import drifted, releases_field
 from rtdetr_operator.pod_status import deployment_stalled, pod_problem, replica_failure
-from rtdetr_operator.reconcile import DeploymentObservation, JobObservation
+from rtdetr_operator.reconcile import AutoscalerObservation, DeploymentObservation, HpaCondition, JobObservation
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "rtdetr-edge-operator"
-APPLIED_KINDS = frozenset({"Deployment", "Service"})
+# Holds the serving Deployment's replica count for the moment the operator lets go of it (the
+# HPA's controller takes it with its first scale): see Kube.ensure.
+HANDOVER_MANAGER = "rtdetr-edge-operator-handover"
+APPLIED_KINDS = frozenset({"Deployment", "Service", "HorizontalPodAutoscaler"})
 
 
 class ForeignObject(Exception):
@@ -30,6 +33,7 @@ class Kube:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
+        self.autoscaling = client.AutoscalingV2Api(api_client)
 
     def close(self) -> None:
         self.api_client.close()
@@ -132,27 +136,55 @@ class Kube:
             stalled_message=deployment_stalled(deployment),
         )
 
+    @staticmethod
+    def observe_autoscaler(hpa: dict[str, Any] | None) -> AutoscalerObservation | None:
+        if hpa is None:
+            return None
+        status = hpa.get("status") or {}
+        conditions = tuple(
+            HpaCondition(str(c.get("type", "")), str(c.get("status", "")), str(c.get("reason") or ""), str(c.get("message") or ""))
+            for c in status.get("conditions") or []
+        )
+        return AutoscalerObservation(int(status.get("currentReplicas") or 0), int(status.get("desiredReplicas") or 0), conditions)
+
     # -- writing ---------------------------------------------------------------------------
     def ensure(self, manifest: dict[str, Any], live: dict[str, Any] | None) -> str:
         """Make ``manifest`` true on the server, given the ``live`` object the watch last saw
         (None: none yet); returns what happened (applied, configured, unchanged, created, exists).
 
-        Deployments and Services are server-side applied with our field manager, forcing
+        Deployments, Services and HPAs are server-side applied with our field manager, forcing
         ownership of the fields we set — but only when the live object lacks one of them
         (drift.py): an idle resource costs no request, while a `kubectl edit`/`scale` of an
         owned field is reverted at the next reconcile. Fields others own (an HPA's, a mesh's
         annotations) are left alone. Jobs and ConfigMaps are named by the pipeline digest and
         immutable in effect: created once.
+
+        A Deployment applied without ``spec.replicas`` (autoscaling) while we still own the count
+        would lose it: server-side apply removes a field its only manager stops applying, and the
+        Deployment would fall back to 1 pod. So a second manager first applies the live count
+        (Kubernetes' documented hand-over between managers); the HPA takes it from there.
         """
         kind = manifest["kind"]
         namespace = manifest["metadata"]["namespace"]
         name = manifest["metadata"]["name"]
         if kind in APPLIED_KINDS:
-            if not drifted(manifest, live):
+            handover = kind == "Deployment" and releases_field(manifest, live, FIELD_MANAGER, ("spec", "replicas"))
+            if not drifted(manifest, live) and not handover:
                 return "unchanged"
             if live is None:
                 self._refuse_foreign(manifest)
-            patch = {"Deployment": self.apps.patch_namespaced_deployment, "Service": self.core.patch_namespaced_service}[kind]
+            patch = {
+                "Deployment": self.apps.patch_namespaced_deployment,
+                "Service": self.core.patch_namespaced_service,
+                "HorizontalPodAutoscaler": self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+            }[kind]
+            if handover:
+                assert live is not None
+                held = {"apiVersion": manifest["apiVersion"], "kind": kind, "metadata": {"name": name, "namespace": namespace},
+                        "spec": {"replicas": live["spec"]["replicas"]}}  # fmt: skip
+                patch(name, namespace, held, field_manager=HANDOVER_MANAGER,
+                      _content_type="application/apply-patch+yaml", _preload_content=False)  # fmt: skip
+                log.info("handed %s %s/%s's replica count (%s) over to its autoscaler", kind, namespace, name, live["spec"]["replicas"])
             patch(name, namespace, manifest, field_manager=FIELD_MANAGER, force=True,
                   _content_type="application/apply-patch+yaml", _preload_content=False)  # fmt: skip
             return "applied" if live is None else "configured"
@@ -172,7 +204,11 @@ class Kube:
         """Before the first apply: a same-named object someone else made is never taken over
         (a forced apply would silently adopt it). Costs one GET, only when ours is not seen."""
         kind, metadata = manifest["kind"], manifest["metadata"]
-        read = {"Deployment": self.apps.read_namespaced_deployment, "Service": self.core.read_namespaced_service}[kind]
+        read = {
+            "Deployment": self.apps.read_namespaced_deployment,
+            "Service": self.core.read_namespaced_service,
+            "HorizontalPodAutoscaler": self.autoscaling.read_namespaced_horizontal_pod_autoscaler,
+        }[kind]
         try:
             existing = json.loads(read(metadata["name"], metadata["namespace"], _preload_content=False).data)
         except ApiException as error:
@@ -188,7 +224,11 @@ class Kube:
 
     def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete a superseded child (its pods follow in the background); False if gone already."""
-        remove = {"Job": self.batch.delete_namespaced_job, "ConfigMap": self.core.delete_namespaced_config_map}[kind]
+        remove = {
+            "Job": self.batch.delete_namespaced_job,
+            "ConfigMap": self.core.delete_namespaced_config_map,
+            "HorizontalPodAutoscaler": self.autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+        }[kind]
         try:
             remove(name, namespace, propagation_policy="Background", _preload_content=False)
             return True

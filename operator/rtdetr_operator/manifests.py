@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from rtdetr_edge.api.job import PipelinePlan, PipelineRecord
-from rtdetr_edge.api.spec import PodPlacement
+from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, PodPlacement
 from rtdetr_edge.cpu_isa import node_affinity_for
 from rtdetr_edge.resource import RTDETRModel, serving_backend
 from rtdetr_edge.storage import parse_uri
@@ -437,7 +437,8 @@ def build_runtime_deployment(
             "ownerReferences": [owner_reference(body)],
         },
         "spec": {
-            "replicas": serving.replicas,
+            # With autoscaling, the HPA owns the count after creation (reconcile.runtime_deployment).
+            "replicas": serving.autoscaling.min_replicas if serving.autoscaling else serving.replicas,
             "selector": {"matchLabels": pods},
             # Never break what serves: new pods must be Ready before an old one goes.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -461,6 +462,41 @@ def build_service(body: dict[str, Any], model: RTDETRModel, settings: OperatorSe
         "spec": {
             "selector": runtime_pod_labels(model.name),
             "ports": [{"name": "http", "port": settings.service_port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def autoscaler_metrics(autoscaling: AutoscalingSpec) -> list[dict[str, Any]]:
+    """The HPA's metrics: CPU from the resource metrics API (metrics-server), requests in flight per
+    pod from the custom metrics API (an adapter serving the pods' gauge under its own name)."""
+    metrics: list[dict[str, Any]] = []
+    if autoscaling.cpu_utilization is not None:
+        target = {"type": "Utilization", "averageUtilization": autoscaling.cpu_utilization}
+        metrics.append({"type": "Resource", "resource": {"name": "cpu", "target": target}})
+    if autoscaling.in_flight_requests is not None:
+        target = {"type": "AverageValue", "averageValue": str(autoscaling.in_flight_requests)}
+        metrics.append({"type": "Pods", "pods": {"metric": {"name": IN_FLIGHT_METRIC}, "target": target}})
+    return metrics
+
+
+def build_autoscaler(body: dict[str, Any], model: RTDETRModel) -> dict[str, Any]:
+    """The HorizontalPodAutoscaler of ``serving.autoscaling``, scaling the serving Deployment."""
+    autoscaling = model.spec.serving.autoscaling
+    assert autoscaling is not None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": runtime_name(model.name),
+            "namespace": model.namespace,
+            "labels": common_labels(model.name, "runtime"),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": runtime_name(model.name)},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": autoscaler_metrics(autoscaling),
         },
     }
 

@@ -48,6 +48,8 @@ class Reason(StrEnum):
     NO_REPLICAS_AVAILABLE = "NoReplicasAvailable", "no serving pod is available yet"
     NOT_DEPLOYED = "NotDeployed", "no serving pods yet"
     REPLICAS_LOST = "ReplicasLost", "pods served before and now none do"
+    # Autoscaling (the HPA's own reasons pass through: ValidMetricFound, FailedGetResourceMetric, ...)
+    AUTOSCALER_CREATED = "AutoscalerCreated", "the HorizontalPodAutoscaler is applied; its controller has not judged it yet"
     # Reconciling, Stalled (kstatus)
     IDLE = "Idle", "Reconciling=False: nothing in flight"
     PROGRESSING = "Progressing", "Stalled=False: nothing needs a person"

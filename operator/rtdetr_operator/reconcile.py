@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtdetr_edge.api.job import JobSummary, PipelinePlan, PipelineRecord
-from rtdetr_edge.api.spec import QuantizationSpec
+from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, QuantizationSpec
 from rtdetr_edge.api.status import IN_FLIGHT_PHASES
 from rtdetr_edge.cpu_isa import NFD_PREFIX
 from rtdetr_edge.gate import DROP_EXCEEDS_BUDGET, NOT_DEPLOYED, judge
@@ -30,6 +30,7 @@ from rtdetr_operator.conditions import Condition, changed, find, set_conditions
 from rtdetr_operator.exporter import EXPORT_ANNOTATION, build_export_job, exported_model_uri
 from rtdetr_operator.manifests import (
     ANNOTATION_PIPELINE,
+    build_autoscaler,
     build_pipeline_configmap,
     build_quantize_job,
     build_runtime_deployment,
@@ -37,7 +38,7 @@ from rtdetr_operator.manifests import (
     endpoint,
     isa_bound_level,
 )
-from rtdetr_operator.names import label_selector, pipeline_configmap_name, runtime_pod_labels
+from rtdetr_operator.names import label_selector, pipeline_configmap_name, runtime_name, runtime_pod_labels
 from rtdetr_operator.reasons import Reason
 from rtdetr_operator.settings import OperatorSettings, host_path_problem
 
@@ -97,6 +98,26 @@ class DeploymentObservation:
 
 
 @dataclass(frozen=True)
+class HpaCondition:
+    type: str  # AbleToScale | ScalingActive | ScalingLimited
+    status: str
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class AutoscalerObservation:
+    """The operator's HorizontalPodAutoscaler, as its controller last reported it."""
+
+    current_replicas: int = 0
+    desired_replicas: int = 0
+    conditions: tuple[HpaCondition, ...] = ()
+
+    def condition(self, condition_type: str) -> HpaCondition | None:
+        return next((c for c in self.conditions if c.type == condition_type), None)
+
+
+@dataclass(frozen=True)
 class PipelineJob:
     """A quantize or export Job of this resource, whatever its pipeline digest."""
 
@@ -112,6 +133,7 @@ class Observed:
     export_job: JobObservation | None = None
     deployment: DeploymentObservation | None = None
     pipeline_jobs: tuple[PipelineJob, ...] = ()
+    autoscaler: AutoscalerObservation | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +185,11 @@ def _cause(job: JobObservation) -> str:
     return job.failure_message or "the Job failed without a message; see its pod's logs"
 
 
+def _cpu_request(resources: dict[str, Any]) -> bool:
+    """The pods get a CPU request: set, or defaulted by Kubernetes from a CPU limit."""
+    return any("cpu" in (resources.get(section) or {}) for section in ("requests", "limits"))
+
+
 def cluster_problems(model: RTDETRModel, settings: OperatorSettings) -> list[str]:
     """Rules that only apply in a cluster (``rtdetr-edge run`` accepts more) or that the cluster
     admin set in the operator's settings."""
@@ -176,6 +203,10 @@ def cluster_problems(model: RTDETRModel, settings: OperatorSettings) -> list[str
         problems.append("spec.source.checkpoint: the tiny arch has no PaddleDetection config to export with")
     if spec.source.checkpoint and not spec.source.checkpoint.startswith("pvc://"):
         problems.append("spec.source.checkpoint must be a pvc:// path (the exporter reads it from a mounted claim)")
+    autoscaling = spec.serving.autoscaling
+    if autoscaling is not None and autoscaling.cpu_utilization is not None and not _cpu_request(spec.serving.resources):
+        problems.append("spec.serving.autoscaling.cpuUtilization is a percentage of the pods' CPU request: set "
+                        "spec.serving.resources.requests.cpu (e.g. \"2\"), or scale on inFlightRequests")  # fmt: skip
     cache = spec.serving.engine_cache
     host_path = host_path_problem(cache.as_dict() if cache is not None else None, settings.host_path_prefixes)
     if host_path:
@@ -405,6 +436,9 @@ def runtime_deployment(body: dict[str, Any], model: RTDETRModel, settings: Opera
     """The serving Deployment for ``serve``, with what only the Deployment carries (not its pods):
     the served record and the hash of the template it was given."""
     desired = build_runtime_deployment(body, model, settings, serve)
+    if model.spec.serving.autoscaling is not None and live is not None:
+        # The HPA owns the count of a Deployment that exists (kube.py hands the field over).
+        del desired["spec"]["replicas"]
     keep_legacy_template_annotations(desired, live)
     desired["metadata"]["annotations"][ANNOTATION_RESULT] = json.dumps(serve.wire(), sort_keys=True, separators=(",", ":"))
     desired["metadata"]["annotations"][ANNOTATION_TEMPLATE_HASH] = template_hash(desired)
@@ -447,6 +481,40 @@ def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int,
     return Step([rolling], phase="Deploying")
 
 
+def autoscaling_hint(reason: str, autoscaling: AutoscalingSpec) -> str:
+    """What to do when the HPA cannot read a metric: which API serves it and what it needs."""
+    if reason == "FailedGetResourceMetric" or (reason == "InvalidMetricSourceType" and autoscaling.cpu_utilization):
+        return ("cpuUtilization is read from the resource metrics API: install metrics-server, and keep a CPU "
+                "request on the serving pods (serving.resources.requests.cpu)")  # fmt: skip
+    if reason == "FailedGetPodsMetric":
+        return (f"inFlightRequests is read from the custom metrics API: run an adapter (prometheus-adapter, KEDA) "
+                f"that serves the pods' {IN_FLIGHT_METRIC} gauge as a pods metric (see the user guide)")  # fmt: skip
+    return ""
+
+
+def autoscaling_condition(autoscaling: AutoscalingSpec, hpa: AutoscalerObservation | None, replicas: int) -> Condition:
+    """The Autoscaling condition: whether the HPA can scale, in its own reasons, with what to do
+    when it cannot, and the counts when it can. ``replicas``: the Deployment's current count."""
+    bounds = f"min {autoscaling.min_replicas}, max {autoscaling.max_replicas}"
+    waiting = Condition("Autoscaling", "Unknown", Reason.AUTOSCALER_CREATED,
+                        f"waiting for the HPA controller to judge the HorizontalPodAutoscaler ({bounds})")  # fmt: skip
+    if hpa is None:
+        return waiting
+    for condition_type in ("AbleToScale", "ScalingActive"):
+        condition = hpa.condition(condition_type)
+        if condition is not None and condition.status == "False":
+            hint = autoscaling_hint(condition.reason, autoscaling)
+            message = "; ".join(p for p in (f"the HPA cannot scale: {condition.message}", hint) if p)
+            return Condition("Autoscaling", "False", condition.reason or condition_type, message)
+    active = hpa.condition("ScalingActive")
+    if active is None:
+        return waiting
+    limited = hpa.condition("ScalingLimited")
+    counts = f"{replicas} serving pod(s) ({bounds}); the HPA wants {hpa.desired_replicas}"
+    note = limited.message if limited is not None and limited.status == "True" else ""
+    return Condition("Autoscaling", "True", active.reason or "ScalingActive", "; ".join(p for p in (counts, note) if p))
+
+
 def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed, now: str) -> Decision:
     """The children and the whole status for what was observed (pure; see the module's rules)."""
     generation = int(body.get("metadata", {}).get("generation", 1))
@@ -476,21 +544,32 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     # already serves (a running or failed candidate never takes it down).
     serve = step.served if step.served is not None else deployed
     updates, ensure, phase = [available, *step.updates], list(step.ensure), step.phase
+    autoscaling = model.spec.serving.autoscaling
+    delete: list[tuple[str, str]] = []
     if serve is not None:
         desired = runtime_deployment(body, model, settings, serve, deployment)
         # Applied at every reconcile: a new model or serving setting rolls out, drift is reverted.
         ensure += [desired, build_service(body, model, settings)]
+        replicas = model.spec.serving.replicas
+        if autoscaling is not None:
+            ensure.append(build_autoscaler(body, model))
+            replicas = deployment.replicas if deployment is not None else autoscaling.min_replicas  # the HPA's count
+            updates.append(autoscaling_condition(autoscaling, observed.autoscaler, replicas))
         if step.served is not None:
-            rollout = rollout_step(step.served, desired, model.spec.serving.replicas, deployment, before)
+            rollout = rollout_step(step.served, desired, replicas, deployment, before)
             updates, phase = updates + rollout.updates, rollout.phase
+    if autoscaling is None and observed.autoscaler is not None:
+        delete.append(("HorizontalPodAutoscaler", runtime_name(model.name)))  # serving.replicas counts again
     if step.served is None and phase in IN_FLIGHT_PHASES and not any(c.type == "Ready" for c in updates):
         updates.append(Condition("Ready", "False", phase, "the pipeline is running" if phase != "Pending" else "starting"))
     updates += kstatus_conditions(phase, updates)
     conditions = set_conditions(conditions_before, updates, generation, now)
+    if autoscaling is None:  # turned off: its condition goes with the HPA
+        conditions = [c for c in conditions if c.get("type") != "Autoscaling"]
     status = assemble_status(before, generation, phase, plan.pipeline_digest, conditions, step, serve, deployment,
                              endpoint(model, settings), model.name)  # fmt: skip
     keep = ours | ({serve.pipeline_digest} if serve is not None else set())
-    delete = superseded(model.name, observed.pipeline_jobs, keep)
+    delete += superseded(model.name, observed.pipeline_jobs, keep)
     return Decision(ensure, status, _events(conditions_before, conditions), plan.pipeline_digest, delete, updates)
 
 

@@ -140,7 +140,9 @@ def test_rbac_is_least_privilege_and_every_rule_says_why() -> None:
     rules = by_kind(render({}), "ClusterRole")[0]["rules"]
     verbs = {(group, resource): set(rule["verbs"]) for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]}
     deletes = {key for key, granted in verbs.items() if "delete" in granted}
-    assert deletes == {("batch", "jobs"), ("", "configmaps")}, "only superseded pipelines; the rest goes by ownerReferences"
+    assert deletes == {("batch", "jobs"), ("", "configmaps"), ("autoscaling", "horizontalpodautoscalers")}, (
+        "only superseded pipelines and a turned-off autoscaler; the rest goes by ownerReferences"
+    )
     assert verbs[("", "pods")] == {"list", "watch"} and verbs[("", "pods/log")] == {"get"}
     assert verbs[("batch", "jobs")] == {"list", "watch", "create", "delete"}
     assert not any(resource == "secrets" for _, resource in verbs)

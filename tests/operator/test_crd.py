@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from rtdetr_edge.api.spec import NAME_MESSAGE, EngineCacheSpec, RTDETRModelSpec, SourceSpec
+from rtdetr_edge.api.spec import NAME_MESSAGE, AutoscalingSpec, EngineCacheSpec, RTDETRModelSpec, SourceSpec
 from rtdetr_edge.resource import SpecError, parse_resource
 
 from .conftest import CRD_FILE, OPERATOR_NAMESPACE, RELEASE, SAMPLES, Cluster, load_sample
@@ -81,6 +81,7 @@ def rule_messages(node: Any) -> list[str]:
 
 PRECISION_INT8_RULE, PRECISION_FP_RULE, ORT_QAT_RULE, FP16_CPU_RULE = (rule.message for rule in RTDETRModelSpec.rules)
 SOURCE_RULE, ENGINE_CACHE_RULE = SourceSpec.rules[0].message, EngineCacheSpec.rules[0].message
+AUTOSCALING_BOUNDS_RULE, AUTOSCALING_METRIC_RULE = (rule.message for rule in AutoscalingSpec.rules)
 
 INVALID: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ("two sources", lambda s: s["source"].update(checkpoint="pvc://models/x.pdparams"), SOURCE_RULE),
@@ -92,6 +93,9 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], Any], str]] = [
     ("qat for ONNX Runtime", lambda s: s["serving"].update(device="cpu", cpuRuntime="onnxruntime"), ORT_QAT_RULE),
     ("two engine caches", lambda s: s["serving"].update(engineCache={"hostPath": "/a", "emptyDir": {}}), ENGINE_CACHE_RULE),
     ("no engine cache kind", lambda s: s["serving"].update(engineCache={}), ENGINE_CACHE_RULE),
+    ("autoscaling max below min", lambda s: s["serving"].update(autoscaling={"minReplicas": 3, "maxReplicas": 2,
+                                                                             "inFlightRequests": 4}), AUTOSCALING_BOUNDS_RULE),
+    ("autoscaling without a metric", lambda s: s["serving"].update(autoscaling={"maxReplicas": 2}), AUTOSCALING_METRIC_RULE),
     ("s3 URI", lambda s: s["source"].update(inferenceModel="s3://bucket/model"), "spec.source.inferenceModel"),
     ("unknown arch", lambda s: s.update(arch="yolov8"), 'Unsupported value: "yolov8"'),
     ("batch too large", lambda s: s["serving"].update(maxBatchSize=128), "should be less than or equal to 64"),

@@ -18,7 +18,15 @@ from rtdetr_edge.resource import parse_resource, pipeline_digest
 from rtdetr_operator.conditions import find
 from rtdetr_operator.names import pipeline_configmap_name, quantize_job_name
 from rtdetr_operator.pod_status import pod_problem
-from rtdetr_operator.reconcile import Decision, DeploymentObservation, JobObservation, Observed, isa_placement_hint
+from rtdetr_operator.reconcile import (
+    AutoscalerObservation,
+    Decision,
+    DeploymentObservation,
+    HpaCondition,
+    JobObservation,
+    Observed,
+    isa_placement_hint,
+)
 from rtdetr_operator.reconcile import decide as decide_as_written
 from rtdetr_operator.settings import OperatorSettings
 
@@ -343,6 +351,26 @@ def test_drift_is_a_missing_or_changed_field_of_ours_only() -> None:
     assert drifted(desired, edited)
 
 
+def test_a_count_the_operator_alone_holds_is_handed_over_before_it_stops_applying_it() -> None:
+    """Server-side apply deletes a field its only manager stops applying: a Deployment the
+    operator made with a count would fall back to 1 pod when autoscaling is turned on."""
+    from rtdetr_operator.drift import releases_field
+    from rtdetr_operator.kube import FIELD_MANAGER, HANDOVER_MANAGER
+
+    def live(*holders: str) -> dict[str, Any]:
+        entries = [{"manager": m, "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {}, "f:template": {}}}} for m in holders]
+        entries.append({"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:status": {"f:replicas": {}}}})
+        return {"metadata": {"managedFields": entries}, "spec": {"replicas": 3}}
+
+    without = {"spec": {"template": {}}}
+    path = ("spec", "replicas")
+    assert releases_field(without, live(FIELD_MANAGER), FIELD_MANAGER, path)
+    assert not releases_field(without, live(FIELD_MANAGER, HANDOVER_MANAGER), FIELD_MANAGER, path), "handed over already"
+    assert not releases_field(without, live("kube-controller-manager"), FIELD_MANAGER, path), "the HPA holds it"
+    assert not releases_field({"spec": {"replicas": 2}}, live(FIELD_MANAGER), FIELD_MANAGER, path), "still applied"
+    assert not releases_field(without, None, FIELD_MANAGER, path), "nothing to lose before it exists"
+
+
 def test_jobs_of_pipelines_the_spec_moved_on_from_are_deleted() -> None:
     from rtdetr_operator.reconcile import PipelineJob
 
@@ -571,3 +599,95 @@ def test_every_status_field_the_operator_writes_survives_the_crds_schema() -> No
     for status in (body["status"], decide(body, OperatorSettings(), replace(observed, quantize_job=refused), LATER).status):
         assert status["served"]["model"]["isaPortable"] is True and status["model"]["isaPortable"] is True
         assert _pruned(status, schema) == status
+
+
+AUTOSCALING = {"minReplicas": 2, "maxReplicas": 4, "cpuUtilization": 70}
+
+
+def autoscaled(body: dict[str, Any]) -> dict[str, Any]:
+    body["spec"]["serving"]["autoscaling"] = dict(AUTOSCALING)
+    body["spec"]["serving"]["resources"] = {"requests": {"cpu": "2"}}
+    return body
+
+
+def test_autoscaling_makes_an_hpa_and_leaves_the_replica_count_to_it() -> None:
+    """serving.autoscaling → an autoscaling/v2 HPA on the Deployment; the Deployment starts at
+    minReplicas and, once it exists, is applied without a count (serving.replicas is ignored)."""
+    body, observed = serving(autoscaled(r50()), available=2)
+    body["spec"]["serving"]["replicas"] = 1
+    created = decide(body, OperatorSettings(), Observed(), LATER)  # no Deployment yet
+    assert _runtime(created)["spec"]["replicas"] == 2, "a new Deployment starts at minReplicas"
+    hpa = next(m for m in created.ensure if m["kind"] == "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "rtdetr-r50"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+    assert hpa["spec"]["metrics"] == [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization",
+                                                                                                 "averageUtilization": 70}}}]  # fmt: skip
+    assert condition(created.status, "Autoscaling")["reason"] == "AutoscalerCreated"
+
+    assert observed.deployment is not None
+    scaled = replace(observed.deployment, replicas=3, current_replicas=3, updated_replicas=3, ready_replicas=3, available_replicas=3)
+    decision = decide(body, OperatorSettings(), Observed(deployment=scaled), LATER)
+    assert "replicas" not in _runtime(decision)["spec"], "the operator wrote the HPA's replica count"
+    ready = condition(decision.status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "Serving"), "3 pods of the HPA's 3 are a finished rollout"
+
+
+def hpa(*conditions: tuple[str, str, str, str], desired: int = 2) -> AutoscalerObservation:
+    return AutoscalerObservation(2, desired, tuple(HpaCondition(*c) for c in conditions))
+
+
+@pytest.mark.parametrize(
+    ("observed", "status", "reason", "fragments"),
+    [
+        (hpa(("AbleToScale", "True", "SucceededGetScale", ""),
+             ("ScalingActive", "False", "FailedGetResourceMetric",
+              "the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get metrics "
+              "for resource cpu: no metrics returned from resource metrics API")),
+         "False", "FailedGetResourceMetric", ["no metrics returned from resource metrics API", "install metrics-server"]),
+        (hpa(("AbleToScale", "True", "SucceededGetScale", ""),
+             ("ScalingActive", "False", "FailedGetPodsMetric", "unable to get metric rtdetr_inflight_requests")),
+         "False", "FailedGetPodsMetric", ["custom metrics API", "prometheus-adapter", "rtdetr_inflight_requests"]),
+        (hpa(("AbleToScale", "False", "FailedGetScale", 'deployments/scale.apps "rtdetr-r50" not found')),
+         "False", "FailedGetScale", ["not found"]),
+        (hpa(("AbleToScale", "True", "ReadyForNewScale", ""),
+             ("ScalingActive", "True", "ValidMetricFound", "the HPA was able to successfully calculate a replica count"),
+             ("ScalingLimited", "True", "TooManyReplicas", "the desired replica count is more than the maximum replica count"),
+             desired=4),
+         "True", "ValidMetricFound", ["the HPA wants 4", "min 2, max 4", "more than the maximum"]),
+        (hpa(), "Unknown", "AutoscalerCreated", ["waiting for the HPA controller"]),
+    ],
+    ids=["no metrics-server", "no custom metrics adapter", "no scale target", "scaling", "not judged yet"],
+)
+def test_the_autoscaling_condition_says_whether_the_hpa_can_scale_and_what_to_do(
+    observed: AutoscalerObservation, status: str, reason: str, fragments: list[str]
+) -> None:
+    body, lost = serving(autoscaled(r50()), available=2)
+    decision = decide(body, OperatorSettings(), replace(lost, autoscaler=observed), LATER)
+    found = condition(decision.status, "Autoscaling")
+    assert (found["status"], found["reason"]) == (status, reason), found
+    for fragment in fragments:
+        assert fragment in found["message"], found["message"]
+    ready = condition(decision.status, "Ready")
+    assert ready["status"] == "True", "the model serves whatever the autoscaler can do"
+    if status == "False":
+        assert any(e.type == "Warning" and e.reason == reason for e in decision.events), decision.events
+
+
+def test_turning_autoscaling_off_deletes_the_hpa_and_serving_replicas_counts_again() -> None:
+    body, observed = serving(autoscaled(r50()), available=2)
+    on = decide(body, OperatorSettings(), replace(observed, autoscaler=hpa()), LATER)
+    body["status"] = on.status
+    del body["spec"]["serving"]["autoscaling"]
+    off = decide(body, OperatorSettings(), replace(observed, autoscaler=hpa()), LATER)
+    assert ("HorizontalPodAutoscaler", "rtdetr-r50") in off.delete
+    assert not any(m["kind"] == "HorizontalPodAutoscaler" for m in off.ensure)
+    assert _runtime(off)["spec"]["replicas"] == body["spec"]["serving"]["replicas"]
+    assert find(off.status["conditions"], "Autoscaling") is None, "the condition went with the HPA"
+
+
+def test_cpu_autoscaling_without_a_cpu_request_is_refused_with_what_to_set() -> None:
+    body = autoscaled(r50())
+    body["spec"]["serving"]["resources"] = {"limits": {"memory": "8Gi"}}
+    status = decide(body, OperatorSettings(), Observed(), NOW).status
+    ready = condition(status, "Ready")
+    assert ready["reason"] == "InvalidSpec" and "serving.resources.requests.cpu" in ready["message"], ready

@@ -253,6 +253,67 @@ def test_kubectl_scale_and_an_hpa_set_serving_replicas_through_the_scale_subreso
     cluster.wait(lambda: serving(1), 120, "back to one serving pod")
 
 
+def test_serving_autoscaling_hands_the_pod_count_to_an_hpa_the_operator_owns(demo: Demo) -> None:
+    """serving.autoscaling → the operator's HPA on the Deployment, scaled by the real HPA
+    controller; turning it on keeps the running pods (the count is handed over, never reset to
+    1), the operator never writes the count again, the Autoscaling condition says why the HPA
+    cannot read its metric (no custom metrics API here) within a minute, and turning it off
+    deletes the HPA and brings serving.replicas back."""
+    cluster, namespace = demo.cluster, demo.namespace
+    runtime = "app.kubernetes.io/component=runtime"
+    hpa_path = f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{NAME}"
+
+    def serving_pods(count: int) -> list[dict[str, Any]] | None:
+        pods = cluster.pods(namespace, runtime)
+        deployment = cluster.deployment(namespace, NAME) or {}
+        settled = deployment.get("spec", {}).get("replicas") == count and len(pods) == count and all(map(_ready, pods))
+        return pods if settled else None
+
+    cluster.kubectl("scale", f"rtdetrmodel/{NAME}", "-n", namespace, "--replicas=2")
+    before = {p["metadata"]["uid"] for p in cluster.wait(lambda: serving_pods(2), 180, "two serving pods")}
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"replicas": 1, "autoscaling": {
+        "minReplicas": 2, "maxReplicas": 3, "inFlightRequests": 4}}}})  # fmt: skip
+    counts: list[int] = []
+
+    def hpa_owned() -> dict[str, Any] | None:
+        counts.append(int((cluster.deployment(namespace, NAME) or {})["spec"]["replicas"]))
+        hpa = cluster.get(hpa_path)
+        return hpa if hpa and hpa["metadata"]["ownerReferences"][0]["name"] == NAME else None
+
+    hpa = cluster.wait(hpa_owned, 30, "the operator's HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": NAME}
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == "rtdetr_inflight_requests"
+    started = time.monotonic()
+    autoscaling = cluster.wait_condition(namespace, NAME, "Autoscaling", "False", "FailedGetPodsMetric", timeout=60)
+    assert "custom metrics API" in autoscaling["message"] and "prometheus-adapter" in autoscaling["message"], autoscaling
+    print(f"\nAutoscaling condition after {time.monotonic() - started:.0f} s: {autoscaling['message'][:300]}")
+    # A hand edit of a field the operator owns makes it apply the Deployment again, now without a
+    # count: the count must stay with the HPA (server-side apply would drop a field its only
+    # manager stops applying, back to 1 pod), and serving.replicas (1) must not come back.
+    cluster.kubectl("patch", "deployment", NAME, "-n", namespace, "--type=merge",
+                    "-p", '{"spec": {"strategy": {"rollingUpdate": {"maxSurge": 2}}}}')  # fmt: skip
+    cluster.wait(lambda: counts.append(int((cluster.deployment(namespace, NAME) or {})["spec"]["replicas"]))
+                 or (cluster.deployment(namespace, NAME) or {})["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 1,
+                 RESYNC_SECONDS * 3, "the edit reverted")  # fmt: skip
+    time.sleep(RESYNC_SECONDS * 2)
+    counts.append(int((cluster.deployment(namespace, NAME) or {})["spec"]["replicas"]))
+    assert min(counts) == 2, f"the count left the HPA's hands: {counts}"
+    assert {p["metadata"]["uid"] for p in cluster.pods(namespace, runtime)} == before, "turning autoscaling on replaced pods"
+    assert cluster.condition(namespace, NAME, "Ready")["status"] == "True"  # type: ignore[index]
+
+    # The HPA controller, not the operator, moves the count: a new minimum reaches the pods.
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"autoscaling": {"minReplicas": 3}}}})
+    cluster.wait(lambda: serving_pods(3), 180, "the HPA raising the serving pods to its new minimum")
+    managers = {entry["manager"] for entry in cluster.deployment(namespace, NAME)["metadata"]["managedFields"]  # type: ignore[index]
+                if "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {})}  # fmt: skip
+    assert "rtdetr-edge-operator" not in managers, f"the operator still applies the count: {managers}"
+
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"autoscaling": None}}})
+    cluster.wait(lambda: serving_pods(1), 120, "back to serving.replicas (1) without autoscaling")
+    assert cluster.get(hpa_path) is None, "the HPA outlived serving.autoscaling"
+    cluster.wait(lambda: cluster.condition(namespace, NAME, "Autoscaling") is None, 30, "the Autoscaling condition gone")
+
+
 def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
     """A new model (a training change → a new pipeline digest) replaces the served one while
     clients keep sending detections: the old pods serve until the new ones are Ready."""

@@ -15,7 +15,13 @@ import yaml
 from rtdetr_edge.api.job import Accuracy, GateVerdict, JobSummary, MeasuredOn, ModelRef, PipelinePlan, PipelineRecord, ShapeRangesRef
 from rtdetr_edge.resource import parse_resource, pipeline_digest, pipeline_plan
 from rtdetr_operator.exporter import build_export_job
-from rtdetr_operator.manifests import build_pipeline_configmap, build_quantize_job, build_runtime_deployment, build_service
+from rtdetr_operator.manifests import (
+    build_autoscaler,
+    build_pipeline_configmap,
+    build_quantize_job,
+    build_runtime_deployment,
+    build_service,
+)
 from rtdetr_operator.names import MAX_NAME, quantize_job_name, runtime_name
 from rtdetr_operator.reconcile import Observed, decide
 from rtdetr_operator.settings import OperatorSettings
@@ -65,6 +71,9 @@ def manifests_for(sample: str, settings: OperatorSettings) -> list[dict[str, Any
     checkpoint["spec"]["source"] = {"checkpoint": "pvc://models/weights.pdparams"}
     if model.spec.arch != "tiny":
         result.append(build_export_job(checkpoint, parse_resource(checkpoint), digest, settings))
+    autoscaled = copy.deepcopy(body)
+    autoscaled["spec"]["serving"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "cpuUtilization": 70, "inFlightRequests": 4}
+    result.append(build_autoscaler(autoscaled, parse_resource(autoscaled)))
     return result
 
 

@@ -210,6 +210,7 @@ def test_metrics(server: ServerProcess, fixture_images: list[Path]) -> None:
         'rtdetr_shape_collection_total{result="not-needed"} 1.0',
         'rtdetr_engine_cache_total{result="built"} 1.0',
         "rtdetr_model_ready 1.0",
+        "rtdetr_inflight_requests 0.0",  # answered: no longer in flight
     ):
         assert name in text, name
 

@@ -94,6 +94,11 @@ app.kubernetes.io/part-of: rtdetr-edge
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "patch"]
+# The HorizontalPodAutoscaler of serving.autoscaling: applied and watched as above (its
+# status says whether it can read its metrics); deleted when autoscaling is turned off.
+- apiGroups: ["autoscaling"]
+  resources: ["horizontalpodautoscalers"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The pipeline's stage-config ConfigMap (named by the pipeline digest: created once, deleted
 # with its superseded Job).
 - apiGroups: [""]

@@ -236,12 +236,56 @@ class EngineCacheSpec(ApiModel):
         return self.model_dump(by_alias=True, exclude_none=True)
 
 
+IN_FLIGHT_METRIC = "rtdetr_inflight_requests"
+"""The serving pods' gauge of accepted, unanswered requests: the server exports it and the
+operator's HPA asks the custom metrics API for it (serving.autoscaling.inFlightRequests)."""
+
+
+class AutoscalingSpec(ApiModel):
+    """A HorizontalPodAutoscaler (autoscaling/v2) the operator owns for the serving Deployment:
+    it sets the pod count between minReplicas and maxReplicas, and serving.replicas is ignored.
+    Each metric given is a target the HPA keeps the pods' average at (the largest count any of
+    them asks for wins)."""
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            "self.maxReplicas >= self.minReplicas",
+            "autoscaling.maxReplicas must be at least autoscaling.minReplicas",
+            lambda a: a.max_replicas < a.min_replicas,
+        ),
+        Rule(
+            "has(self.cpuUtilization) || has(self.inFlightRequests)",
+            "autoscaling needs a metric: cpuUtilization (metrics-server) and/or inFlightRequests "
+            "(a custom metrics adapter such as prometheus-adapter or KEDA)",
+            lambda a: a.cpu_utilization is None and a.in_flight_requests is None,
+        ),
+    )
+    min_replicas: int = Field(1, ge=1, le=100, description="The fewest serving pods.")
+    max_replicas: int = Field(
+        ..., ge=1, le=100,
+        description="The most serving pods. On GPU nodes each pod takes a GPU: more than the cluster has leaves "
+        "pods Pending (shown in Ready's message).",
+    )  # fmt: skip
+    cpu_utilization: int | None = Field(
+        None, ge=1, le=1000,
+        description="Target average CPU use, in percent of the pods' CPU request (serving.resources.requests.cpu "
+        "is then required). Read from the resource metrics API: metrics-server must run.",
+    )  # fmt: skip
+    in_flight_requests: int | None = Field(
+        None, ge=1, le=10000,
+        description=f"Target average of requests being served per pod (the pods' {IN_FLIGHT_METRIC} gauge). Read "
+        "from the custom metrics API: an adapter (prometheus-adapter, KEDA) must expose it as a pods metric.",
+    )  # fmt: skip
+
+
 class ServingSpec(PodPlacement):
     """The runtime pods: how many, on which device and precision, and how they batch. Editing
     these never re-quantizes, except what changes the INT8 model a pod runs (device or cpuRuntime
     of an int8 resource: CPU INT8 models are made for ONNX Runtime)."""
 
-    replicas: int = Field(2, ge=0, le=100, description="Serving pods.")
+    replicas: int = Field(
+        2, ge=0, le=100, description="Serving pods (kubectl scale rtdetr/NAME sets it); ignored with autoscaling."
+    )
     device: Device = Field("gpu", description="gpu = Paddle Inference with TensorRT; cpu = see cpuRuntime.")
     cpu_runtime: CpuRuntime = Field(
         "onnxruntime",
@@ -275,6 +319,7 @@ class ServingSpec(PodPlacement):
         "logged.",
     )
     engine_cache: EngineCacheSpec | None = None
+    autoscaling: AutoscalingSpec | None = None
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)
 
 

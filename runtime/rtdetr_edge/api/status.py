@@ -15,7 +15,7 @@ PHASES: tuple[str, ...] = get_args(Phase)
 IN_FLIGHT_PHASES: frozenset[str] = frozenset({"Pending", "Exporting", "Quantizing", "Evaluating", "Deploying"})
 """Work is under way (kstatus' Reconciling=True)."""
 
-ConditionType = Literal["Quantized", "AccuracyGatePassed", "Available", "Ready", "Reconciling", "Stalled"]
+ConditionType = Literal["Quantized", "AccuracyGatePassed", "Available", "Ready", "Autoscaling", "Reconciling", "Stalled"]
 CONDITION_TYPES: tuple[str, ...] = get_args(ConditionType)
 
 

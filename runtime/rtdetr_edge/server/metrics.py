@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from rtdetr_edge.api.spec import IN_FLIGHT_METRIC
+
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -37,6 +39,12 @@ class ServerMetrics:
         )
         self.queue_depth = Gauge(
             "rtdetr_queue_depth", "Images waiting for the predictor.", registry=self.registry
+        )
+        self.in_flight = Gauge(
+            IN_FLIGHT_METRIC,
+            "Requests accepted for the model and not yet answered (queued, preparing or in a batch): what an "
+            "autoscaler's pods metric reads.",
+            registry=self.registry,
         )
         self.ready = Gauge("rtdetr_model_ready", "1 once warm-up has finished and the model serves.", registry=self.registry)
         self.warmup_seconds = Gauge(

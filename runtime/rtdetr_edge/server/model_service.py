@@ -202,13 +202,14 @@ class ModelService:
         self._batcher.admit()  # before any work is spent on a request that would wait too long
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        with self._batcher.preparing():
-            image = await loop.run_in_executor(
-                self._preprocess_pool, preprocess_bytes, body, self.options.max_image_pixels
-            )
-        preprocessed = time.perf_counter()
-        self.metrics.preprocess.observe(preprocessed - started)
-        rows, info = await self._batcher.submit(image)
+        with self.metrics.in_flight.track_inprogress():
+            with self._batcher.preparing():
+                image = await loop.run_in_executor(
+                    self._preprocess_pool, preprocess_bytes, body, self.options.max_image_pixels
+                )
+            preprocessed = time.perf_counter()
+            self.metrics.preprocess.observe(preprocessed - started)
+            rows, info = await self._batcher.submit(image)
         inferred = time.perf_counter()
         kept = select_detections(rows, image.height, image.width, score_threshold, max_detections)
         detections = [detection.to_json() for detection in to_detections(kept, self.labels)]
@@ -234,7 +235,8 @@ class ModelService:
         assert self._batcher is not None
         self._batcher.admit()
         started = time.perf_counter()
-        outputs = await self._batcher.run_exclusive(lambda: warmed.predictor.predict(inputs))
+        with self.metrics.in_flight.track_inprogress():
+            outputs = await self._batcher.run_exclusive(lambda: warmed.predictor.predict(inputs))
         self._record_batch(BatchInfo(inputs.batch_size, 0.0, time.perf_counter() - started))
         return outputs
 
