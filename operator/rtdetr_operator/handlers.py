@@ -44,18 +44,20 @@ def status_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
 # Children watched through kopf indexes (one watch per kind, filtered server-side by our
 # managed-by label) instead of 3-6 GETs per resource per resync.
 CHILD_KINDS = {"jobs": ("batch", "v1"), "pods": ("", "v1"), "deployments": ("apps", "v1"), "services": ("", "v1"),
-               "horizontalpodautoscalers": ("autoscaling", "v2")}  # fmt: skip
+               "horizontalpodautoscalers": ("autoscaling", "v2"), "networkpolicies": ("networking.k8s.io", "v1")}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Children:
-    """What the watches hold for one resource: its Jobs, Deployment, Service, HPA and their pods."""
+    """What the watches hold for one resource: its Jobs, Deployment, Service, HPA, NetworkPolicy and
+    their pods."""
 
     jobs: dict[str, dict[str, Any]]  # by name
     deployment: dict[str, Any] | None
     service: dict[str, Any] | None
     pods: dict[str, list[dict[str, Any]]]  # by owner: "job/<name>" or "runtime"
     autoscaler: dict[str, Any] | None = None
+    network_policy: dict[str, Any] | None = None
 
     @classmethod
     def from_indexes(cls, body: dict[str, Any], indexes: dict[str, Any]) -> Children:
@@ -77,13 +79,15 @@ class Children:
             service=next((s for s in owned("rtdetr_services") if s["metadata"]["name"] == service), None),
             pods=pods,
             autoscaler=next((h for h in owned("rtdetr_horizontalpodautoscalers") if h["metadata"]["name"] == service), None),
+            network_policy=next((n for n in owned("rtdetr_networkpolicies") if n["metadata"]["name"] == service), None),
         )
 
     def live(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         if kind == "Job":
             return self.jobs.get(name)
-        return {"Deployment": self.deployment, "Service": self.service, "HorizontalPodAutoscaler": self.autoscaler}.get(kind)
+        return {"Deployment": self.deployment, "Service": self.service, "HorizontalPodAutoscaler": self.autoscaler,
+                "NetworkPolicy": self.network_policy}.get(kind)  # fmt: skip
 
     def pipeline_jobs(self) -> tuple[PipelineJob, ...]:
         return tuple(
@@ -128,6 +132,7 @@ class Reconciler:
             deployment=self.kube.observe_deployment(children.deployment, children.pods.get("runtime", [])),
             pipeline_jobs=children.pipeline_jobs(),
             autoscaler=self.kube.observe_autoscaler(children.autoscaler),
+            network_policy=children.network_policy is not None,
         )
 
     def reconcile(self, body: dict[str, Any], patch: kopf.Patch, logger: Any, indexes: dict[str, Any]) -> None:

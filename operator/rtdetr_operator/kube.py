@@ -20,7 +20,7 @@ FIELD_MANAGER = "rtdetr-edge-operator"
 # Holds the serving Deployment's replica count for the moment the operator lets go of it (the
 # HPA's controller takes it with its first scale): see Kube.ensure.
 HANDOVER_MANAGER = "rtdetr-edge-operator-handover"
-APPLIED_KINDS = frozenset({"Deployment", "Service", "HorizontalPodAutoscaler"})
+APPLIED_KINDS = frozenset({"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"})
 
 
 class ForeignObject(Exception):
@@ -34,6 +34,7 @@ class Kube:
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
 
     def close(self) -> None:
         self.api_client.close()
@@ -152,7 +153,7 @@ class Kube:
         """Make ``manifest`` true on the server, given the ``live`` object the watch last saw
         (None: none yet); returns what happened (applied, configured, unchanged, created, exists).
 
-        Deployments, Services and HPAs are server-side applied with our field manager, forcing
+        Deployments, Services, HPAs and NetworkPolicies are server-side applied with our field manager, forcing
         ownership of the fields we set — but only when the live object lacks one of them
         (drift.py): an idle resource costs no request, while a `kubectl edit`/`scale` of an
         owned field is reverted at the next reconcile. Fields others own (an HPA's, a mesh's
@@ -177,6 +178,7 @@ class Kube:
                 "Deployment": self.apps.patch_namespaced_deployment,
                 "Service": self.core.patch_namespaced_service,
                 "HorizontalPodAutoscaler": self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
+                "NetworkPolicy": self.networking.patch_namespaced_network_policy,
             }[kind]
             if handover:
                 assert live is not None
@@ -208,6 +210,7 @@ class Kube:
             "Deployment": self.apps.read_namespaced_deployment,
             "Service": self.core.read_namespaced_service,
             "HorizontalPodAutoscaler": self.autoscaling.read_namespaced_horizontal_pod_autoscaler,
+            "NetworkPolicy": self.networking.read_namespaced_network_policy,
         }[kind]
         try:
             existing = json.loads(read(metadata["name"], metadata["namespace"], _preload_content=False).data)
@@ -228,6 +231,7 @@ class Kube:
             "Job": self.batch.delete_namespaced_job,
             "ConfigMap": self.core.delete_namespaced_config_map,
             "HorizontalPodAutoscaler": self.autoscaling.delete_namespaced_horizontal_pod_autoscaler,
+            "NetworkPolicy": self.networking.delete_namespaced_network_policy,
         }[kind]
         try:
             remove(name, namespace, propagation_policy="Background", _preload_content=False)

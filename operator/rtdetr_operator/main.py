@@ -57,6 +57,9 @@ def option(*declarations: str, **kwargs: Any) -> Any:
 @option("--host-path-prefix", "host_path_prefixes", multiple=True, type=CommaSeparated(),
         envvar="RTDETR_OPERATOR_HOST_PATH_PREFIXES",
         help="allow serving.engineCache.hostPath under this host directory (repeatable); default: no hostPath")
+@option("--serving-metrics-from", default="[]",
+        help='JSON list of NetworkPolicy peers admitted to serving pods with serving.allowFrom (the metrics scrapers), '
+             'e.g. [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]')  # fmt: skip
 @option("--resync-seconds", type=click.FloatRange(1), default=DEFAULTS.resync_seconds)
 @option("--job-backoff-limit", type=click.IntRange(0), default=DEFAULTS.job_backoff_limit)
 @option("--job-service-account", default="")
@@ -99,6 +102,13 @@ def settings_from(params: dict[str, Any]) -> OperatorSettings:
         engine_cache = json.loads(params["default_engine_cache"])
     except ValueError:
         raise click.BadParameter(f"not JSON: {params['default_engine_cache']!r}", param_hint="--default-engine-cache") from None
+    try:
+        metrics_from = json.loads(params["serving_metrics_from"])
+    except ValueError:
+        metrics_from = None
+    if not isinstance(metrics_from, list) or not all(isinstance(peer, dict) for peer in metrics_from):
+        raise click.BadParameter(f"not a JSON list of NetworkPolicy peers: {params['serving_metrics_from']!r}",
+                                 param_hint="--serving-metrics-from")  # fmt: skip
     prefixes = tuple(params["host_path_prefixes"])
     for prefix in prefixes:
         if not prefix.startswith("/") or posixpath.normpath(prefix) == "/":
@@ -118,6 +128,7 @@ def settings_from(params: dict[str, Any]) -> OperatorSettings:
         pvc_mount_root=params["pvc_mount_root"],
         default_engine_cache=engine_cache,
         host_path_prefixes=prefixes,
+        serving_metrics_from=tuple(metrics_from),
         resync_seconds=params["resync_seconds"],
         job_backoff_limit=params["job_backoff_limit"],
         job_service_account=params["job_service_account"],

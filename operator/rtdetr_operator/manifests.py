@@ -466,6 +466,28 @@ def build_service(body: dict[str, Any], model: RTDETRModel, settings: OperatorSe
     }
 
 
+def build_network_policy(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings) -> dict[str, Any]:
+    """The NetworkPolicy of ``serving.allowFrom``: only those peers (and the install's metrics
+    scrapers) reach the serving port. An ingress rule with no ``from`` admits everyone, so an
+    empty peer list gets no rule at all."""
+    allow_from = model.spec.serving.allow_from
+    assert allow_from is not None
+    port = [{"port": CONTAINER_PORT, "protocol": "TCP"}]
+    ingress = [{"from": [dict(peer) for peer in peers], "ports": port}
+               for peers in (allow_from, settings.serving_metrics_from) if peers]  # fmt: skip
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": runtime_name(model.name),
+            "namespace": model.namespace,
+            "labels": common_labels(model.name, "runtime"),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {"podSelector": {"matchLabels": runtime_pod_labels(model.name)}, "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
 def autoscaler_metrics(autoscaling: AutoscalingSpec) -> list[dict[str, Any]]:
     """The HPA's metrics: CPU from the resource metrics API (metrics-server), requests in flight per
     pod from the custom metrics API (an adapter serving the pods' gauge under its own name)."""

@@ -31,6 +31,7 @@ from rtdetr_operator.exporter import EXPORT_ANNOTATION, build_export_job, export
 from rtdetr_operator.manifests import (
     ANNOTATION_PIPELINE,
     build_autoscaler,
+    build_network_policy,
     build_pipeline_configmap,
     build_quantize_job,
     build_runtime_deployment,
@@ -134,6 +135,7 @@ class Observed:
     deployment: DeploymentObservation | None = None
     pipeline_jobs: tuple[PipelineJob, ...] = ()
     autoscaler: AutoscalerObservation | None = None
+    network_policy: bool = False  # the serving pods' NetworkPolicy exists
 
 
 @dataclass(frozen=True)
@@ -551,6 +553,8 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
         # Applied at every reconcile: a new model or serving setting rolls out, drift is reverted.
         ensure += [desired, build_service(body, model, settings)]
         replicas = model.spec.serving.replicas
+        if model.spec.serving.allow_from is not None:
+            ensure.append(build_network_policy(body, model, settings))
         if autoscaling is not None:
             ensure.append(build_autoscaler(body, model))
             replicas = deployment.replicas if deployment is not None else autoscaling.min_replicas  # the HPA's count
@@ -560,6 +564,8 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
             updates, phase = updates + rollout.updates, rollout.phase
     if autoscaling is None and observed.autoscaler is not None:
         delete.append(("HorizontalPodAutoscaler", runtime_name(model.name)))  # serving.replicas counts again
+    if model.spec.serving.allow_from is None and observed.network_policy:
+        delete.append(("NetworkPolicy", runtime_name(model.name)))
     if step.served is None and phase in IN_FLIGHT_PHASES and not any(c.type == "Ready" for c in updates):
         updates.append(Condition("Ready", "False", phase, "the pipeline is running" if phase != "Pending" else "starting"))
     updates += kstatus_conditions(phase, updates)

@@ -35,6 +35,9 @@ class OperatorSettings:
     host_path_prefixes: tuple[str, ...] = ()
     """Host directories a resource's serving.engineCache.hostPath may name (the directory or one
     below it). Empty: no hostPath at all. A cluster admin's choice: a hostPath is a node's disk."""
+    serving_metrics_from: tuple[dict[str, Any], ...] = ()
+    """NetworkPolicy peers admitted to serving pods that have spec.serving.allowFrom, to scrape
+    /metrics (e.g. the monitoring namespace's Prometheus)."""
     resync_seconds: float = 10.0
     """Level-triggered reconcile interval: children are re-read and repaired this often."""
     job_backoff_limit: int = 0

@@ -19,7 +19,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "rtdetr-edge"
 CHECKOV = Path(os.environ.get("RTDETR_CHECKOV", REPO / ".venv-scan" / "bin" / "checkov"))
-CUSTOM_KINDS = {"ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "ClusterKopfPeering", "KopfPeering"}
 
 NON_DEFAULT = {
     "nameOverride": "edge-" + "x" * 55,  # "rtdetr-" + this is 67 characters: names must be cut to 63
@@ -40,7 +40,9 @@ NON_DEFAULT = {
     # Helm merges maps: choosing another cache kind means nulling the default emptyDir.
     "pipeline": {"defaultEngineCache": {"emptyDir": None, "pvcName": "engine-cache"}, "jobServiceAccount": "rtdetr-jobs",
                  "hostPathPrefixes": ["/var/cache/rtdetr-edge", "/data/engines"]},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+                "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}, "alertLabels": {"team": "vision"}},
+                "dashboard": {"enabled": True}},
     "networkPolicy": {"enabled": True},
     "podDisruptionBudget": {"enabled": True},
 }
@@ -116,7 +118,7 @@ def test_non_defaults() -> None:
     documents = render(NON_DEFAULT)
     kinds = sorted(d["kind"] for d in documents)
     assert "ClusterRole" not in kinds and kinds.count("Role") == 2 and kinds.count("RoleBinding") == 2
-    assert {"ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"} <= set(kinds)
+    assert {"ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget", "PrometheusRule", "ConfigMap"} <= set(kinds)
     assert kinds.count("KopfPeering") == 2, "replicas > 1 in namespaced mode: a KopfPeering per namespace"
     assert {r["metadata"]["namespace"] for r in by_kind(documents, "Role")} == {"vision", "edge"}
     for document in documents:
@@ -140,9 +142,10 @@ def test_rbac_is_least_privilege_and_every_rule_says_why() -> None:
     rules = by_kind(render({}), "ClusterRole")[0]["rules"]
     verbs = {(group, resource): set(rule["verbs"]) for rule in rules for group in rule["apiGroups"] for resource in rule["resources"]}
     deletes = {key for key, granted in verbs.items() if "delete" in granted}
-    assert deletes == {("batch", "jobs"), ("", "configmaps"), ("autoscaling", "horizontalpodautoscalers")}, (
-        "only superseded pipelines and a turned-off autoscaler; the rest goes by ownerReferences"
-    )
+    assert deletes == {("batch", "jobs"), ("", "configmaps"), ("autoscaling", "horizontalpodautoscalers"),
+                       ("networking.k8s.io", "networkpolicies")}, (
+        "only superseded pipelines and a turned-off autoscaler or NetworkPolicy; the rest goes by ownerReferences"
+    )  # fmt: skip
     assert verbs[("", "pods")] == {"list", "watch"} and verbs[("", "pods/log")] == {"get"}
     assert verbs[("batch", "jobs")] == {"list", "watch", "create", "delete"}
     assert not any(resource == "secrets" for _, resource in verbs)

@@ -67,6 +67,11 @@ class Component:
             flags.append(f"-X helm.sh/helm/v4/internal/version.version={self.version()}")
         if self.module == "github.com/anchore/syft":  # the SBOM names the tool that wrote it
             flags.append(f"-X main.version={self.version()}")
+        if self.module == "github.com/prometheus/prometheus":  # its Go module v0.316.0 is Prometheus 3.16.0
+            _, minor, patch = self.version().lstrip("v").split(".")
+            flags.append(f"-X github.com/prometheus/common/version.Version={int(minor) // 100}.{int(minor) % 100}.{patch}")
+        if self.module == "k8s.io/kube-state-metrics/v2":
+            flags.append(f"-X github.com/prometheus/common/version.Version={self.version()}")
         if self.module == "github.com/sigstore/cosign/v2":
             flags.append(f"-X sigs.k8s.io/release-utils/version.gitVersion={self.version()}")
         return " ".join(flags)
@@ -112,6 +117,16 @@ COMPONENTS = (
     Component("syft", "github.com/anchore/syft", {"syft": "github.com/anchore/syft/cmd/syft"}),
     Component("cosign", "github.com/sigstore/cosign/v2", {"cosign": "github.com/sigstore/cosign/v2/cmd/cosign"}),
     Component("actionlint", "github.com/rhysd/actionlint", {"actionlint": "github.com/rhysd/actionlint/cmd/actionlint"}),
+    # The chart's alert rules (promtool check/test rules) and dashboard queries (a real Prometheus
+    # scraping a real server).
+    Component(
+        "prometheus",
+        "github.com/prometheus/prometheus",
+        {"prometheus": "github.com/prometheus/prometheus/cmd/prometheus",
+         "promtool": "github.com/prometheus/prometheus/cmd/promtool"},
+    ),
+    # RTDETRModel conditions as metrics (the chart's custom-resource-state config), for the model alerts.
+    Component("kube-state-metrics", "k8s.io/kube-state-metrics/v2", {"kube-state-metrics": "k8s.io/kube-state-metrics/v2"}),
 )
 
 

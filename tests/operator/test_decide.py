@@ -691,3 +691,36 @@ def test_cpu_autoscaling_without_a_cpu_request_is_refused_with_what_to_set() -> 
     status = decide(body, OperatorSettings(), Observed(), NOW).status
     ready = condition(status, "Ready")
     assert ready["reason"] == "InvalidSpec" and "serving.resources.requests.cpu" in ready["message"], ready
+
+
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+@pytest.mark.parametrize(
+    ("allow_from", "settings", "ingress_peers"),
+    [
+        ([{"podSelector": {"matchLabels": {"app": "gateway"}}}], OperatorSettings(serving_metrics_from=(MONITORING,)),
+         [[{"podSelector": {"matchLabels": {"app": "gateway"}}}], [MONITORING]]),
+        ([], OperatorSettings(serving_metrics_from=(MONITORING,)), [[MONITORING]]),
+        ([], OperatorSettings(), []),
+    ],
+    ids=["callers and scrapers", "scrapers only", "nobody"],
+)  # fmt: skip
+def test_allow_from_fences_the_serving_port(allow_from: list[dict[str, Any]], settings: OperatorSettings,
+                                           ingress_peers: list[list[dict[str, Any]]]) -> None:  # fmt: skip
+    """serving.allowFrom → a NetworkPolicy on the serving pods. An ingress rule without ``from``
+    would admit everyone: an empty list must leave no rule at all (deny all)."""
+    body, observed = serving(r50(), available=2)
+    body["spec"]["serving"]["allowFrom"] = allow_from
+    policy = next(m for m in decide(body, settings, observed, LATER).ensure if m["kind"] == "NetworkPolicy")
+    assert policy["spec"]["podSelector"] == {"matchLabels": _runtime(decide(body, settings, observed, LATER))["spec"]["selector"]["matchLabels"]}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert [rule["from"] for rule in policy["spec"]["ingress"]] == ingress_peers
+    assert all(rule["from"] and rule["ports"] == [{"port": 8080, "protocol": "TCP"}] for rule in policy["spec"]["ingress"])
+
+
+def test_removing_allow_from_deletes_the_network_policy() -> None:
+    body, observed = serving(r50(), available=2)
+    decision = decide(body, OperatorSettings(), replace(observed, network_policy=True), LATER)
+    assert ("NetworkPolicy", "rtdetr-r50") in decision.delete
+    assert not decide(body, OperatorSettings(), observed, LATER).delete, "nothing to delete without one"

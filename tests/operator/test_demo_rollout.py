@@ -314,6 +314,29 @@ def test_serving_autoscaling_hands_the_pod_count_to_an_hpa_the_operator_owns(dem
     cluster.wait(lambda: cluster.condition(namespace, NAME, "Autoscaling") is None, 30, "the Autoscaling condition gone")
 
 
+def test_allow_from_makes_a_network_policy_the_api_server_validates(demo: Demo) -> None:
+    """serving.allowFrom → the operator's NetworkPolicy on the serving pods (with the install's
+    metrics scrapers); a peer the API server refuses shows in Ready with its words while the model
+    keeps serving; removing allowFrom deletes the policy. (Enforcement is the network plugin's.)"""
+    cluster, namespace = demo.cluster, demo.namespace
+    path = f"/apis/networking.k8s.io/v1/namespaces/{namespace}/networkpolicies/{NAME}"
+    gateway = {"podSelector": {"matchLabels": {"app": "gateway"}}}
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"allowFrom": [gateway]}}})
+    policy = cluster.wait(lambda: cluster.get(path), 30, "the serving pods' NetworkPolicy")
+    assert policy["metadata"]["ownerReferences"][0]["name"] == NAME
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == NAME
+    assert policy["spec"]["ingress"][0] == {"from": [gateway], "ports": [{"port": 8080, "protocol": "TCP"}]}
+
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"allowFrom": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}}})
+    refused = cluster.wait_condition(namespace, NAME, "Ready", "False", "ApplyFailed", timeout=60)
+    assert f"NetworkPolicy {NAME}" in refused["message"] and "10.0.0.0/33" in refused["message"], refused
+    assert cluster.condition(namespace, NAME, "Available")["status"] == "True"  # type: ignore[index]
+
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"allowFrom": None}}})
+    cluster.wait(lambda: cluster.get(path) is None, 30, "the NetworkPolicy deleted")
+    cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=60)
+
+
 def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
     """A new model (a training change → a new pipeline digest) replaces the served one while
     clients keep sending detections: the old pods serve until the new ones are Ready."""
@@ -394,6 +417,27 @@ def test_deleted_deployment_after_a_failed_gate_comes_back_with_the_served_model
     cluster.kubectl("delete", "deployment", NAME, "-n", namespace)
     deployment = cluster.wait(lambda: cluster.deployment(namespace, NAME), 60, "the Deployment re-created")
     assert deployment["metadata"]["annotations"]["rtdetr.io/model-digest"] == served
+
+
+def test_the_charts_model_alerts_fire_on_the_failed_gate_through_kube_state_metrics(demo: Demo, tmp_path: Path) -> None:
+    """The refused model, end to end through the monitoring the chart ships: real
+    kube-state-metrics with files/kube-state-metrics.yaml reads the resource from the API server,
+    a real Prometheus with the chart's rendered PrometheusRule fires RTDETRAccuracyGateFailed
+    (and holds RTDETRModelStalled pending its 5 minutes)."""
+    from tests.chart.test_alerts import KSM_CONFIG, rule_groups
+    from tests.cluster.prometheus import kube_state_metrics, prometheus, query
+
+    cluster, namespace = demo.cluster, demo.namespace
+    assert cluster.condition(namespace, NAME, "AccuracyGatePassed")["status"] == "False"  # type: ignore[index]
+    with kube_state_metrics(tmp_path / "ksm", cluster.plane.kubeconfig, KSM_CONFIG) as ksm, \
+            prometheus(tmp_path / "prometheus", {"kube-state-metrics": (ksm, {})}, rule_groups()) as url:  # fmt: skip
+        where = f'namespace="{namespace}",name="{NAME}"'
+        firing = cluster.wait(lambda: query(url, f'ALERTS{{alertname="RTDETRAccuracyGateFailed",alertstate="firing",{where}}}'),
+                              60, "RTDETRAccuracyGateFailed firing")  # fmt: skip
+        assert firing[0]["metric"]["reason"] == "DropExceedsBudget", firing
+        assert query(url, f'ALERTS{{alertname="RTDETRModelStalled",alertstate="pending",{where}}}'), "Stalled not pending"
+        assert query(url, f'rtdetr_model_phase{{phase="Failed",{where}}} == 1'), "the phase state set"
+        assert not query(url, f'ALERTS{{alertname="RTDETRModelUnavailable",{where}}}'), "the old model still serves"
 
 
 def test_a_raised_budget_rolls_the_refused_model_out_without_a_job(demo: Demo) -> None:

@@ -17,6 +17,7 @@ from rtdetr_edge.resource import parse_resource, pipeline_digest, pipeline_plan
 from rtdetr_operator.exporter import build_export_job
 from rtdetr_operator.manifests import (
     build_autoscaler,
+    build_network_policy,
     build_pipeline_configmap,
     build_quantize_job,
     build_runtime_deployment,
@@ -74,6 +75,13 @@ def manifests_for(sample: str, settings: OperatorSettings) -> list[dict[str, Any
     autoscaled = copy.deepcopy(body)
     autoscaled["spec"]["serving"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3, "cpuUtilization": 70, "inFlightRequests": 4}
     result.append(build_autoscaler(autoscaled, parse_resource(autoscaled)))
+    fenced = copy.deepcopy(body)
+    fenced["spec"]["serving"]["allowFrom"] = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "cameras"}}},
+        {"podSelector": {"matchLabels": {"app": "gateway"}}},
+        {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.9.0/24"]}},
+    ]
+    result.append(build_network_policy(fenced, parse_resource(fenced), settings))
     return result
 
 
@@ -82,6 +90,7 @@ SETTINGS = [
     OperatorSettings(
         image_pull_secrets=("registry",), job_service_account="rtdetr-jobs", runtime_service_account="rtdetr-runtime",
         default_engine_cache={"hostPath": "/var/cache/rtdetr-edge"}, host_path_prefixes=("/var/cache/rtdetr-edge",),
+        serving_metrics_from=({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},),
     ),
 ]  # fmt: skip
 

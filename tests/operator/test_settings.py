@@ -96,6 +96,12 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert flags.namespaces == ("other",), "a flag wins over the environment"
     assert flags.resync_seconds == 15.0 and flags.image_pull_secrets == ("regcred",)
     assert settings_from(parse([])).namespaces == ("vision", "edge")
+    monkeypatch.setenv("RTDETR_OPERATOR_SERVING_METRICS_FROM", '[{"namespaceSelector": {"matchLabels": {"team": "obs"}}}]')
+    assert settings_from(parse([])).serving_metrics_from == ({"namespaceSelector": {"matchLabels": {"team": "obs"}}},)
+    monkeypatch.setenv("RTDETR_OPERATOR_SERVING_METRICS_FROM", '{"namespaceSelector": {}}')
+    with pytest.raises(click.BadParameter, match="not a JSON list of NetworkPolicy peers"):
+        settings_from(parse([]))
+    monkeypatch.delenv("RTDETR_OPERATOR_SERVING_METRICS_FROM")
     monkeypatch.setenv("RTDETR_OPERATOR_RESYNC_SECONDS", "often")
     with pytest.raises(click.BadParameter) as refused:
         parse([])
@@ -112,5 +118,5 @@ def test_the_chart_defaults_are_the_operator_defaults(monkeypatch: pytest.Monkey
     from_chart = settings_from(parse([]))
     defaults = OperatorSettings()
     for field in ("default_engine_cache", "host_path_prefixes", "image_pull_policy", "pvc_mount_root", "job_backoff_limit",
-                  "cluster_domain", "namespaces", "image_pull_secrets"):  # fmt: skip
+                  "cluster_domain", "namespaces", "image_pull_secrets", "serving_metrics_from"):  # fmt: skip
         assert getattr(from_chart, field) == getattr(defaults, field), field

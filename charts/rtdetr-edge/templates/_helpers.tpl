@@ -99,6 +99,11 @@ app.kubernetes.io/part-of: rtdetr-edge
 - apiGroups: ["autoscaling"]
   resources: ["horizontalpodautoscalers"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The serving pods' NetworkPolicy of serving.allowFrom: applied and watched as above; deleted
+# when allowFrom is removed.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The pipeline's stage-config ConfigMap (named by the pipeline digest: created once, deleted
 # with its superseded Job).
 - apiGroups: [""]

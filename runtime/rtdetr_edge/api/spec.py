@@ -318,6 +318,15 @@ class ServingSpec(PodPlacement):
         "duration, sizes, client, request id; never an image or a detection list). Probes and scrapes are not "
         "logged.",
     )
+    allow_from: list[dict[str, Any]] | None = Field(
+        None, max_length=32,
+        description="Who may call the serving pods: Kubernetes NetworkPolicy peers (podSelector, "
+        "namespaceSelector, ipBlock). Set, the operator makes a NetworkPolicy that admits only these to the "
+        "serving port, plus the metrics scrapers the operator's install names (Helm "
+        "networkPolicy.servingMetricsFrom); [] admits only those. Unset: no NetworkPolicy. Enforced only by a "
+        "network plugin that implements NetworkPolicy (Calico, Cilium, Antrea, kube-router; k3s' embedded "
+        "policy controller); flannel alone ignores it.",
+    )  # fmt: skip
     engine_cache: EngineCacheSpec | None = None
     autoscaling: AutoscalingSpec | None = None
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)
