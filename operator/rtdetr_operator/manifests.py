@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from rtdetr_edge.api.job import PipelinePlan, PipelineRecord
-from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, PodPlacement
+from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, PodPlacement, TracingSpec
 from rtdetr_edge.cpu_isa import node_affinity_for
 from rtdetr_edge.resource import RTDETRModel, serving_backend
 from rtdetr_edge.storage import parse_uri
@@ -101,6 +101,21 @@ def device_env(device: str) -> list[dict[str, str]]:
     """On ``cpu`` the NVIDIA container runtime must not hand the pod every GPU of the node
     (it does when NVIDIA_VISIBLE_DEVICES is unset in a CUDA image)."""
     return [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}] if device == "cpu" else []
+
+
+def tracing_env(tracing: TracingSpec | None, model: RTDETRModel) -> list[dict[str, Any]]:
+    """OpenTelemetry's standard variables for ``serve --tracing``: where spans go, how many, and
+    the resource (the model as the service, its namespace and pod) every backend groups them by."""
+    if tracing is None:
+        return []
+    return [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": tracing.endpoint},
+        {"name": "OTEL_TRACES_SAMPLER", "value": "parentbased_traceidratio"},
+        {"name": "OTEL_TRACES_SAMPLER_ARG", "value": str(tracing.sample_ratio)},
+        {"name": "OTEL_SERVICE_NAME", "value": model.name},
+        {"name": "OTEL_RESOURCE_ATTRIBUTES", "value": f"k8s.namespace.name={model.namespace},k8s.pod.name=$(POD_NAME)"},
+    ]
 
 
 def device_tolerations(tolerations: tuple[dict[str, Any], ...], device: str) -> tuple[dict[str, Any], ...]:
@@ -396,6 +411,7 @@ def build_runtime_deployment(
             "--batch-window-micros", str(serving.batch_window_micros),
             "--max-queue-millis", str(serving.max_queue_millis),
             *(["--access-log"] if serving.access_log else []),
+            *(["--tracing"] if serving.tracing else []),
             "--score-threshold", str(serving.score_threshold),
             "--cache-dir", ENGINE_CACHE_MOUNT,
             "--host", "0.0.0.0",
@@ -403,7 +419,8 @@ def build_runtime_deployment(
             "--shutdown-delay-seconds", str(SHUTDOWN_DELAY_SECONDS),
             "--drain-seconds", str(DRAIN_SECONDS),
         ],  # fmt: skip
-        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *device_env(serving.device)],
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *device_env(serving.device),
+                *tracing_env(serving.tracing, model)],
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
         # Warm-up (shape ranges + TensorRT engine build) can take minutes on a cold node.
         "startupProbe": {**probe, "failureThreshold": 180},

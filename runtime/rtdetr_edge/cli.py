@@ -179,6 +179,9 @@ def cli(log_level: str) -> None:
 @option("--max-body-bytes", env=True, type=click.IntRange(1), default=SERVE_DEFAULTS["max_body_bytes"])
 @option("--access-log/--no-access-log", env=True, default=ServingSpec.model_fields["access_log"].default,
         help="one JSON line per request on standard output (never a body; probes and scrapes left out)")  # fmt: skip
+@option("--tracing/--no-tracing", env=True, default=False,
+        help="OpenTelemetry spans per detect/infer request (decode, queue, inference, postprocess, encode), sent by "
+        "OTLP/HTTP to $OTEL_EXPORTER_OTLP_ENDPOINT, sampled as $OTEL_TRACES_SAMPLER says (the SDK's variables)")  # fmt: skip
 @option("--max-image-pixels", env=True, type=click.IntRange(1), default=SERVE_DEFAULTS["max_image_pixels"])
 @option("--drain-seconds", env=True, type=click.FloatRange(0), default=30.0)
 @option("--shutdown-delay-seconds", env=True, type=click.FloatRange(0), default=0.0,
@@ -205,6 +208,7 @@ def serve(**params: Any) -> int:
         max_queue_seconds=params["max_queue_millis"] / 1000,
         max_body_bytes=params["max_body_bytes"],
         access_log=params["access_log"],
+        tracing=params["tracing"],
         max_image_pixels=params["max_image_pixels"],
         preprocess_threads=settings.cpu_threads,
         shape_seed=params["shape_ranges"],

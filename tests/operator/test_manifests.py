@@ -404,3 +404,24 @@ def test_serving_pods_get_the_queue_budget_and_the_access_log_choice(serving: di
     args = build_runtime_deployment(body, model, OperatorSettings(), served)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--max-queue-millis") + 1] == expected["--max-queue-millis"]
     assert ("--access-log" in args) == bool(expected["--access-log"])
+
+
+def test_serving_tracing_sets_opentelemetrys_environment() -> None:
+    body = body_of("rtdetr-r50.yaml")
+    body["spec"]["serving"]["tracing"] = {"endpoint": "http://otel-collector.observability:4318", "sampleRatio": 0.25}
+    model = parse_resource(body)
+    served = PipelineRecord.model_validate({"pipelineDigest": pipeline_digest(model.spec), "model": {"uri": "pvc://a/m", "digest": "x"},
+                                            "shapeRanges": {"file": "shapes/x-b4.pbtxt"}})  # fmt: skip
+    deployment = build_runtime_deployment(body, model, OperatorSettings(), served)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert "--tracing" in container["args"]
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == ("parentbased_traceidratio", "0.25")
+    assert env["OTEL_SERVICE_NAME"] == "rtdetr-r50" and "k8s.namespace.name=vision" in env["OTEL_RESOURCE_ATTRIBUTES"]
+    names = [e["name"] for e in container["env"]]
+    assert names.index("POD_NAME") < names.index("OTEL_RESOURCE_ATTRIBUTES"), "$(POD_NAME) expands only if defined before"
+    kubernetes_validate.validate(deployment, desired_version=KUBERNETES_VERSIONS[-1], strict=True)
+    del body["spec"]["serving"]["tracing"]
+    plain = build_runtime_deployment(body, parse_resource(body), OperatorSettings(), served)["spec"]["template"]["spec"]["containers"][0]
+    assert "--tracing" not in plain["args"] and not any(e["name"].startswith("OTEL_") for e in plain["env"])

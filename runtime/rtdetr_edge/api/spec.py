@@ -278,6 +278,21 @@ class AutoscalingSpec(ApiModel):
     )  # fmt: skip
 
 
+class TracingSpec(ApiModel):
+    """OpenTelemetry traces of the serving pods: a span per detect/infer request with its stages
+    (decode, queue, inference, postprocess, encode), sent by OTLP over HTTP."""
+
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)] = Field(
+        ..., description="Your collector's OTLP/HTTP base URL, e.g. http://otel-collector.observability:4318 "
+        "(spans go to <endpoint>/v1/traces)."
+    )
+    sample_ratio: float = Field(
+        0.1, ge=0, le=1,
+        description="Share of requests traced when the caller sends no traceparent; a caller's own sampling "
+        "decision (its traceparent) is always followed.",
+    )  # fmt: skip
+
+
 class ServingSpec(PodPlacement):
     """The runtime pods: how many, on which device and precision, and how they batch. Editing
     these never re-quantizes, except what changes the INT8 model a pod runs (device or cpuRuntime
@@ -327,6 +342,7 @@ class ServingSpec(PodPlacement):
         "network plugin that implements NetworkPolicy (Calico, Cilium, Antrea, kube-router; k3s' embedded "
         "policy controller); flannel alone ignores it.",
     )  # fmt: skip
+    tracing: TracingSpec | None = None
     engine_cache: EngineCacheSpec | None = None
     autoscaling: AutoscalingSpec | None = None
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)

@@ -30,6 +30,7 @@ from rtdetr_edge.preprocess import INPUT_SIZE
 from rtdetr_edge.server import oip
 from rtdetr_edge.server.access_log import AccessLog, access_record
 from rtdetr_edge.server.model_service import MAX_DETECTIONS_LIMIT, ModelService
+from rtdetr_edge.server.tracing import TRACED_ROUTES, RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def create_app(service: ModelService) -> Starlette:
     infer_body_limit = max(options.max_body_bytes, options.predictor.max_batch_size * image_tensor_bytes * 4)
 
     access_log = AccessLog() if options.access_log else None
+    tracer = RequestTracer.exporting(options.model_name) if options.tracing else None
 
     def log_access(route: str, request: Request, response: Response, started_unix: float, seconds: float) -> None:
         assert access_log is not None
@@ -129,7 +131,8 @@ def create_app(service: ModelService) -> Starlette:
 
     def endpoint(route: str, handler: Handler) -> Handler:
         async def wrapped(request: Request) -> Response:
-            started_unix = time.time()
+            started_ns = time.time_ns()
+            started_unix = started_ns / 1e9
             started = time.perf_counter()
             try:
                 response = await handler(request)
@@ -147,6 +150,10 @@ def create_app(service: ModelService) -> Starlette:
             metrics.requests.labels(route, str(response.status_code)).observe(seconds)
             if access_log is not None:
                 log_access(route, request, response, started_unix, seconds)
+            if tracer is not None and route in TRACED_ROUTES:
+                tracer.record(route, request.method, request.url.path, request.headers, response.status_code, started_ns,
+                              started_ns + int(seconds * 1e9), getattr(request.state, "timings_ms", None),
+                              getattr(request.state, "trace_attributes", None))  # fmt: skip
             if service.terminating:
                 # Kube-proxy only steers new connections: a client's keep-alive connection would
                 # keep coming here until the listener closes under it. Make it reconnect now.
@@ -176,7 +183,10 @@ def create_app(service: ModelService) -> Starlette:
         threshold = parse_number(request, "score_threshold", options.score_threshold, 0.0, 1.0, integer=False)
         limit = parse_number(request, "max_detections", options.max_detections, 1, MAX_DETECTIONS_LIMIT, integer=True)
         data = await image_from_request(request, options.max_body_bytes)
-        return json_response(await service.detect(data, threshold, int(limit)))
+        result = await service.detect(data, threshold, int(limit))
+        request.state.timings_ms = result["timing_ms"]  # for the request's trace
+        request.state.trace_attributes = {"rtdetr.batch_size": result["batch_size"], "rtdetr.detections": len(result["detections"])}  # type: ignore[arg-type]
+        return json_response(result)
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})
@@ -252,5 +262,7 @@ def create_app(service: ModelService) -> Starlette:
             yield
         finally:
             await service.stop()
+            if tracer is not None:
+                tracer.shutdown()
 
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)

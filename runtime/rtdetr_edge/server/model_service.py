@@ -62,6 +62,8 @@ class ServeOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     access_log: bool = False
     """One JSON line per request on standard output (server/access_log.py); never a body."""
+    tracing: bool = False
+    """OpenTelemetry spans per request, exported as the OTEL_* environment says (server/tracing.py)."""
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     preprocess_threads: int = 2
     shape_seed: Path | None = None
