@@ -466,16 +466,22 @@ def build_runtime_deployment(
     }
 
 
+def runtime_child_metadata(body: dict[str, Any], model: RTDETRModel) -> dict[str, Any]:
+    """The metadata of what serves a resource beside its Deployment (Service, HPA, NetworkPolicy):
+    the Deployment's name, the runtime labels the operator's watches select on, and the owner."""
+    return {
+        "name": runtime_name(model.name),
+        "namespace": model.namespace,
+        "labels": common_labels(model.name, "runtime"),
+        "ownerReferences": [owner_reference(body)],
+    }
+
+
 def build_service(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {
-            "name": runtime_name(model.name),
-            "namespace": model.namespace,
-            "labels": common_labels(model.name, "runtime"),
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": runtime_child_metadata(body, model),
         "spec": {
             "selector": runtime_pod_labels(model.name),
             "ports": [{"name": "http", "port": settings.service_port, "targetPort": "http", "protocol": "TCP"}],
@@ -495,12 +501,7 @@ def build_network_policy(body: dict[str, Any], model: RTDETRModel, settings: Ope
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {
-            "name": runtime_name(model.name),
-            "namespace": model.namespace,
-            "labels": common_labels(model.name, "runtime"),
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": runtime_child_metadata(body, model),
         "spec": {"podSelector": {"matchLabels": runtime_pod_labels(model.name)}, "policyTypes": ["Ingress"], "ingress": ingress},
     }
 
@@ -525,12 +526,7 @@ def build_autoscaler(body: dict[str, Any], model: RTDETRModel) -> dict[str, Any]
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {
-            "name": runtime_name(model.name),
-            "namespace": model.namespace,
-            "labels": common_labels(model.name, "runtime"),
-            "ownerReferences": [owner_reference(body)],
-        },
+        "metadata": runtime_child_metadata(body, model),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": runtime_name(model.name)},
             "minReplicas": autoscaling.min_replicas,

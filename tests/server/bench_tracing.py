@@ -6,19 +6,16 @@ by OTLP/HTTP to a local collector — 3 x 100 sequential /v1/detect each (p50 pe
 """
 
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
-
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rtdetr_edge.dev.demo import ensure_tiny_model  # noqa: E402
 from tests.conftest import FIXTURE_IMAGES, start_server  # noqa: E402
+from tests.server.side_by_side import p50_per_repetition  # noqa: E402
 from tests.server.test_tracing import Collector  # noqa: E402
 
 flags = next((line.split(":", 1)[1].split() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
@@ -35,20 +32,8 @@ servers = {}
 for name, (args, ratio) in setups.items():
     os.environ["OTEL_TRACES_SAMPLER_ARG"] = ratio
     servers[name] = start_server(model, work / "cache", work, *args)
-results: dict[str, list[float]] = {}
 try:
-    for s in servers.values():
-        s.wait_ready()
-    sessions = {name: requests.Session() for name in servers}
-    for rep in range(3):
-        for name, s in servers.items():
-            times = []
-            for _ in range(100):
-                t = time.perf_counter()
-                r = sessions[name].post(f"{s.url}/v1/detect", data=image, headers={"Content-Type": "image/jpeg"})
-                times.append(time.perf_counter() - t)
-                assert r.status_code == 200
-            results.setdefault(name, []).append(statistics.median(times) * 1000)
+    results = p50_per_repetition(servers, image)
 finally:
     for s in servers.values():
         s.stop()
