@@ -346,16 +346,17 @@ def test_a_burst_is_shed_by_the_serving_pods_queue_budget(demo: Demo) -> None:
     budget, burst = 100, 64
     cluster.patch_model(namespace, NAME, {"spec": {"serving": {"maxQueueMillis": budget}}})
 
-    def rolled_out() -> list[str] | None:  # the one pod left runs with the new budget and is ready
+    def serving_alone_with(millis: int) -> list[str] | None:
+        """The Service's one endpoint: the only serving pod left, ready, with this budget."""
         pods = cluster.pods(namespace, "app.kubernetes.io/component=runtime")
         args = pods[0]["spec"]["containers"][0]["args"] if len(pods) == 1 else []
-        done = "--max-queue-millis" in args and args[args.index("--max-queue-millis") + 1] == str(budget) and _ready(pods[0])
+        done = "--max-queue-millis" in args and args[args.index("--max-queue-millis") + 1] == str(millis) and _ready(pods[0])
         if not done:
             return None
         endpoints = cluster.ready_endpoints(namespace, NAME)
         return endpoints if endpoints == [f"{pods[0]['status'].get('podIP')}:8080"] else None
 
-    endpoint = cluster.wait(rolled_out, 180, "pods with the new queue budget")[0]
+    endpoint = cluster.wait(lambda: serving_alone_with(budget), 180, "pods with the new queue budget")[0]
     pod_ready: list[bool] = []
     bursting = threading.Event()
     bursting.set()
@@ -388,9 +389,9 @@ def test_a_burst_is_shed_by_the_serving_pods_queue_budget(demo: Demo) -> None:
     assert pod_ready and all(pod_ready), f"the pod left the Service under overload: {pod_ready}"
     print(f"\nburst of {burst} on the real tier: {len(accepted)} accepted (queue max {max(queued):.1f} ms), {len(shed)} shed")
     cluster.patch_model(namespace, NAME, {"spec": {"serving": {"maxQueueMillis": None}}})
-    cluster.wait(lambda: cluster.condition(namespace, NAME, "Ready")["reason"] == "Serving"  # type: ignore[index]
-                 and "5000" in (cluster.deployment(namespace, NAME) or {})["spec"]["template"]["spec"]["containers"][0]["args"],
-                 180, "the default budget back")  # fmt: skip
+    # The next test's clients must meet only the default budget: wait for the last pod to go.
+    cluster.wait(lambda: serving_alone_with(5000), 180, "the default budget back")
+    cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=60)
 
 
 def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
