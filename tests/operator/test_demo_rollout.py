@@ -338,62 +338,6 @@ def test_allow_from_makes_a_network_policy_the_api_server_validates(demo: Demo) 
     cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=60)
 
 
-def test_a_burst_is_shed_by_the_serving_pods_queue_budget(demo: Demo) -> None:
-    """serving.maxQueueMillis on the real tier: a burst at a serving pod is answered at once with
-    503 + Retry-After for what would wait past the budget, no accepted request waited longer, and
-    the pod stays Ready for its Service throughout."""
-    cluster, namespace = demo.cluster, demo.namespace
-    budget, burst = 100, 64
-    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"maxQueueMillis": budget}}})
-
-    def serving_alone_with(millis: int) -> list[str] | None:
-        """The Service's one endpoint: the only serving pod left, ready, with this budget."""
-        pods = cluster.pods(namespace, "app.kubernetes.io/component=runtime")
-        args = pods[0]["spec"]["containers"][0]["args"] if len(pods) == 1 else []
-        done = "--max-queue-millis" in args and args[args.index("--max-queue-millis") + 1] == str(millis) and _ready(pods[0])
-        if not done:
-            return None
-        endpoints = cluster.ready_endpoints(namespace, NAME)
-        return endpoints if endpoints == [f"{pods[0]['status'].get('podIP')}:8080"] else None
-
-    endpoint = cluster.wait(lambda: serving_alone_with(budget), 180, "pods with the new queue budget")[0]
-    pod_ready: list[bool] = []
-    bursting = threading.Event()
-    bursting.set()
-
-    def watch_pod() -> None:  # what the Service sees: the pod's Ready condition
-        while bursting.is_set():
-            pod = cluster.pods(namespace, "app.kubernetes.io/component=runtime")[0]
-            pod_ready.append(_ready(pod))
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch_pod, daemon=True)
-    watcher.start()
-    image = FIXTURE_IMAGE.read_bytes()
-
-    def send(_: int) -> requests.Response:
-        return requests.post(f"http://{endpoint}/v1/detect", data=image, headers={"Content-Type": "image/jpeg"}, timeout=60)
-
-    try:
-        with ThreadPoolExecutor(burst) as pool:
-            responses = list(pool.map(send, range(burst)))
-    finally:
-        bursting.clear()
-        watcher.join(timeout=10)
-    accepted = [r for r in responses if r.status_code == 200]
-    shed = [r for r in responses if r.status_code == 503]
-    assert accepted and shed and len(accepted) + len(shed) == burst, sorted(r.status_code for r in responses)
-    assert all(r.json()["code"] == "overloaded" and int(r.headers["Retry-After"]) >= 1 for r in shed)
-    queued = [r.json()["timing_ms"]["queue"] for r in accepted]
-    assert max(queued) <= budget, f"an accepted request waited {max(queued)} ms in the queue (budget {budget} ms)"
-    assert pod_ready and all(pod_ready), f"the pod left the Service under overload: {pod_ready}"
-    print(f"\nburst of {burst} on the real tier: {len(accepted)} accepted (queue max {max(queued):.1f} ms), {len(shed)} shed")
-    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"maxQueueMillis": None}}})
-    # The next test's clients must meet only the default budget: wait for the last pod to go.
-    cluster.wait(lambda: serving_alone_with(5000), 180, "the default budget back")
-    cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=60)
-
-
 def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
     """A new model (a training change → a new pipeline digest) replaces the served one while
     clients keep sending detections: the old pods serve until the new ones are Ready."""
@@ -548,6 +492,62 @@ def test_host_path_engine_cache_only_under_allowed_prefixes_and_writable(demo: D
     cache = cluster.runner.node_path("/var/cache/rtdetr-edge/demo")
     written = list(cache.rglob("*"))
     assert cache.stat().st_uid == 10001 and written and {f.stat().st_uid for f in written} == {10001}, written
+
+
+def test_a_burst_is_shed_by_the_serving_pods_queue_budget(demo: Demo) -> None:
+    """serving.maxQueueMillis on the real tier: a burst at a serving pod is answered at once with
+    503 + Retry-After for what would wait past the budget, no accepted request waited longer, and
+    the pod stays Ready for its Service throughout."""
+    cluster, namespace = demo.cluster, demo.namespace
+    budget, burst = 100, 64
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"maxQueueMillis": budget}}})
+
+    def serving_alone_with(millis: int) -> list[str] | None:
+        """The Service's one endpoint: the only serving pod left, ready, with this budget."""
+        pods = cluster.pods(namespace, "app.kubernetes.io/component=runtime")
+        args = pods[0]["spec"]["containers"][0]["args"] if len(pods) == 1 else []
+        done = "--max-queue-millis" in args and args[args.index("--max-queue-millis") + 1] == str(millis) and _ready(pods[0])
+        if not done:
+            return None
+        endpoints = cluster.ready_endpoints(namespace, NAME)
+        return endpoints if endpoints == [f"{pods[0]['status'].get('podIP')}:8080"] else None
+
+    endpoint = cluster.wait(lambda: serving_alone_with(budget), 180, "pods with the new queue budget")[0]
+    pod_ready: list[bool] = []
+    bursting = threading.Event()
+    bursting.set()
+
+    def watch_pod() -> None:  # what the Service sees: the pod's Ready condition
+        while bursting.is_set():
+            pod = cluster.pods(namespace, "app.kubernetes.io/component=runtime")[0]
+            pod_ready.append(_ready(pod))
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch_pod, daemon=True)
+    watcher.start()
+    image = FIXTURE_IMAGE.read_bytes()
+
+    def send(_: int) -> requests.Response:
+        return requests.post(f"http://{endpoint}/v1/detect", data=image, headers={"Content-Type": "image/jpeg"}, timeout=60)
+
+    try:
+        with ThreadPoolExecutor(burst) as pool:
+            responses = list(pool.map(send, range(burst)))
+    finally:
+        bursting.clear()
+        watcher.join(timeout=10)
+    accepted = [r for r in responses if r.status_code == 200]
+    shed = [r for r in responses if r.status_code == 503]
+    assert accepted and shed and len(accepted) + len(shed) == burst, sorted(r.status_code for r in responses)
+    assert all(r.json()["code"] == "overloaded" and int(r.headers["Retry-After"]) >= 1 for r in shed)
+    queued = [r.json()["timing_ms"]["queue"] for r in accepted]
+    assert max(queued) <= budget, f"an accepted request waited {max(queued)} ms in the queue (budget {budget} ms)"
+    assert pod_ready and all(pod_ready), f"the pod left the Service under overload: {pod_ready}"
+    print(f"\nburst of {burst} on the real tier: {len(accepted)} accepted (queue max {max(queued):.1f} ms), {len(shed)} shed")
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"maxQueueMillis": None}}})
+    # The next test's clients must meet only the default budget: wait for the last pod to go.
+    cluster.wait(lambda: serving_alone_with(5000), 180, "the default budget back")
+    cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=60)
 
 
 def test_delete_removes_every_child_through_the_garbage_collector(demo: Demo) -> None:
