@@ -9,7 +9,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/*.txt 2>/dev/null | sha256sum | cut -c1-16)
 
-.PHONY: install system-packages cluster-tools cluster demo images push test test-fast bench bench-cpu lock crd clean
+.PHONY: install system-packages cluster-tools cluster demo images push test test-fast bench bench-cpu lock crd proto clean
 
 # PaddleSlim 2.6.0's metadata pins opencv-python==4.6.0.66 and swig, which it does
 # not need, so it is installed with --no-deps; its real imports are in the runtime extra.
@@ -96,6 +96,10 @@ lock: install
 # Regenerate the CRD (crds/ and the chart's copy) from the typed API in runtime/rtdetr_edge/api/.
 crd: install
 	$(BIN)/python -m rtdetr_edge.api.crd
+
+# Recompile the Open Inference Protocol's gRPC descriptor set from its .proto (runtime/rtdetr_edge/server/proto/).
+proto: install
+	$(BIN)/python -m rtdetr_edge.dev.grpc_proto
 
 clean:
 	rm -rf $(VENV) .venv-scan .rtdetr-edge .pytest_cache

@@ -38,6 +38,8 @@ RUNTIME_USER = 10001
 ANNOTATION_PIPELINE = "rtdetr.io/pipeline-digest"
 ANNOTATION_MODEL = "rtdetr.io/model-digest"
 CONTAINER_PORT = 8080
+GRPC_PORT = 8081
+"""The Open Inference Protocol over gRPC (serving.grpc): the pods' and the Service's port (KServe's)."""
 # A terminating serving pod keeps answering (not ready) while kube-proxies and load balancers
 # drop it from their endpoints, then drains in-flight requests; the grace period covers both.
 SHUTDOWN_DELAY_SECONDS = 10  # endpoint removal lags seconds on a busy control plane (5 s lost 2 requests here)
@@ -416,12 +418,14 @@ def build_runtime_deployment(
             "--cache-dir", ENGINE_CACHE_MOUNT,
             "--host", "0.0.0.0",
             "--port", str(CONTAINER_PORT),
+            *(["--grpc-port", str(GRPC_PORT)] if serving.grpc else []),
             "--shutdown-delay-seconds", str(SHUTDOWN_DELAY_SECONDS),
             "--drain-seconds", str(DRAIN_SECONDS),
         ],  # fmt: skip
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *device_env(serving.device),
                 *tracing_env(serving.tracing, model)],
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"},
+                  *([{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}] if serving.grpc else [])],
         # Warm-up (shape ranges + TensorRT engine build) can take minutes on a cold node.
         "startupProbe": {**probe, "failureThreshold": 180},
         "readinessProbe": {**probe, "failureThreshold": 3},
@@ -484,20 +488,26 @@ def build_service(body: dict[str, Any], model: RTDETRModel, settings: OperatorSe
         "metadata": runtime_child_metadata(body, model),
         "spec": {
             "selector": runtime_pod_labels(model.name),
-            "ports": [{"name": "http", "port": settings.service_port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": settings.service_port, "targetPort": "http", "protocol": "TCP"},
+                # appProtocol: meshes and gateways (Istio, Linkerd, Envoy Gateway) then speak HTTP/2 to it.
+                *([{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
+                  if model.spec.serving.grpc else []),
+            ],
         },
     }
 
 
 def build_network_policy(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings) -> dict[str, Any]:
-    """The NetworkPolicy of ``serving.allowFrom``: only those peers (and the install's metrics
-    scrapers) reach the serving port. An ingress rule with no ``from`` admits everyone, so an
+    """The NetworkPolicy of ``serving.allowFrom``: only those peers reach the serving ports (HTTP,
+    and gRPC with ``serving.grpc``), and the install's metrics scrapers the HTTP one (/metrics). An ingress rule with no ``from`` admits everyone, so an
     empty peer list gets no rule at all."""
     allow_from = model.spec.serving.allow_from
     assert allow_from is not None
-    port = [{"port": CONTAINER_PORT, "protocol": "TCP"}]
-    ingress = [{"from": [dict(peer) for peer in peers], "ports": port}
-               for peers in (allow_from, settings.serving_metrics_from) if peers]  # fmt: skip
+    http = [{"port": CONTAINER_PORT, "protocol": "TCP"}]
+    callers = [*http, *([{"port": GRPC_PORT, "protocol": "TCP"}] if model.spec.serving.grpc else [])]
+    ingress = [{"from": [dict(peer) for peer in peers], "ports": ports}
+               for peers, ports in ((allow_from, callers), (settings.serving_metrics_from, http)) if peers]  # fmt: skip
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -537,4 +547,13 @@ def build_autoscaler(body: dict[str, Any], model: RTDETRModel) -> dict[str, Any]
 
 
 def endpoint(model: RTDETRModel, settings: OperatorSettings) -> str:
-    return f"http://{runtime_name(model.name)}.{model.namespace}.{settings.cluster_domain}:{settings.service_port}"
+    return f"http://{_service_host(model, settings)}:{settings.service_port}"
+
+
+def grpc_endpoint(model: RTDETRModel, settings: OperatorSettings) -> str | None:
+    """``host:port`` of the gRPC API (what gRPC clients take), when ``serving.grpc`` is on."""
+    return f"{_service_host(model, settings)}:{GRPC_PORT}" if model.spec.serving.grpc else None
+
+
+def _service_host(model: RTDETRModel, settings: OperatorSettings) -> str:
+    return f"{runtime_name(model.name)}.{model.namespace}.{settings.cluster_domain}"

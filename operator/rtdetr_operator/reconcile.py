@@ -37,6 +37,7 @@ from rtdetr_operator.manifests import (
     build_runtime_deployment,
     build_service,
     endpoint,
+    grpc_endpoint,
     isa_bound_level,
 )
 from rtdetr_operator.names import label_selector, pipeline_configmap_name, runtime_name, runtime_pod_labels
@@ -573,7 +574,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     if autoscaling is None:  # turned off: its condition goes with the HPA
         conditions = [c for c in conditions if c.get("type") != "Autoscaling"]
     status = assemble_status(before, generation, phase, plan.pipeline_digest, conditions, step, serve, deployment,
-                             endpoint(model, settings), model.name)  # fmt: skip
+                             (endpoint(model, settings), grpc_endpoint(model, settings)), model.name)  # fmt: skip
     keep = ours | ({serve.pipeline_digest} if serve is not None else set())
     delete += superseded(model.name, observed.pipeline_jobs, keep)
     return Decision(ensure, status, _events(conditions_before, conditions), plan.pipeline_digest, delete, updates)
@@ -581,14 +582,18 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
 
 def assemble_status(before: dict[str, Any], generation: int, phase: str, digest: str, conditions: list[dict[str, Any]],
                     step: Step, serve: PipelineRecord | None, deployment: DeploymentObservation | None,
-                    url: str, name: str) -> dict[str, Any]:  # fmt: skip
-    """The whole status: what was there, with this decision's fields."""
+                    urls: tuple[str, str | None], name: str) -> dict[str, Any]:  # fmt: skip
+    """The whole status: what was there, with this decision's fields (``urls``: HTTP, gRPC)."""
+    http_url, grpc_url = urls
     serving: dict[str, Any] = {
-        "endpoint": url,
+        "endpoint": http_url,
         "readyReplicas": deployment.ready_replicas if deployment else 0,
         "replicas": deployment.current_replicas if deployment else 0,
         "selector": label_selector(runtime_pod_labels(name)),
     }
+    if grpc_url is not None or "grpcEndpoint" in (before.get("serving") or {}):
+        # The merge patch merges nested objects: turned off, a null removes it (once; then absent).
+        serving["grpcEndpoint"] = grpc_url
     decided: dict[str, Any] = {"candidate": step.candidate.wire() if step.candidate is not None else None}
     if serve is not None:
         # absent rather than null: a merge patch drops nulls, and the next compare would differ forever

@@ -169,6 +169,9 @@ def cli(log_level: str) -> None:
 @option("--model-name", env=True, default=SERVE_DEFAULTS["model_name"], help="name in the OIP v2 API")
 @option("--host", env=True, default="0.0.0.0")
 @PORT
+@option("--grpc-port", env=True, type=click.IntRange(0, 65535), default=None,
+        help="also serve the Open Inference Protocol over gRPC on this port (KServe and the operator use 8081; "
+        "0 picks a free one); off by default")  # fmt: skip
 @option("--labels", env=True, type=EXISTING_FILE, default=None, help="label file (default: the export's, else COCO's 80)")
 @option("--score-threshold", env=True, **from_api(ServingSpec, "score_threshold"))
 @option("--max-detections", env=True, type=click.IntRange(1, MAX_DETECTIONS_LIMIT),
@@ -192,7 +195,7 @@ def cli(log_level: str) -> None:
         help="CPU ISA level the model's accuracy gate ran on (the operator sets it): an INT8 model that computes "
         "other numbers on this CPU is refused")  # fmt: skip
 def serve(**params: Any) -> int:
-    """Warm up a model and serve detection over HTTP."""
+    """Warm up a model and serve detection over HTTP (and the Open Inference Protocol over gRPC)."""
     from rtdetr_edge.server.run import run_server
 
     settings = predictor_settings(params)
@@ -215,7 +218,7 @@ def serve(**params: Any) -> int:
         measured_on_isa=params["measured_on_isa"],
     )
     return run_server(serve_options, params["host"], params["port"], params["drain_seconds"],
-                      shutdown_delay=params["shutdown_delay_seconds"])  # fmt: skip
+                      shutdown_delay=params["shutdown_delay_seconds"], grpc_port=params["grpc_port"])  # fmt: skip
 
 
 @cli.command()

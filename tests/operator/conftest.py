@@ -181,13 +181,14 @@ class Cluster:
     def events(self, namespace: str) -> list[dict[str, Any]]:
         return self.items(f"/api/v1/namespaces/{namespace}/events")
 
-    def ready_endpoints(self, namespace: str, service: str) -> list[str]:
-        """``ip:port`` of the Service's ready endpoints, read from EndpointSlices as kube-proxy does."""
+    def ready_endpoints(self, namespace: str, service: str, port_name: str = "http") -> list[str]:
+        """``ip:port`` of the Service's ready endpoints for one of its ports, read from
+        EndpointSlices as kube-proxy does."""
         slices = self.items(f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices",
                             f"kubernetes.io/service-name={service}")  # fmt: skip
         found = []
         for endpoint_slice in slices:
-            port = next((p["port"] for p in endpoint_slice.get("ports") or [] if p.get("name") == "http"), None)
+            port = next((p["port"] for p in endpoint_slice.get("ports") or [] if p.get("name") == port_name), None)
             for endpoint in endpoint_slice.get("endpoints") or []:
                 if port is not None and (endpoint.get("conditions") or {}).get("ready"):
                     found += [f"{address}:{port}" for address in endpoint["addresses"]]

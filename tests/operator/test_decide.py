@@ -724,3 +724,33 @@ def test_removing_allow_from_deletes_the_network_policy() -> None:
     decision = decide(body, OperatorSettings(), replace(observed, network_policy=True), LATER)
     assert ("NetworkPolicy", "rtdetr-r50") in decision.delete
     assert not decide(body, OperatorSettings(), observed, LATER).delete, "nothing to delete without one"
+
+
+def test_serving_grpc_opens_port_8081_on_pods_service_and_network_policy_and_names_it_in_status() -> None:
+    body, observed = serving(r50(), available=2)
+    body["spec"]["serving"]["allowFrom"] = [{"podSelector": {"matchLabels": {"app": "gateway"}}}]
+    plain = decide(body, OperatorSettings(serving_metrics_from=(MONITORING,)), observed, LATER)
+    assert "grpcEndpoint" not in plain.status["serving"]
+    body["spec"]["serving"]["grpc"] = True
+    decision = decide(body, OperatorSettings(serving_metrics_from=(MONITORING,)), observed, LATER)
+    container = _runtime(decision)["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][container["args"].index("--grpc-port") + 1] == "8081"
+    assert {"name": "grpc", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    assert container["readinessProbe"]["httpGet"]["port"] == "http", "probes stay on HTTP"
+    service = next(m for m in decision.ensure if m["kind"] == "Service")
+    assert [(p["name"], p["port"], p["targetPort"], p.get("appProtocol")) for p in service["spec"]["ports"]] == [
+        ("http", 8080, "http", None), ("grpc", 8081, "grpc", "grpc")]  # fmt: skip
+    policy = next(m for m in decision.ensure if m["kind"] == "NetworkPolicy")
+    callers, scrapers = policy["spec"]["ingress"]
+    assert callers["ports"] == [{"port": 8080, "protocol": "TCP"}, {"port": 8081, "protocol": "TCP"}]
+    assert scrapers["ports"] == [{"port": 8080, "protocol": "TCP"}], "scrapers need /metrics only"
+    assert decision.status["serving"]["grpcEndpoint"] == "rtdetr-r50.vision.svc:8081"
+
+    # Turned off: the merge patch of status must remove the field (a nested object merges), once.
+    body["spec"]["serving"]["grpc"] = False
+    body["status"] = decision.status
+    off = decide(body, OperatorSettings(), observed, LATER)
+    assert off.status["serving"]["grpcEndpoint"] is None
+    body["status"] = {**off.status, "serving": {k: v for k, v in off.status["serving"].items() if v is not None}}
+    assert "grpcEndpoint" not in decide(body, OperatorSettings(), observed, LATER).status["serving"]
+    assert "--grpc-port" not in _runtime(off)["spec"]["template"]["spec"]["containers"][0]["args"]

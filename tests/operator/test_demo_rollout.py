@@ -550,6 +550,43 @@ def test_a_burst_is_shed_by_the_serving_pods_queue_budget(demo: Demo) -> None:
     cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=60)
 
 
+def test_serving_grpc_answers_on_the_services_grpc_port_like_http(demo: Demo) -> None:
+    """serving.grpc on the real tier: the Service's grpc port resolves (by the EndpointSlice
+    controller, from the pods' named port) to pods that answer tritonclient.grpc with the tensors
+    HTTP gives, and status names the endpoint; turned off, the port and the field go."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from tests.server.test_grpc_api import model_inputs
+
+    cluster, namespace = demo.cluster, demo.namespace
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"grpc": True}}})
+    endpoint = cluster.wait(lambda: cluster.ready_endpoints(namespace, NAME, "grpc"), 180, "a ready pod behind the grpc port")[0]
+    assert endpoint.endswith(":8081")
+    cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=180)
+    status = cluster.model(namespace, NAME)["status"]["serving"]
+    assert status["grpcEndpoint"] == f"{NAME}.{namespace}.svc:8081", status
+    arrays = model_inputs(FIXTURE_IMAGE.read_bytes())
+    client = grpcclient.InferenceServerClient(url=endpoint)
+    assert client.is_model_ready(NAME)
+    grpc_inputs, http_inputs = [], []
+    for name, array in arrays.items():
+        grpc_inputs.append(grpcclient.InferInput(name, list(array.shape), "FP32"))
+        grpc_inputs[-1].set_data_from_numpy(array)
+        http_inputs.append(httpclient.InferInput(name, list(array.shape), "FP32"))
+        http_inputs[-1].set_data_from_numpy(array, binary_data=True)
+    by_grpc = client.infer(NAME, grpc_inputs)
+    http_endpoint = endpoint.rsplit(":", 1)[0] + ":8080"  # the same pod
+    by_http = httpclient.InferenceServerClient(url=http_endpoint).infer(NAME, http_inputs)
+    assert by_grpc.as_numpy("bbox").tobytes() == by_http.as_numpy("bbox").tobytes()
+    assert by_grpc.as_numpy("bbox_num").tolist() == by_http.as_numpy("bbox_num").tolist()
+
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"grpc": None}}})
+    cluster.wait(lambda: "grpcEndpoint" not in cluster.model(namespace, NAME)["status"]["serving"]
+                 and not cluster.ready_endpoints(namespace, NAME, "grpc"), 180, "the grpc port and status field gone")  # fmt: skip
+    cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=180)
+
+
 def test_delete_removes_every_child_through_the_garbage_collector(demo: Demo) -> None:
     cluster, namespace = demo.cluster, demo.namespace
     cluster.kubectl("delete", "rtdetr", NAME, "-n", namespace, "--timeout=60s")

@@ -81,7 +81,10 @@ def manifests_for(sample: str, settings: OperatorSettings) -> list[dict[str, Any
         {"podSelector": {"matchLabels": {"app": "gateway"}}},
         {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.9.0/24"]}},
     ]
-    result.append(build_network_policy(fenced, parse_resource(fenced), settings))
+    fenced["spec"]["serving"]["grpc"] = True
+    result += [build_network_policy(fenced, parse_resource(fenced), settings),
+               build_runtime_deployment(fenced, parse_resource(fenced), settings, served),
+               build_service(fenced, parse_resource(fenced), settings)]  # fmt: skip
     return result
 
 

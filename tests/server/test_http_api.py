@@ -201,7 +201,7 @@ def test_metrics(server: ServerProcess, fixture_images: list[Path]) -> None:
     assert_serves(server, fixture_images[0].read_bytes())
     text = requests.get(f"{server.url}/metrics", timeout=10).text
     for name in (
-        'rtdetr_request_duration_seconds_count{code="200",route="detect"}',
+        'rtdetr_request_duration_seconds_count{code="200",protocol="http",route="detect"}',
         "rtdetr_inference_duration_seconds_count",
         "rtdetr_preprocess_duration_seconds_count",
         "rtdetr_batch_size_bucket",

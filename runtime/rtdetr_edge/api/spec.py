@@ -333,6 +333,13 @@ class ServingSpec(PodPlacement):
         "duration, sizes, client, request id; never an image or a detection list). Probes and scrapes are not "
         "logged.",
     )
+    grpc: bool = Field(
+        False,
+        description="Also serve the Open Inference Protocol over gRPC (KServe's grpc_predict_v2, Triton's "
+        "GRPCInferenceService: tritonclient.grpc works unchanged) on port 8081 of the pods and the Service "
+        "(status.serving.grpcEndpoint); same model, batching, limits and errors as HTTP, whose port keeps the "
+        "probes and /metrics. Off by default: turning it on restarts the serving pods once.",
+    )
     allow_from: list[dict[str, Any]] | None = Field(
         None, max_length=32,
         description="Who may call the serving pods: Kubernetes NetworkPolicy peers (podSelector, "

@@ -45,6 +45,9 @@ class AccuracyStatus(StatusModel):
 
 class ServingStatus(StatusModel):
     endpoint: str | None = None
+    grpc_endpoint: str | None = Field(
+        None, description="host:port of the Open Inference Protocol over gRPC (serving.grpc), for gRPC clients."
+    )
     ready_replicas: int | None = None
     replicas: int | None = Field(None, description="Serving pods that exist (the scale subresource's status).")
     selector: str | None = Field(

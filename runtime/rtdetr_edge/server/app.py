@@ -26,7 +26,6 @@ from rtdetr_edge.errors import (
     RtdetrEdgeError,
     UnsupportedMediaTypeError,
 )
-from rtdetr_edge.preprocess import INPUT_SIZE
 from rtdetr_edge.server import oip
 from rtdetr_edge.server.access_log import AccessLog, access_record
 from rtdetr_edge.server.model_service import MAX_DETECTIONS_LIMIT, ModelService
@@ -111,9 +110,7 @@ def parse_number(request: Request, name: str, default: float, low: float, high: 
 def create_app(service: ModelService) -> Starlette:
     options = service.options
     metrics = service.metrics
-    image_tensor_bytes = 3 * INPUT_SIZE * INPUT_SIZE * 4
-    # JSON-encoded tensors take ~3x their binary size; allow a full batch either way.
-    infer_body_limit = max(options.max_body_bytes, options.predictor.max_batch_size * image_tensor_bytes * 4)
+    infer_body_limit = oip.infer_body_limit(options.max_body_bytes, options.predictor.max_batch_size)
 
     access_log = AccessLog() if options.access_log else None
     tracer = RequestTracer.exporting(options.model_name) if options.tracing else None
@@ -147,7 +144,7 @@ def create_app(service: ModelService) -> Starlette:
                 log.exception("unexpected error on %s %s", request.method, request.url.path)
                 response = error_response(500, "internal_error", "internal error; see the server log")
             seconds = time.perf_counter() - started
-            metrics.requests.labels(route, str(response.status_code)).observe(seconds)
+            metrics.requests.labels(route, str(response.status_code), "http").observe(seconds)
             if access_log is not None:
                 log_access(route, request, response, started_unix, seconds)
             if tracer is not None and route in TRACED_ROUTES:
@@ -184,8 +181,9 @@ def create_app(service: ModelService) -> Starlette:
         limit = parse_number(request, "max_detections", options.max_detections, 1, MAX_DETECTIONS_LIMIT, integer=True)
         data = await image_from_request(request, options.max_body_bytes)
         result = await service.detect(data, threshold, int(limit))
-        request.state.timings_ms = result["timing_ms"]  # for the request's trace
-        request.state.trace_attributes = {"rtdetr.batch_size": result["batch_size"], "rtdetr.detections": len(result["detections"])}  # type: ignore[arg-type]
+        if tracer is not None:  # for the request's trace
+            request.state.timings_ms = result["timing_ms"]
+            request.state.trace_attributes = {"rtdetr.batch_size": result["batch_size"], "rtdetr.detections": len(result["detections"])}  # type: ignore[arg-type]
         return json_response(result)
 
     async def live(request: Request) -> Response:

@@ -14,8 +14,9 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.requests = Histogram(
             "rtdetr_request_duration_seconds",
-            "HTTP request latency, by route and status code.",
-            ["route", "code"],
+            "Request latency, by route, status code and protocol (http, grpc: a gRPC error counts under the HTTP "
+            "status it maps from, so one error-ratio query covers both).",
+            ["route", "code", "protocol"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -17,7 +17,8 @@ from rtdetr_edge.postprocess import ModelOutputs
 from rtdetr_edge.preprocess import INPUT_SIZE, ModelInputs
 
 HEADER_LENGTH = "inference-header-content-length"
-_DTYPES = {"FP32": np.dtype("<f4"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"), "FP64": np.dtype("<f8")}
+DATATYPES = {"FP32": np.dtype("<f4"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"), "FP64": np.dtype("<f8")}
+"""The input datatypes accepted (each is converted to FP32), with their little-endian dtypes."""
 
 INPUT_TENSORS = (
     ("image", "FP32", [-1, 3, INPUT_SIZE, INPUT_SIZE]),
@@ -25,6 +26,16 @@ INPUT_TENSORS = (
     ("scale_factor", "FP32", [-1, 2]),
 )
 OUTPUT_TENSORS = (("bbox", "FP32", [-1, 6]), ("bbox_num", "INT32", [-1]))
+INPUT_NAMES = tuple(name for name, _, _ in INPUT_TENSORS)
+OUTPUT_NAMES = tuple(name for name, _, _ in OUTPUT_TENSORS)
+OUTPUT_DATATYPES = {name: datatype for name, datatype, _ in OUTPUT_TENSORS}
+
+
+def infer_body_limit(max_body_bytes: int, max_batch_size: int) -> int:
+    """The largest infer request accepted (HTTP body or gRPC message): a full batch of images as
+    JSON numbers, which take ~3x their binary size, or ``max_body_bytes`` if larger."""
+    image_tensor_bytes = 3 * INPUT_SIZE * INPUT_SIZE * 4
+    return max(max_body_bytes, max_batch_size * image_tensor_bytes * 4)
 
 
 def model_metadata(name: str, platform: str, digest: str) -> dict[str, object]:
@@ -81,11 +92,11 @@ def decode_infer_request(body: bytes, header_length: str | None, max_batch_size:
         shape = tensor.get("shape")
         if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
             raise BadRequestError("each input needs 'name', 'datatype' and 'shape'")
-        if datatype not in _DTYPES:
+        if datatype not in DATATYPES:
             raise BadRequestError(f"input {name!r}: datatype {datatype} is not supported (use FP32)")
         if not all(isinstance(dim, int) and dim >= 0 for dim in shape):
             raise BadRequestError(f"input {name!r}: shape must be non-negative integers, got {shape}")
-        dtype = _DTYPES[datatype]
+        dtype = DATATYPES[datatype]
         count = int(np.prod(shape)) if shape else 1
         parameters = tensor.get("parameters") or {}
         binary_size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
@@ -113,14 +124,16 @@ def decode_infer_request(body: bytes, header_length: str | None, max_batch_size:
     if offset != len(binary):
         raise BadRequestError(f"{len(binary) - offset} trailing binary bytes are not claimed by any input")
 
-    inputs = _validate_inputs(tensors, max_batch_size)
+    inputs = validate_inputs(tensors, max_batch_size)
     requested, binary_outputs = _requested_outputs(request)
     request_id = request.get("id")
     return InferRequest(str(request_id) if request_id is not None else None, inputs, requested, binary_outputs)
 
 
-def _validate_inputs(tensors: dict[str, np.ndarray], max_batch_size: int) -> ModelInputs:
-    expected = [name for name, _, _ in INPUT_TENSORS]
+def validate_inputs(tensors: dict[str, np.ndarray], max_batch_size: int) -> ModelInputs:
+    """The model's three input tensors, checked (names, shapes, batch size, scale factors); one
+    rule for HTTP and gRPC requests."""
+    expected = list(INPUT_NAMES)
     missing = [name for name in expected if name not in tensors]
     unknown = [name for name in tensors if name not in expected]
     if missing or unknown:
@@ -144,7 +157,7 @@ def _validate_inputs(tensors: dict[str, np.ndarray], max_batch_size: int) -> Mod
 
 
 def _requested_outputs(request: dict[str, object]) -> tuple[list[str], set[str]]:
-    all_names = [name for name, _, _ in OUTPUT_TENSORS]
+    all_names = list(OUTPUT_NAMES)
     parameters = request.get("parameters")
     binary_default = bool(isinstance(parameters, dict) and parameters.get("binary_data_output"))
     raw_outputs = request.get("outputs")
@@ -157,9 +170,7 @@ def _requested_outputs(request: dict[str, object]) -> tuple[list[str], set[str]]
     for raw in raw_outputs:
         output = _as_dict(raw, "each requested output")
         name = output.get("name")
-        if name not in all_names:
-            raise BadRequestError(f"unknown output {name!r}; this model has {all_names}")
-        names.append(str(name))
+        names.append(check_output_name(name))
         output_parameters = output.get("parameters")
         wants_binary = binary_default
         if isinstance(output_parameters, dict) and "binary_data" in output_parameters:
@@ -169,20 +180,30 @@ def _requested_outputs(request: dict[str, object]) -> tuple[list[str], set[str]]
     return names, binary
 
 
+def check_output_name(name: object) -> str:
+    if name not in OUTPUT_NAMES:
+        raise BadRequestError(f"unknown output {name!r}; this model has {list(OUTPUT_NAMES)}")
+    return str(name)
+
+
+def output_arrays(outputs: ModelOutputs) -> dict[str, np.ndarray]:
+    """The model's outputs as the protocol's little-endian tensors, by name."""
+    return {
+        "bbox": np.ascontiguousarray(outputs.bbox, dtype="<f4"),
+        "bbox_num": np.ascontiguousarray(outputs.bbox_num, dtype="<i4"),
+    }
+
+
 def encode_infer_response(
     model_name: str, request: InferRequest, outputs: ModelOutputs
 ) -> tuple[bytes, int | None]:
     """The response body, and the JSON header length when binary outputs follow it."""
-    arrays = {
-        "bbox": np.ascontiguousarray(outputs.bbox, dtype="<f4"),
-        "bbox_num": np.ascontiguousarray(outputs.bbox_num, dtype="<i4"),
-    }
-    datatypes = {name: datatype for name, datatype, _ in OUTPUT_TENSORS}
+    arrays = output_arrays(outputs)
     described = []
     chunks = []
     for name in request.requested_outputs:
         array = arrays[name]
-        entry: dict[str, object] = {"name": name, "datatype": datatypes[name], "shape": list(array.shape)}
+        entry: dict[str, object] = {"name": name, "datatype": OUTPUT_DATATYPES[name], "shape": list(array.shape)}
         if name in request.binary_outputs:
             raw = array.tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}

@@ -7,16 +7,21 @@ import ctypes.util
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
+from typing import NoReturn
 
 import cv2
+import grpc
 import uvicorn
 
 from rtdetr_edge.paddle_import import import_paddle
+from rtdetr_edge.server import oip
 from rtdetr_edge.server.app import create_app
+from rtdetr_edge.server.grpc_server import create_grpc_server
 from rtdetr_edge.server.metrics import ServerMetrics
 from rtdetr_edge.server.model_service import ModelService, ServeOptions
 from rtdetr_edge.warmup import WarmedModel
@@ -64,7 +69,9 @@ def tune_malloc() -> bool:
 
 class DelayedShutdownServer(uvicorn.Server):
     """uvicorn, except that SIGTERM first turns readiness off and keeps serving for
-    ``shutdown_delay`` seconds before it stops accepting connections.
+    ``shutdown_delay`` seconds before it stops accepting connections; and, with a
+    ``grpc_port``, the Open Inference Protocol over gRPC beside HTTP on the same event loop
+    (started after the model service, drained before it stops).
 
     Kubernetes sends SIGTERM at the same moment it removes the pod from the Service's
     endpoints; kube-proxies, ingress controllers and client-side balancers learn that a
@@ -73,11 +80,43 @@ class DelayedShutdownServer(uvicorn.Server):
     SIGINT (Ctrl-C) stops at once.
     """
 
-    def __init__(self, config: uvicorn.Config, shutdown_delay: float, on_terminating: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        shutdown_delay: float,
+        on_terminating: Callable[[], None],
+        grpc_server: Callable[[], grpc.aio.Server] | None = None,
+        grpc_port: int | None = None,
+    ) -> None:
         super().__init__(config)
         self.shutdown_delay = shutdown_delay
         self.on_terminating = on_terminating
         self._delayed: threading.Timer | None = None
+        self._make_grpc_server = grpc_server
+        self.grpc_port = grpc_port
+        self.grpc: grpc.aio.Server | None = None
+        self.grpc_unbound: str | None = None  # the address gRPC could not listen on
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit or self._make_grpc_server is None or self.grpc_port is None:
+            return
+        self.grpc = self._make_grpc_server()
+        address = f"{self.config.host}:{self.grpc_port}"
+        try:
+            self.grpc_port = self.grpc.add_insecure_port(address)
+        except RuntimeError:
+            self.grpc, self.grpc_unbound, self.should_exit = None, address, True  # HTTP shuts down as usual
+            return
+        await self.grpc.start()
+        log.info("listening for gRPC (Open Inference Protocol) on %s:%d", self.config.host, self.grpc_port)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.grpc is not None:
+            # New calls are refused (clients reconnect elsewhere on the GOAWAY), calls in flight
+            # finish within the drain time; then HTTP drains and the model service stops.
+            await self.grpc.stop(self.config.timeout_graceful_shutdown)
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self.shutdown_delay > 0 and self._delayed is None and not self.should_exit:
@@ -98,9 +137,10 @@ def run_server(
     drain_seconds: float,
     on_ready: Callable[[WarmedModel], None] | None = None,
     shutdown_delay: float = 0.0,
+    grpc_port: int | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (after ``shutdown_delay`` on SIGTERM, draining in-flight
-    requests). Returns the exit code.
+    requests), over HTTP on ``port`` and, with ``grpc_port``, gRPC. Returns the exit code.
 
     A failed warm-up stops the server with exit code 1 and the cause as the last
     line of stderr, so Kubernetes shows it in the pod's termination message.
@@ -134,22 +174,22 @@ def run_server(
         log_config=None,
         timeout_graceful_shutdown=int(drain_seconds),
     )
-    server = DelayedShutdownServer(config, shutdown_delay, service.begin_termination)
+    grpc_limit = oip.infer_body_limit(options.max_body_bytes, options.predictor.max_batch_size)
+    server = DelayedShutdownServer(config, shutdown_delay, service.begin_termination,
+                                   lambda: create_grpc_server(service, grpc_limit), grpc_port)  # fmt: skip
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler that was
     # installed before it; make that one ours so a clean drain exits 0, not -15.
     terminated: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     log.info("listening on http://%s:%d (ready after warm-up)", host, port)
     server.run()
+    if server.grpc_unbound:
+        print(f"error: could not listen for gRPC on {server.grpc_unbound} (in use, or not this host's address)",
+              file=sys.stderr)  # fmt: skip
+        return _exit_now(1) if service.warming_up else 1
     if terminated and service.warming_up:
-        # Paddle is still working in the warm-up thread; letting the interpreter finalize under
-        # it aborts (SIGABRT, exit 134). Nothing is half-written: shape files and engine-cache
-        # entries appear by rename, and a staging directory left now is discarded next time.
         log.info("stopped on SIGTERM during warm-up")
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        return _exit_now(0)
     if terminated:
         log.info("drained and stopped on SIGTERM")
     if fatal:
@@ -159,3 +199,13 @@ def run_server(
         print(f"error: could not listen on {host}:{port}", file=sys.stderr)
         return 1
     return 0
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit while Paddle is still working in the warm-up thread: letting the interpreter finalize
+    under it aborts (SIGABRT, exit 134). Nothing is half-written: shape files and engine-cache
+    entries appear by rename, and a staging directory left now is discarded next time."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
