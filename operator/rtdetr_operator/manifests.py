@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from rtdetr_edge.api.job import PipelinePlan, PipelineRecord
-from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, PodPlacement, TracingSpec
+from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, PodPlacement, ServingSpec, TracingSpec
 from rtdetr_edge.cpu_isa import node_affinity_for
 from rtdetr_edge.resource import RTDETRModel, serving_backend
 from rtdetr_edge.storage import parse_uri
@@ -40,6 +40,9 @@ ANNOTATION_MODEL = "rtdetr.io/model-digest"
 CONTAINER_PORT = 8080
 GRPC_PORT = 8081
 """The Open Inference Protocol over gRPC (serving.grpc): the pods' and the Service's port (KServe's)."""
+MANAGEMENT_PORT = 8082
+"""With serving.tls: plain HTTP, health and /metrics only (probes, Prometheus); the port named "metrics"."""
+SECRETS_MOUNT = "/etc/rtdetr-edge"
 # A terminating serving pod keeps answering (not ready) while kube-proxies and load balancers
 # drop it from their endpoints, then drains in-flight requests; the grace period covers both.
 SHUTDOWN_DELAY_SECONDS = 10  # endpoint removal lags seconds on a busy control plane (5 s lost 2 requests here)
@@ -392,7 +395,12 @@ def build_runtime_deployment(
         {"name": "engine-cache", "mountPath": ENGINE_CACHE_MOUNT},
         {"name": "scratch", "mountPath": "/tmp"},
     ]
-    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 5}
+    security_args, security_volumes, security_mounts = serving_security(serving)
+    volumes += security_volumes
+    mounts += security_mounts
+    main_port = serving_port_name(serving)
+    health_port = "metrics" if serving.tls else main_port  # kubelet probes carry no client certificate or token
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": health_port}, "periodSeconds": 10, "timeoutSeconds": 5}
     annotations = {ANNOTATION_PIPELINE: served.pipeline_digest, ANNOTATION_MODEL: served.model.digest}
     labels = common_labels(model.name, "runtime")
     image = settings.runtime_image_gpu if serving.device == "gpu" else settings.runtime_image_cpu
@@ -419,18 +427,20 @@ def build_runtime_deployment(
             "--host", "0.0.0.0",
             "--port", str(CONTAINER_PORT),
             *(["--grpc-port", str(GRPC_PORT)] if serving.grpc else []),
+            *security_args,
             "--shutdown-delay-seconds", str(SHUTDOWN_DELAY_SECONDS),
             "--drain-seconds", str(DRAIN_SECONDS),
         ],  # fmt: skip
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *device_env(serving.device),
                 *tracing_env(serving.tracing, model)],
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT, "protocol": "TCP"},
-                  *([{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}] if serving.grpc else [])],
+        "ports": [{"name": main_port, "containerPort": CONTAINER_PORT, "protocol": "TCP"},
+                  *([{"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}] if serving.grpc else []),
+                  *([{"name": "metrics", "containerPort": MANAGEMENT_PORT, "protocol": "TCP"}] if serving.tls else [])],
         # Warm-up (shape ranges + TensorRT engine build) can take minutes on a cold node.
         "startupProbe": {**probe, "failureThreshold": 180},
         "readinessProbe": {**probe, "failureThreshold": 3},
         "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "httpGet": {"path": "/v2/health/live", "port": health_port},
             "periodSeconds": 20,
             "timeoutSeconds": 5,
             "failureThreshold": 3,
@@ -482,6 +492,8 @@ def runtime_child_metadata(body: dict[str, Any], model: RTDETRModel) -> dict[str
 
 
 def build_service(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings) -> dict[str, Any]:
+    serving = model.spec.serving
+    main = serving_port_name(serving)
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -489,25 +501,30 @@ def build_service(body: dict[str, Any], model: RTDETRModel, settings: OperatorSe
         "spec": {
             "selector": runtime_pod_labels(model.name),
             "ports": [
-                {"name": "http", "port": settings.service_port, "targetPort": "http", "protocol": "TCP"},
+                {"name": main, "port": settings.service_port, "targetPort": main, "protocol": "TCP"},
                 # appProtocol: meshes and gateways (Istio, Linkerd, Envoy Gateway) then speak HTTP/2 to it.
                 *([{"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}]
-                  if model.spec.serving.grpc else []),
+                  if serving.grpc else []),
+                # The chart's ServiceMonitor scrapes "http" or, with TLS, this plain port.
+                *([{"name": "metrics", "port": MANAGEMENT_PORT, "targetPort": "metrics", "protocol": "TCP"}]
+                  if serving.tls else []),
             ],
         },
     }
 
 
 def build_network_policy(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings) -> dict[str, Any]:
-    """The NetworkPolicy of ``serving.allowFrom``: only those peers reach the serving ports (HTTP,
-    and gRPC with ``serving.grpc``), and the install's metrics scrapers the HTTP one (/metrics). An ingress rule with no ``from`` admits everyone, so an
-    empty peer list gets no rule at all."""
+    """The NetworkPolicy of ``serving.allowFrom``: only those peers reach the serving ports (HTTP
+    or HTTPS, and gRPC with ``serving.grpc``), and the install's metrics scrapers the port /metrics
+    is scraped on (the serving one, or with TLS the management one). An ingress rule with no
+    ``from`` admits everyone, so an empty peer list gets no rule at all."""
     allow_from = model.spec.serving.allow_from
     assert allow_from is not None
-    http = [{"port": CONTAINER_PORT, "protocol": "TCP"}]
-    callers = [*http, *([{"port": GRPC_PORT, "protocol": "TCP"}] if model.spec.serving.grpc else [])]
+    serving = model.spec.serving
+    callers = [{"port": CONTAINER_PORT, "protocol": "TCP"}, *([{"port": GRPC_PORT, "protocol": "TCP"}] if serving.grpc else [])]
+    scrapes = [{"port": MANAGEMENT_PORT if serving.tls else CONTAINER_PORT, "protocol": "TCP"}]
     ingress = [{"from": [dict(peer) for peer in peers], "ports": ports}
-               for peers, ports in ((allow_from, callers), (settings.serving_metrics_from, http)) if peers]  # fmt: skip
+               for peers, ports in ((allow_from, callers), (settings.serving_metrics_from, scrapes)) if peers]  # fmt: skip
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -547,7 +564,36 @@ def build_autoscaler(body: dict[str, Any], model: RTDETRModel) -> dict[str, Any]
 
 
 def endpoint(model: RTDETRModel, settings: OperatorSettings) -> str:
-    return f"http://{_service_host(model, settings)}:{settings.service_port}"
+    scheme = "https" if model.spec.serving.tls else "http"
+    return f"{scheme}://{_service_host(model, settings)}:{settings.service_port}"
+
+
+def serving_port_name(serving: ServingSpec) -> str:
+    """The serving port's name on the pods and the Service: ``https`` with TLS, else ``http``."""
+    return "https" if serving.tls else "http"
+
+
+def serving_security(serving: ServingSpec) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``serve`` arguments, volumes and mounts of ``serving.tls`` and ``serving.auth``: whole Secret
+    volumes (never subPath: the kubelet updates only whole volumes, and the server reloads what
+    changes), readable by the runtime's group (the pod's fsGroup)."""
+    args: list[str] = []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+
+    def secret(volume: str, name: str) -> str:
+        volumes.append({"name": volume, "secret": {"secretName": name, "defaultMode": 0o440}})
+        mounts.append({"name": volume, "mountPath": f"{SECRETS_MOUNT}/{volume}", "readOnly": True})
+        return f"{SECRETS_MOUNT}/{volume}"
+
+    if serving.tls is not None:
+        tls = secret("serving-tls", serving.tls.secret_name)
+        args += ["--tls-cert-file", f"{tls}/tls.crt", "--tls-key-file", f"{tls}/tls.key", "--management-port", str(MANAGEMENT_PORT)]
+        if serving.tls.client_ca_secret_name is not None:
+            args += ["--tls-client-ca-file", f"{secret('client-ca', serving.tls.client_ca_secret_name)}/ca.crt"]
+    if serving.auth is not None:
+        args += ["--auth-token-file", f"{secret('auth-tokens', serving.auth.token_secret_name)}/tokens"]
+    return args, volumes, mounts
 
 
 def grpc_endpoint(model: RTDETRModel, settings: OperatorSettings) -> str | None:

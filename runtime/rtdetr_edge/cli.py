@@ -30,6 +30,7 @@ from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor.plan import default_backend
 from rtdetr_edge.predictor.settings import BACKENDS, CPU_INT8_MODES, DEVICES, PRECISIONS, PredictorSettings
 from rtdetr_edge.server.model_service import MAX_DETECTIONS_LIMIT, ServeOptions
+from rtdetr_edge.server.security import DEFAULT_RELOAD_SECONDS, SecurityOptions
 
 log = logging.getLogger("rtdetr_edge")
 ENV_PREFIX = "RTDETR_"
@@ -172,6 +173,19 @@ def cli(log_level: str) -> None:
 @option("--grpc-port", env=True, type=click.IntRange(0, 65535), default=None,
         help="also serve the Open Inference Protocol over gRPC on this port (KServe and the operator use 8081; "
         "0 picks a free one); off by default")  # fmt: skip
+@option("--tls-cert-file", env=True, type=EXISTING_FILE, default=None,
+        help="serve HTTPS (and gRPC over TLS) with this PEM certificate chain; reloaded when the file changes")
+@option("--tls-key-file", env=True, type=EXISTING_FILE, default=None, help="the certificate's PEM private key")
+@option("--tls-client-ca-file", env=True, type=EXISTING_FILE, default=None,
+        help="require client certificates signed by these PEM CAs (mutual TLS)")
+@option("--auth-token-file", env=True, type=EXISTING_FILE, default=None,
+        help="require 'Authorization: Bearer <token>' with one of this file's tokens (one per line) on every "
+        "route but health and /metrics; reloaded when the file changes")
+@option("--management-port", env=True, type=click.IntRange(0, 65535), default=None,
+        help="also answer health and /metrics on this plain-HTTP port (probes and Prometheus, when the serving "
+        "ports need client certificates or tokens)")
+@option("--credential-reload-seconds", env=True, type=click.FloatRange(0.1), default=DEFAULT_RELOAD_SECONDS,
+        help="how often the TLS and token files are checked for changes")
 @option("--labels", env=True, type=EXISTING_FILE, default=None, help="label file (default: the export's, else COCO's 80)")
 @option("--score-threshold", env=True, **from_api(ServingSpec, "score_threshold"))
 @option("--max-detections", env=True, type=click.IntRange(1, MAX_DETECTIONS_LIMIT),
@@ -212,13 +226,26 @@ def serve(**params: Any) -> int:
         max_body_bytes=params["max_body_bytes"],
         access_log=params["access_log"],
         tracing=params["tracing"],
+        security=security_options(params),
         max_image_pixels=params["max_image_pixels"],
         preprocess_threads=settings.cpu_threads,
         shape_seed=params["shape_ranges"],
         measured_on_isa=params["measured_on_isa"],
     )
     return run_server(serve_options, params["host"], params["port"], params["drain_seconds"],
-                      shutdown_delay=params["shutdown_delay_seconds"], grpc_port=params["grpc_port"])  # fmt: skip
+                      shutdown_delay=params["shutdown_delay_seconds"], grpc_port=params["grpc_port"],
+                      management_port=params["management_port"])  # fmt: skip
+
+
+def security_options(params: dict[str, Any]) -> SecurityOptions:
+    try:
+        return SecurityOptions(
+            tls_cert_file=params["tls_cert_file"], tls_key_file=params["tls_key_file"],
+            client_ca_file=params["tls_client_ca_file"], token_file=params["auth_token_file"],
+            reload_seconds=params["credential_reload_seconds"],
+        )  # fmt: skip
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
 
 
 @cli.command()

@@ -40,6 +40,16 @@ class PayloadTooLargeError(RtdetrEdgeError):
     code = "payload_too_large"
 
 
+class UnauthorizedError(RtdetrEdgeError):
+    """Bearer-token authentication is on and the request carries no token, or one not allowed."""
+
+    http_status = 401
+    code = "unauthorized"
+
+    def response_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="rtdetr-edge"'}
+
+
 class NotFoundError(RtdetrEdgeError):
     http_status = 404
     code = "not_found"

@@ -223,12 +223,14 @@ def downloaded_module(module: str, version: str) -> Path:
 
 
 def module_dir(component: str, module: str) -> Path:
-    """Where Go unpacked ``module`` (as pinned by our ``component`` go.mod): for data files it ships."""
-    result = subprocess.run(["go", "list", "-m", "-f", "{{.Dir}}", module], cwd=GO_MODULES / component,
-                            capture_output=True, text=True, env={**os.environ, "GOFLAGS": "-mod=readonly"})  # fmt: skip
-    if result.returncode != 0 or not result.stdout.strip():
-        raise RuntimeError(f"go list -m {module}: {result.stderr.strip()}")
-    return Path(result.stdout.strip())
+    """Where Go unpacked ``module`` (as pinned by our ``component`` go.mod): for data files it ships.
+    Downloaded again when Go's module cache was cleaned after the binaries were built."""
+    result = subprocess.run(["go", "mod", "download", "-json", module], cwd=GO_MODULES / component, capture_output=True,
+                            text=True, env={**os.environ, "GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "local"})  # fmt: skip
+    found = re.search(r'"Dir":\s*"([^"]+)"', result.stdout)
+    if result.returncode != 0 or found is None:
+        raise RuntimeError(f"go mod download {module} (pinned in {component}/go.mod): {result.stdout[-1000:]} {result.stderr[-1000:]}")
+    return Path(found.group(1))
 
 
 def versions() -> dict[str, str]:

@@ -38,15 +38,15 @@ def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:
 
 
 class CertificateAuthority:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, common_name: str = "rtdetr-edge-test-ca") -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         self.certificate = (
             x509.CertificateBuilder()
-            .subject_name(_name("rtdetr-edge-test-ca"))
-            .issuer_name(_name("rtdetr-edge-test-ca"))
+            .subject_name(_name(common_name))
+            .issuer_name(_name(common_name))
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -63,9 +63,10 @@ class CertificateAuthority:
         self.key_file = directory / "ca.key"
 
     def issue(self, name: str, common_name: str, organizations: tuple[str, ...] = (), *, server: bool = False,
-              hosts: tuple[str, ...] = ()) -> KeyPair:  # fmt: skip
+              hosts: tuple[str, ...] = (), expired: bool = False) -> KeyPair:  # fmt: skip
+        """A certificate and key signed by this CA (``expired``: its validity ended a minute ago)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc) - (VALIDITY + datetime.timedelta(minutes=1) if expired else datetime.timedelta())
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             x509.CertificateBuilder()

@@ -754,3 +754,39 @@ def test_serving_grpc_opens_port_8081_on_pods_service_and_network_policy_and_nam
     body["status"] = {**off.status, "serving": {k: v for k, v in off.status["serving"].items() if v is not None}}
     assert "grpcEndpoint" not in decide(body, OperatorSettings(), observed, LATER).status["serving"]
     assert "--grpc-port" not in _runtime(off)["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_serving_tls_and_auth_mount_whole_secrets_move_probes_and_scrapes_to_the_management_port() -> None:
+    body, observed = serving(r50(), available=2)
+    body["spec"]["serving"].update(grpc=True, allowFrom=[{"podSelector": {"matchLabels": {"app": "gateway"}}}],
+                                   tls={"secretName": "r50-tls", "clientCASecretName": "camera-ca"},
+                                   auth={"tokenSecretName": "r50-tokens"})  # fmt: skip
+    decision = decide(body, OperatorSettings(serving_metrics_from=(MONITORING,)), observed, LATER)
+    pod = _runtime(decision)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    args = container["args"]
+    expected = {"--tls-cert-file": "/etc/rtdetr-edge/serving-tls/tls.crt", "--tls-key-file": "/etc/rtdetr-edge/serving-tls/tls.key",
+                "--tls-client-ca-file": "/etc/rtdetr-edge/client-ca/ca.crt", "--auth-token-file": "/etc/rtdetr-edge/auth-tokens/tokens",
+                "--management-port": "8082"}  # fmt: skip
+    assert {flag: args[args.index(flag) + 1] for flag in expected} == expected
+    secrets = {v["name"]: v["secret"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"serving-tls": {"secretName": "r50-tls", "defaultMode": 0o440},
+                       "client-ca": {"secretName": "camera-ca", "defaultMode": 0o440},
+                       "auth-tokens": {"secretName": "r50-tokens", "defaultMode": 0o440}}  # fmt: skip
+    mounts = [m for m in container["volumeMounts"] if m["name"] in secrets]
+    assert all(m["readOnly"] and "subPath" not in m for m in mounts), "subPath mounts never see a rotated Secret"
+    assert pod["securityContext"]["fsGroup"] == 10001, "0440 files are read through the pod's group"
+    assert [p["name"] for p in container["ports"]] == ["https", "grpc", "metrics"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "metrics", "kubelet probes carry no client certificate or token"
+    service = next(m for m in decision.ensure if m["kind"] == "Service")
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("https", 8080), ("grpc", 8081), ("metrics", 8082)]
+    policy = next(m for m in decision.ensure if m["kind"] == "NetworkPolicy")
+    callers, scrapers = policy["spec"]["ingress"]
+    assert [p["port"] for p in callers["ports"]] == [8080, 8081] and [p["port"] for p in scrapers["ports"]] == [8082]
+    assert decision.status["serving"]["endpoint"] == "https://rtdetr-r50.vision.svc:8080"
+
+    body["spec"]["serving"].update(tls=None)  # tokens alone: everything stays on the plain port
+    plain = _runtime(decide(body, OperatorSettings(), observed, LATER))["spec"]["template"]["spec"]["containers"][0]
+    assert "--management-port" not in plain["args"] and "--auth-token-file" in plain["args"]
+    assert plain["readinessProbe"]["httpGet"]["port"] == "http" and [p["name"] for p in plain["ports"]] == ["http", "grpc"]

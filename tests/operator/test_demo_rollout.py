@@ -587,6 +587,59 @@ def test_serving_grpc_answers_on_the_services_grpc_port_like_http(demo: Demo) ->
     cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=180)
 
 
+class _ServiceNameAdapter(requests.adapters.HTTPAdapter):
+    """Connect to a pod's IP but verify the certificate for the Service's DNS name (what a client
+    inside the cluster dials), as SNI and hostname check."""
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, server_hostname=self.hostname, assert_hostname=self.hostname, **kwargs)
+
+
+def test_serving_tls_and_tokens_from_secrets_with_probes_on_the_management_port(demo: Demo, tmp_path: Path) -> None:
+    """serving.tls + serving.auth on the real tier: pods read the Secrets, answer HTTPS for the
+    Service's name with a token and 401 without, stay Ready through probes on the plain management
+    port (which the Service exposes as "metrics" for Prometheus); turned off, plain HTTP again."""
+    from tests.cluster.pki import CertificateAuthority
+
+    cluster, namespace = demo.cluster, demo.namespace
+    hostname = f"{NAME}.{namespace}.svc"
+    ca, stranger = CertificateAuthority(tmp_path / "ca", "serving-ca"), CertificateAuthority(tmp_path / "other", "other-ca")
+    pair = ca.issue("serving", NAME, server=True, hosts=(hostname,))
+    for name, kind, data in ((f"{NAME}-tls", "kubernetes.io/tls", {"tls.crt": pair.cert.read_text(), "tls.key": pair.key.read_text()}),
+                             (f"{NAME}-tokens", "Opaque", {"tokens": "# callers\ncamera-token\n"})):  # fmt: skip
+        cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}, "type": kind,
+                       "stringData": data})  # fmt: skip
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"tls": {"secretName": f"{NAME}-tls"},
+                                                               "auth": {"tokenSecretName": f"{NAME}-tokens"}}}})  # fmt: skip
+    endpoint = cluster.wait(lambda: cluster.ready_endpoints(namespace, NAME, "https"), 180, "a ready pod behind the https port")[0]
+    cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=180)
+    assert cluster.model(namespace, NAME)["status"]["serving"]["endpoint"] == f"https://{hostname}:8080"
+    session = requests.Session()
+    session.mount("https://", _ServiceNameAdapter(hostname))
+    image = FIXTURE_IMAGE.read_bytes()
+
+    def post(token: str | None, ca_file: Path = ca.cert_file) -> requests.Response:
+        headers = {"Content-Type": "image/jpeg", **({"Authorization": f"Bearer {token}"} if token else {})}
+        return session.post(f"https://{endpoint}/v1/detect", data=image, headers=headers, verify=str(ca_file), timeout=30)
+
+    assert post("camera-token").status_code == 200
+    assert post(None).status_code == 401 and post("guess").json()["code"] == "unauthorized"
+    with pytest.raises(requests.exceptions.SSLError):
+        post("camera-token", stranger.cert_file)
+    metrics = cluster.ready_endpoints(namespace, NAME, "metrics")
+    assert metrics and metrics[0].endswith(":8082")
+    assert "rtdetr_rejected_requests_total" in requests.get(f"http://{metrics[0]}/metrics", timeout=10).text
+
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"tls": None, "auth": None}}})
+    cluster.wait(lambda: cluster.ready_endpoints(namespace, NAME) and not cluster.ready_endpoints(namespace, NAME, "https"),
+                 180, "plain HTTP again")  # fmt: skip
+    cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=180)
+
+
 def test_delete_removes_every_child_through_the_garbage_collector(demo: Demo) -> None:
     cluster, namespace = demo.cluster, demo.namespace
     cluster.kubectl("delete", "rtdetr", NAME, "-n", namespace, "--timeout=60s")

@@ -82,6 +82,8 @@ def manifests_for(sample: str, settings: OperatorSettings) -> list[dict[str, Any
         {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.9.0/24"]}},
     ]
     fenced["spec"]["serving"]["grpc"] = True
+    fenced["spec"]["serving"]["tls"] = {"secretName": "r50-serving-tls", "clientCASecretName": "camera-ca"}
+    fenced["spec"]["serving"]["auth"] = {"tokenSecretName": "r50-tokens"}
     result += [build_network_policy(fenced, parse_resource(fenced), settings),
                build_runtime_deployment(fenced, parse_resource(fenced), settings, served),
                build_service(fenced, parse_resource(fenced), settings)]  # fmt: skip

@@ -293,6 +293,34 @@ class TracingSpec(ApiModel):
     )  # fmt: skip
 
 
+SecretName = Annotated[str, Field(pattern=OBJECT_NAME, max_length=253)]
+
+
+class TlsSpec(ApiModel):
+    """HTTPS and gRPC over TLS on the serving ports, from Secrets in the resource's namespace;
+    rotated Secrets are picked up by the running pods (no restart). Probes and Prometheus then
+    use the pods' plain management port 8082 (health and /metrics only, Service port "metrics")."""
+
+    secret_name: SecretName = Field(
+        ..., description="A kubernetes.io/tls Secret (tls.crt, tls.key), e.g. the secretName of a cert-manager "
+        "Certificate whose dnsNames include <name>.<namespace>.svc.",
+    )
+    client_ca_secret_name: SecretName | None = Field(
+        None, alias="clientCASecretName",
+        description="A Secret with ca.crt: require client certificates signed by it (mutual TLS) on the "
+        "serving ports.",
+    )
+
+
+class AuthSpec(ApiModel):
+    """Bearer-token authentication on the serving ports (HTTP and gRPC); health and /metrics stay open."""
+
+    token_secret_name: SecretName = Field(
+        ..., description="A Secret whose key `tokens` lists the accepted tokens, one per line; callers send "
+        "'Authorization: Bearer <token>' (gRPC: the authorization metadata). Edits reach running pods.",
+    )
+
+
 class ServingSpec(PodPlacement):
     """The runtime pods: how many, on which device and precision, and how they batch. Editing
     these never re-quantizes, except what changes the INT8 model a pod runs (device or cpuRuntime
@@ -350,6 +378,8 @@ class ServingSpec(PodPlacement):
         "policy controller); flannel alone ignores it.",
     )  # fmt: skip
     tracing: TracingSpec | None = None
+    tls: TlsSpec | None = None
+    auth: AuthSpec | None = None
     engine_cache: EngineCacheSpec | None = None
     autoscaling: AutoscalingSpec | None = None
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)

@@ -29,6 +29,7 @@ from rtdetr_edge.errors import (
 from rtdetr_edge.server import oip
 from rtdetr_edge.server.access_log import AccessLog, access_record
 from rtdetr_edge.server.model_service import MAX_DETECTIONS_LIMIT, ModelService
+from rtdetr_edge.server.security import OPEN_ROUTES, CredentialReloader
 from rtdetr_edge.server.tracing import TRACED_ROUTES, RequestTracer
 
 log = logging.getLogger(__name__)
@@ -107,13 +108,16 @@ def parse_number(request: Request, name: str, default: float, low: float, high: 
     return value
 
 
-def create_app(service: ModelService) -> Starlette:
+def create_app(service: ModelService, credentials: CredentialReloader | None = None, management: bool = False) -> Starlette:
+    """The HTTP app; with ``credentials``, every route but health and /metrics needs an allowed
+    bearer token (when tokens are on). ``management``: health and /metrics only, no lifespan
+    (the plain management port beside a main app that runs the model service)."""
     options = service.options
     metrics = service.metrics
     infer_body_limit = oip.infer_body_limit(options.max_body_bytes, options.predictor.max_batch_size)
 
-    access_log = AccessLog() if options.access_log else None
-    tracer = RequestTracer.exporting(options.model_name) if options.tracing else None
+    access_log = AccessLog() if options.access_log and not management else None
+    tracer = RequestTracer.exporting(options.model_name) if options.tracing and not management else None
 
     def log_access(route: str, request: Request, response: Response, started_unix: float, seconds: float) -> None:
         assert access_log is not None
@@ -132,6 +136,8 @@ def create_app(service: ModelService) -> Starlette:
             started_unix = started_ns / 1e9
             started = time.perf_counter()
             try:
+                if credentials is not None and route not in OPEN_ROUTES:
+                    credentials.require_token(request.headers.get("authorization"))
                 response = await handler(request)
             except RtdetrEdgeError as error:
                 response = error_response(error.http_status, error.code, str(error), error.response_headers())
@@ -252,6 +258,10 @@ def create_app(service: ModelService) -> Starlette:
         Route(f"{version_prefix}/infer", endpoint("infer", infer), methods=["POST"]),
         Route("/metrics", endpoint("metrics", metrics_endpoint), methods=["GET"]),
     ]
+
+    if management:
+        routes = [route for route in routes if route.path in ("/v2/health/live", "/v2/health/ready", "/metrics")]
+        return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

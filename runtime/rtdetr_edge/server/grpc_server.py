@@ -21,11 +21,13 @@ from rtdetr_edge import __version__
 from rtdetr_edge.errors import NotFoundError, NotReadyError, OverloadedError, RtdetrEdgeError
 from rtdetr_edge.server import oip_grpc
 from rtdetr_edge.server.model_service import ModelService
+from rtdetr_edge.server.security import OPEN_ROUTES, CredentialReloader
 
 log = logging.getLogger(__name__)
 
 GRPC_STATUS = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
@@ -43,8 +45,10 @@ def grpc_status(error: RtdetrEdgeError) -> grpc.StatusCode:
     return GRPC_STATUS.get(error.http_status, grpc.StatusCode.INTERNAL)
 
 
-def create_grpc_server(service: ModelService, max_message_bytes: int) -> grpc.aio.Server:
-    """The gRPC server (not yet bound or started); call from the running event loop."""
+def create_grpc_server(service: ModelService, max_message_bytes: int, credentials: CredentialReloader | None = None) -> grpc.aio.Server:
+    """The gRPC server (not yet bound or started); call from the running event loop. With
+    ``credentials``, calls but ServerLive/ServerReady need an allowed bearer token in the
+    ``authorization`` metadata (when tokens are on)."""
     options = service.options
     metrics = service.metrics
 
@@ -84,6 +88,8 @@ def create_grpc_server(service: ModelService, max_message_bytes: int) -> grpc.ai
             started = time.perf_counter()
             status = 200
             try:
+                if credentials is not None and route not in OPEN_ROUTES:
+                    credentials.require_token(dict(context.invocation_metadata() or ()).get("authorization"))
                 return await handler(request, context)
             except RtdetrEdgeError as error:
                 status = error.http_status

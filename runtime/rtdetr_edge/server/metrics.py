@@ -75,3 +75,9 @@ class ServerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.credential_reloads = Counter(
+            "rtdetr_credential_reloads_total",
+            "TLS certificate / token file changes picked up (loaded) or refused, the previous ones kept (failed).",
+            ["result"],
+            registry=self.registry,
+        )

@@ -32,6 +32,7 @@ from rtdetr_edge.preprocess import (
 )
 from rtdetr_edge.server.batcher import BatchInfo, DynamicBatcher
 from rtdetr_edge.server.metrics import ServerMetrics
+from rtdetr_edge.server.security import SecurityOptions
 from rtdetr_edge.warmup import WarmedModel, warm_up
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class ServeOptions:
     """One JSON line per request on standard output (server/access_log.py); never a body."""
     tracing: bool = False
     """OpenTelemetry spans per request, exported as the OTEL_* environment says (server/tracing.py)."""
+    security: SecurityOptions = field(default_factory=SecurityOptions)
+    """TLS, client certificates and bearer tokens (server/security.py); default: none."""
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     preprocess_threads: int = 2
     shape_seed: Path | None = None

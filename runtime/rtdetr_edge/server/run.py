@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -11,12 +12,14 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType
 from typing import NoReturn
 
 import cv2
 import grpc
 import uvicorn
+from starlette.types import ASGIApp
 
 from rtdetr_edge.paddle_import import import_paddle
 from rtdetr_edge.server import oip
@@ -24,6 +27,7 @@ from rtdetr_edge.server.app import create_app
 from rtdetr_edge.server.grpc_server import create_grpc_server
 from rtdetr_edge.server.metrics import ServerMetrics
 from rtdetr_edge.server.model_service import ModelService, ServeOptions
+from rtdetr_edge.server.security import CredentialReloader
 from rtdetr_edge.warmup import WarmedModel
 
 log = logging.getLogger(__name__)
@@ -67,11 +71,25 @@ def tune_malloc() -> bool:
     return ok
 
 
+@dataclass
+class SideListeners:
+    """What listens beside the main HTTP port, and the credentials of both."""
+
+    make_grpc: Callable[[], grpc.aio.Server] | None = None
+    grpc_port: int | None = None
+    management_app: ASGIApp | None = None
+    management_port: int | None = None
+    """Plain HTTP, health and /metrics only: what probes and Prometheus call when the serving
+    ports need TLS client certificates or tokens."""
+    credentials: CredentialReloader | None = None
+
+
 class DelayedShutdownServer(uvicorn.Server):
     """uvicorn, except that SIGTERM first turns readiness off and keeps serving for
-    ``shutdown_delay`` seconds before it stops accepting connections; and, with a
-    ``grpc_port``, the Open Inference Protocol over gRPC beside HTTP on the same event loop
-    (started after the model service, drained before it stops).
+    ``shutdown_delay`` seconds before it stops accepting connections; with TLS on the main
+    port from reloadable credentials; and with the :class:`SideListeners`: the Open Inference
+    Protocol over gRPC on the same event loop (started after the model service, drained before
+    it stops) and the management port (stopped last).
 
     Kubernetes sends SIGTERM at the same moment it removes the pod from the Service's
     endpoints; kube-proxies, ingress controllers and client-side balancers learn that a
@@ -80,43 +98,90 @@ class DelayedShutdownServer(uvicorn.Server):
     SIGINT (Ctrl-C) stops at once.
     """
 
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        shutdown_delay: float,
-        on_terminating: Callable[[], None],
-        grpc_server: Callable[[], grpc.aio.Server] | None = None,
-        grpc_port: int | None = None,
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, shutdown_delay: float, on_terminating: Callable[[], None],
+                 side: SideListeners | None = None) -> None:  # fmt: skip
         super().__init__(config)
         self.shutdown_delay = shutdown_delay
         self.on_terminating = on_terminating
         self._delayed: threading.Timer | None = None
-        self._make_grpc_server = grpc_server
-        self.grpc_port = grpc_port
+        self.side = side or SideListeners()
         self.grpc: grpc.aio.Server | None = None
-        self.grpc_unbound: str | None = None  # the address gRPC could not listen on
+        self.management: tuple[uvicorn.Server, socket.socket] | None = None
+        self.unbound: str | None = None  # what could not listen, e.g. "gRPC on 0.0.0.0:8081"
+        self.credential_watch: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        credentials = self.side.credentials
+        if credentials is not None and credentials.ssl_context is not None:
+            self.config.ssl = credentials.ssl_context  # the live context: reloads reach new connections
         await super().startup(sockets)
-        if self.should_exit or self._make_grpc_server is None or self.grpc_port is None:
+        if self.should_exit:
             return
-        self.grpc = self._make_grpc_server()
-        address = f"{self.config.host}:{self.grpc_port}"
+        if self.side.make_grpc is not None and self.side.grpc_port is not None:
+            await self._start_grpc(self.side.make_grpc(), self.side.grpc_port)
+        if not self.should_exit and self.side.management_app is not None and self.side.management_port is not None:
+            await self._start_management(self.side.management_app, self.side.management_port)
+        if not self.should_exit and credentials is not None:
+            self.credential_watch = asyncio.create_task(credentials.watch())
+
+    async def _start_grpc(self, server: grpc.aio.Server, port: int) -> None:
+        address = f"{self.config.host}:{port}"
+        credentials = self.side.credentials
         try:
-            self.grpc_port = self.grpc.add_insecure_port(address)
+            if credentials is not None and credentials.grpc_config is not None:
+                bound = server.add_secure_port(address, credentials.grpc_credentials())
+            else:
+                bound = server.add_insecure_port(address)
         except RuntimeError:
-            self.grpc, self.grpc_unbound, self.should_exit = None, address, True  # HTTP shuts down as usual
+            self.unbound, self.should_exit = f"gRPC on {address}", True  # HTTP shuts down as usual
             return
-        await self.grpc.start()
-        log.info("listening for gRPC (Open Inference Protocol) on %s:%d", self.config.host, self.grpc_port)
+        self.grpc = server
+        await server.start()
+        tls = " with TLS" if credentials is not None and credentials.grpc_config is not None else ""
+        log.info("listening for gRPC (Open Inference Protocol)%s on %s:%d", tls, self.config.host, bound)
+
+    async def _start_management(self, app: ASGIApp, port: int) -> None:
+        host = self.config.host
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            listener = socket.create_server((host, port), family=family)
+        except OSError:
+            self.unbound, self.should_exit = f"the management port on {host}:{port}", True
+            return
+        config = uvicorn.Config(app, host=host, port=port, http="httptools", lifespan="off", access_log=False,
+                                log_config=None)  # fmt: skip
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        await server.startup(sockets=[listener])
+        self.management = (server, listener)
+        log.info("health and /metrics also on plain http://%s:%d (probes, Prometheus)", host, port)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if self.grpc is not None:
             # New calls are refused (clients reconnect elsewhere on the GOAWAY), calls in flight
             # finish within the drain time; then HTTP drains and the model service stops.
             await self.grpc.stop(self.config.timeout_graceful_shutdown)
+        closer = asyncio.create_task(self._abort_closing_tls_connections()) if self.config.ssl is not None else None
         await super().shutdown(sockets)
+        if closer is not None:
+            closer.cancel()
+        if self.credential_watch is not None:
+            self.credential_watch.cancel()
+        if self.management is not None:
+            server, listener = self.management
+            await server.shutdown(sockets=[listener])
+
+    async def _abort_closing_tls_connections(self) -> None:
+        """uvicorn closes idle keep-alive connections at shutdown; over TLS a close waits for the
+        client's close_notify, which an idle pooled client never sends (requests, urllib3): every
+        such connection held the pod's exit for the transport's 30 s TLS shutdown timeout
+        (measured). A connection already closing was idle: drop it after a second."""
+        await asyncio.sleep(1.0)
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and transport.is_closing():
+                transport.abort()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self.shutdown_delay > 0 and self._delayed is None and not self.should_exit:
@@ -138,9 +203,11 @@ def run_server(
     on_ready: Callable[[WarmedModel], None] | None = None,
     shutdown_delay: float = 0.0,
     grpc_port: int | None = None,
+    management_port: int | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (after ``shutdown_delay`` on SIGTERM, draining in-flight
-    requests), over HTTP on ``port`` and, with ``grpc_port``, gRPC. Returns the exit code.
+    requests), over HTTP on ``port`` and, with ``grpc_port``, gRPC; health and metrics also on
+    ``management_port`` (plain HTTP). TLS and tokens as ``options.security`` says. Returns the exit code.
 
     A failed warm-up stops the server with exit code 1 and the cause as the last
     line of stderr, so Kubernetes shows it in the pod's termination message.
@@ -163,8 +230,15 @@ def run_server(
             server.should_exit = True
 
     service = ModelService(options, metrics, on_fatal=stop_on_fatal, on_ready=on_ready)
+    credentials = None
+    if options.security.enabled:
+        try:
+            credentials = CredentialReloader(options.security, lambda result: metrics.credential_reloads.labels(result).inc())
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     config = uvicorn.Config(
-        create_app(service),
+        create_app(service, credentials),
         host=host,
         port=port,
         loop="uvloop",
@@ -175,17 +249,20 @@ def run_server(
         timeout_graceful_shutdown=int(drain_seconds),
     )
     grpc_limit = oip.infer_body_limit(options.max_body_bytes, options.predictor.max_batch_size)
-    server = DelayedShutdownServer(config, shutdown_delay, service.begin_termination,
-                                   lambda: create_grpc_server(service, grpc_limit), grpc_port)  # fmt: skip
+    side = SideListeners(
+        make_grpc=lambda: create_grpc_server(service, grpc_limit, credentials), grpc_port=grpc_port,
+        management_app=create_app(service, management=True) if management_port is not None else None,
+        management_port=management_port, credentials=credentials,
+    )  # fmt: skip
+    server = DelayedShutdownServer(config, shutdown_delay, service.begin_termination, side)
     # uvicorn drains on SIGTERM, then re-raises the signal to the handler that was
     # installed before it; make that one ours so a clean drain exits 0, not -15.
     terminated: list[int] = []
     signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
     log.info("listening on http://%s:%d (ready after warm-up)", host, port)
     server.run()
-    if server.grpc_unbound:
-        print(f"error: could not listen for gRPC on {server.grpc_unbound} (in use, or not this host's address)",
-              file=sys.stderr)  # fmt: skip
+    if server.unbound:
+        print(f"error: could not listen for {server.unbound} (in use, or not this host's address)", file=sys.stderr)
         return _exit_now(1) if service.warming_up else 1
     if terminated and service.warming_up:
         log.info("stopped on SIGTERM during warm-up")
