@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import requests
 
 from ..conftest import start_server
@@ -56,3 +57,34 @@ def test_there_is_no_access_log_unless_asked_for(tiny_model_dir: Path, tmp_path:
     finally:
         server.stop()
     assert access_lines(server.log()) == []
+
+
+def test_grpc_calls_get_access_log_lines_too(tiny_model_dir: Path, tmp_path: Path, fixture_images: list[Path]) -> None:
+    import grpc
+    import tritonclient.grpc as grpcclient
+
+    from rtdetr_edge.dev.bench import free_port
+
+    from .test_grpc_api import infer_grpc, model_inputs
+
+    grpc_port = free_port()
+    server = start_server(tiny_model_dir, tmp_path / "cache", tmp_path, "--access-log", "--grpc-port", str(grpc_port))
+    try:
+        server.wait_ready()
+        arrays = model_inputs(fixture_images[0].read_bytes())
+        infer_grpc(grpc_port, server.model_name, arrays, headers={"x-request-id": "grpc-7"})
+        with pytest.raises(grpcclient.InferenceServerException) as refused:
+            infer_grpc(grpc_port, "yolo", arrays)
+        assert refused.value.status() == str(grpc.StatusCode.NOT_FOUND)
+        assert grpcclient.InferenceServerClient(url=f"127.0.0.1:{grpc_port}").is_server_live()  # not logged
+    finally:
+        server.stop()
+    records = access_lines(server.log())
+    assert [(r["path"], r["route"], r["status"]) for r in records] == [
+        ("/inference.GRPCInferenceService/ModelInfer", "infer", 200),
+        ("/inference.GRPCInferenceService/ModelInfer", "infer", 404),
+    ], records
+    answered = records[0]
+    assert answered["request_id"] == "grpc-7" and answered["client"] == "127.0.0.1"
+    assert int(answered["request_bytes"]) > 4_900_000 and int(answered["response_bytes"]) > 7200  # type: ignore[call-overload]
+    assert str(answered["user_agent"]).startswith("grpc-python")

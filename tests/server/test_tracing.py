@@ -102,3 +102,30 @@ def test_a_detection_is_one_trace_joined_to_the_callers_with_its_stages(
     others = [s for s in collector.spans if s["trace_id"] not in (TRACE_ID, "1" * 32)]
     assert [s["name"] for s in others] == ["POST /v1/detect"], [s["name"] for s in others]
     assert others[0]["attributes"]["http.response.status_code"].int_value == 400  # type: ignore[index,union-attr]
+
+
+def test_a_grpc_infer_is_traced_too_joined_to_its_traceparent_metadata(
+    tiny_model_dir: Path, tmp_path: Path, fixture_images: list[Path], collector: Collector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tritonclient.grpc as grpcclient
+
+    from rtdetr_edge.dev.bench import free_port
+
+    from .test_grpc_api import infer_grpc, model_inputs
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.server_address[1]}")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    grpc_port = free_port()
+    server = start_server(tiny_model_dir, tmp_path / "cache", tmp_path, "--tracing", "--grpc-port", str(grpc_port))
+    try:
+        server.wait_ready()
+        infer_grpc(grpc_port, server.model_name, model_inputs(fixture_images[0].read_bytes()),
+                   headers={"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"})  # fmt: skip
+        assert grpcclient.InferenceServerClient(url=f"127.0.0.1:{grpc_port}").is_server_ready()  # not traced
+    finally:
+        server.stop()
+    (span,) = [s for s in collector.spans if s["trace_id"] == TRACE_ID]
+    assert span["name"] == "POST /inference.GRPCInferenceService/ModelInfer" and span["parent"] == PARENT_ID
+    attributes = span["attributes"]
+    assert attributes["rpc.system"].string_value == "grpc" and attributes["rpc.method"].string_value == "ModelInfer"  # type: ignore[index,union-attr]
+    assert len(collector.spans) == 1, [s["name"] for s in collector.spans]

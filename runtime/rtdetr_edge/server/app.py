@@ -108,16 +108,16 @@ def parse_number(request: Request, name: str, default: float, low: float, high: 
     return value
 
 
-def create_app(service: ModelService, credentials: CredentialReloader | None = None, management: bool = False) -> Starlette:
+def create_app(service: ModelService, credentials: CredentialReloader | None = None, management: bool = False,
+               access_log: AccessLog | None = None, tracer: RequestTracer | None = None) -> Starlette:  # fmt: skip
     """The HTTP app; with ``credentials``, every route but health and /metrics needs an allowed
-    bearer token (when tokens are on). ``management``: health and /metrics only, no lifespan
+    bearer token (when tokens are on); a line per request on ``access_log``, spans by ``tracer``
+    (which the app's shutdown flushes). ``management``: health and /metrics only, no lifespan
     (the plain management port beside a main app that runs the model service)."""
     options = service.options
     metrics = service.metrics
     infer_body_limit = oip.infer_body_limit(options.max_body_bytes, options.predictor.max_batch_size)
 
-    access_log = AccessLog() if options.access_log and not management else None
-    tracer = RequestTracer.exporting(options.model_name) if options.tracing and not management else None
 
     def log_access(route: str, request: Request, response: Response, started_unix: float, seconds: float) -> None:
         assert access_log is not None

@@ -20,8 +20,10 @@ import grpc
 from rtdetr_edge import __version__
 from rtdetr_edge.errors import NotFoundError, NotReadyError, OverloadedError, RtdetrEdgeError
 from rtdetr_edge.server import oip_grpc
+from rtdetr_edge.server.access_log import AccessLog, access_record
 from rtdetr_edge.server.model_service import ModelService
 from rtdetr_edge.server.security import OPEN_ROUTES, CredentialReloader
+from rtdetr_edge.server.tracing import TRACED_ROUTES, RequestTracer
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,23 @@ def grpc_status(error: RtdetrEdgeError) -> grpc.StatusCode:
     return GRPC_STATUS.get(error.http_status, grpc.StatusCode.INTERNAL)
 
 
-def create_grpc_server(service: ModelService, max_message_bytes: int, credentials: CredentialReloader | None = None) -> grpc.aio.Server:
+def peer_host(peer: str | None) -> str | None:
+    """The client address of a gRPC peer string (``ipv4:10.0.0.7:51234``, ``ipv6:[::1]:5``). Pure."""
+    if not peer:
+        return None
+    kind, _, address = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    host = address.rsplit(":", 1)[0]
+    return host.strip("[]")
+
+
+def create_grpc_server(service: ModelService, max_message_bytes: int, credentials: CredentialReloader | None = None,
+                       access_log: AccessLog | None = None, tracer: RequestTracer | None = None) -> grpc.aio.Server:  # fmt: skip
     """The gRPC server (not yet bound or started); call from the running event loop. With
     ``credentials``, calls but ServerLive/ServerReady need an allowed bearer token in the
-    ``authorization`` metadata (when tokens are on)."""
+    ``authorization`` metadata (when tokens are on); ``access_log`` and ``tracer`` are the HTTP
+    app's (a line per call but health; a span per ModelInfer, joined to a ``traceparent`` metadata)."""
     options = service.options
     metrics = service.metrics
 
@@ -84,13 +99,19 @@ def create_grpc_server(service: ModelService, max_message_bytes: int, credential
         route = ROUTES[method]
         request_type, response_type = oip_grpc.method_types(method)
 
+        path = f"/{oip_grpc.SERVICE}/{method}"
+
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started_ns = time.time_ns()
             started = time.perf_counter()
             status = 200
+            response = None
+            metadata = dict(context.invocation_metadata() or ())
             try:
                 if credentials is not None and route not in OPEN_ROUTES:
-                    credentials.require_token(dict(context.invocation_metadata() or ()).get("authorization"))
-                return await handler(request, context)
+                    credentials.require_token(metadata.get("authorization"))
+                response = await handler(request, context)
+                return response
             except RtdetrEdgeError as error:
                 status = error.http_status
                 expected = isinstance(error, OverloadedError) or (isinstance(error, NotReadyError) and service.warming_up)
@@ -106,7 +127,18 @@ def create_grpc_server(service: ModelService, max_message_bytes: int, credential
                 log.exception("unexpected error on gRPC %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
             finally:
-                metrics.requests.labels(route, str(status), "grpc").observe(time.perf_counter() - started)
+                seconds = time.perf_counter() - started
+                metrics.requests.labels(route, str(status), "grpc").observe(seconds)
+                if access_log is not None:
+                    access_log.write(access_record(
+                        started_unix=started_ns / 1e9, method="POST", path=path, query="", route=route, status=status,
+                        duration_seconds=seconds, request_bytes=request.ByteSize(),
+                        response_bytes=response.ByteSize() if response is not None else 0,
+                        client=peer_host(context.peer()), headers=metadata, model=options.model_name,
+                    ))  # fmt: skip
+                if tracer is not None and route in TRACED_ROUTES:
+                    tracer.record(route, "POST", path, metadata, status, started_ns, started_ns + int(seconds * 1e9),
+                                  attributes={"rpc.system": "grpc", "rpc.service": oip_grpc.SERVICE, "rpc.method": method})  # fmt: skip
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString

@@ -23,11 +23,13 @@ from starlette.types import ASGIApp
 
 from rtdetr_edge.paddle_import import import_paddle
 from rtdetr_edge.server import oip
+from rtdetr_edge.server.access_log import AccessLog
 from rtdetr_edge.server.app import create_app
 from rtdetr_edge.server.grpc_server import create_grpc_server
 from rtdetr_edge.server.metrics import ServerMetrics
 from rtdetr_edge.server.model_service import ModelService, ServeOptions
 from rtdetr_edge.server.security import CredentialReloader
+from rtdetr_edge.server.tracing import RequestTracer
 from rtdetr_edge.warmup import WarmedModel
 
 log = logging.getLogger(__name__)
@@ -237,8 +239,11 @@ def run_server(
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+    # One access log and one tracer for both protocols (the app's shutdown flushes the tracer).
+    access_log = AccessLog() if options.access_log else None
+    tracer = RequestTracer.exporting(options.model_name) if options.tracing else None
     config = uvicorn.Config(
-        create_app(service, credentials),
+        create_app(service, credentials, access_log=access_log, tracer=tracer),
         host=host,
         port=port,
         loop="uvloop",
@@ -250,7 +255,7 @@ def run_server(
     )
     grpc_limit = oip.infer_body_limit(options.max_body_bytes, options.predictor.max_batch_size)
     side = SideListeners(
-        make_grpc=lambda: create_grpc_server(service, grpc_limit, credentials), grpc_port=grpc_port,
+        make_grpc=lambda: create_grpc_server(service, grpc_limit, credentials, access_log, tracer), grpc_port=grpc_port,
         management_app=create_app(service, management=True) if management_port is not None else None,
         management_port=management_port, credentials=credentials,
     )  # fmt: skip
