@@ -557,7 +557,7 @@ def test_serving_grpc_answers_on_the_services_grpc_port_like_http(demo: Demo) ->
     import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
-    from tests.server.test_grpc_api import model_inputs
+    from tests.server.test_grpc_api import model_inputs, triton_inputs
 
     cluster, namespace = demo.cluster, demo.namespace
     cluster.patch_model(namespace, NAME, {"spec": {"serving": {"grpc": True}}})
@@ -569,15 +569,9 @@ def test_serving_grpc_answers_on_the_services_grpc_port_like_http(demo: Demo) ->
     arrays = model_inputs(FIXTURE_IMAGE.read_bytes())
     client = grpcclient.InferenceServerClient(url=endpoint)
     assert client.is_model_ready(NAME)
-    grpc_inputs, http_inputs = [], []
-    for name, array in arrays.items():
-        grpc_inputs.append(grpcclient.InferInput(name, list(array.shape), "FP32"))
-        grpc_inputs[-1].set_data_from_numpy(array)
-        http_inputs.append(httpclient.InferInput(name, list(array.shape), "FP32"))
-        http_inputs[-1].set_data_from_numpy(array, binary_data=True)
-    by_grpc = client.infer(NAME, grpc_inputs)
+    by_grpc = client.infer(NAME, triton_inputs(grpcclient, arrays))
     http_endpoint = endpoint.rsplit(":", 1)[0] + ":8080"  # the same pod
-    by_http = httpclient.InferenceServerClient(url=http_endpoint).infer(NAME, http_inputs)
+    by_http = httpclient.InferenceServerClient(url=http_endpoint).infer(NAME, triton_inputs(httpclient, arrays))
     assert by_grpc.as_numpy("bbox").tobytes() == by_http.as_numpy("bbox").tobytes()
     assert by_grpc.as_numpy("bbox_num").tolist() == by_http.as_numpy("bbox_num").tolist()
 

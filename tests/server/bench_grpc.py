@@ -19,7 +19,7 @@ from rtdetr_edge.dev.bench import cpu_description, free_port, spread  # noqa: E4
 from rtdetr_edge.dev.demo import ensure_tiny_model  # noqa: E402
 from rtdetr_edge.dev.real_graph import R18_GRAPH, seeded_export  # noqa: E402
 from tests.conftest import FIXTURE_IMAGES, start_server  # noqa: E402
-from tests.server.test_grpc_api import model_inputs  # noqa: E402
+from tests.server.test_grpc_api import model_inputs, triton_inputs  # noqa: E402
 
 REPETITIONS = 3
 
@@ -31,14 +31,7 @@ def caller(protocol: str, port: int, model: str, arrays: dict) -> Callable[[], N
     else:
         import tritonclient.http as client_module
     client = client_module.InferenceServerClient(url=f"127.0.0.1:{port}")
-    inputs = []
-    for name, array in arrays.items():
-        tensor = client_module.InferInput(name, list(array.shape), "FP32")
-        if protocol == "grpc":
-            tensor.set_data_from_numpy(array)
-        else:
-            tensor.set_data_from_numpy(array, binary_data=True)
-        inputs.append(tensor)
+    inputs = triton_inputs(client_module, arrays)
 
     def call() -> None:
         assert client.infer(model, inputs).as_numpy("bbox_num").shape == (1,)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -37,16 +38,25 @@ def model_inputs(image_bytes: bytes) -> dict[str, np.ndarray]:
     return {"image": image.image[None], "im_shape": image.im_shape[None], "scale_factor": image.scale_factor[None]}
 
 
-def infer_grpc(port: int, model: str, arrays: dict[str, np.ndarray], **kwargs: object) -> object:
+def triton_inputs(client_module: Any, arrays: dict[str, np.ndarray], binary_data: bool = True) -> list[Any]:
+    """tritonclient's InferInputs (``tritonclient.http`` or ``.grpc``) for the model's tensors;
+    ``binary_data`` (HTTP only): the binary tensor extension, else JSON numbers."""
+    inputs = []
+    for name, array in arrays.items():
+        tensor = client_module.InferInput(name, list(array.shape), "FP32")
+        if client_module.__name__.endswith("http"):
+            tensor.set_data_from_numpy(array, binary_data=binary_data)
+        else:
+            tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def infer_grpc(port: int, model: str, arrays: dict[str, np.ndarray], **kwargs: object) -> Any:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url=f"127.0.0.1:{port}")
-    inputs = []
-    for name, array in arrays.items():
-        tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return client.infer(model, inputs, **kwargs)
+    return client.infer(model, triton_inputs(grpcclient, arrays), **kwargs)
 
 
 def test_tritonclient_grpc_gets_bit_identical_results_to_http(
@@ -69,12 +79,7 @@ def test_tritonclient_grpc_gets_bit_identical_results_to_http(
     for path in fixture_images:
         arrays = model_inputs(path.read_bytes())
         by_grpc = infer_grpc(port, server.model_name, arrays, request_id=path.stem)
-        http_inputs = []
-        for name, array in arrays.items():
-            tensor = httpclient.InferInput(name, list(array.shape), "FP32")
-            tensor.set_data_from_numpy(array, binary_data=True)
-            http_inputs.append(tensor)
-        by_http = http.infer(server.model_name, http_inputs)
+        by_http = http.infer(server.model_name, triton_inputs(httpclient, arrays))
         for output in ("bbox", "bbox_num"):
             grpc_array, http_array = by_grpc.as_numpy(output), by_http.as_numpy(output)
             assert grpc_array.dtype == http_array.dtype and grpc_array.shape == http_array.shape

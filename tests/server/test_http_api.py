@@ -13,6 +13,7 @@ import requests
 from rtdetr_edge.preprocess import preprocess_bytes
 
 from ..conftest import ServerProcess
+from .test_grpc_api import triton_inputs
 
 
 def detect(server: ServerProcess, data: bytes, content_type: str = "image/jpeg", **params: object) -> requests.Response:
@@ -82,11 +83,7 @@ def test_oip_v2_round_trip_with_tritonclient(server: ServerProcess, fixture_imag
     data = fixture_images[2].read_bytes()
     image = preprocess_bytes(data)
     arrays = {"image": image.image[None], "im_shape": image.im_shape[None], "scale_factor": image.scale_factor[None]}
-    inputs = []
-    for name, array in arrays.items():
-        tensor = httpclient.InferInput(name, list(array.shape), "FP32")
-        tensor.set_data_from_numpy(array, binary_data=True)
-        inputs.append(tensor)
+    inputs = triton_inputs(httpclient, arrays)
     outputs = [
         httpclient.InferRequestedOutput("bbox", binary_data=True),
         httpclient.InferRequestedOutput("bbox_num", binary_data=False),
@@ -106,12 +103,7 @@ def test_oip_v2_round_trip_with_tritonclient(server: ServerProcess, fixture_imag
         np.testing.assert_allclose(clipped, detection["box"], atol=0.01)
 
     # A JSON (non-binary) request works too.
-    json_inputs = []
-    for name, array in arrays.items():
-        tensor = httpclient.InferInput(name, list(array.shape), "FP32")
-        tensor.set_data_from_numpy(array, binary_data=False)
-        json_inputs.append(tensor)
-    json_result = client.infer(server.model_name, json_inputs)
+    json_result = client.infer(server.model_name, triton_inputs(httpclient, arrays, binary_data=False))
     np.testing.assert_allclose(json_result.as_numpy("bbox"), bbox, atol=1e-5)
 
 

@@ -19,7 +19,7 @@ from rtdetr_edge.dev.bench import free_port
 from tests.cluster.pki import CertificateAuthority, KeyPair
 
 from ..conftest import FIXTURE_IMAGES, ServerProcess, start_server
-from .test_grpc_api import infer_request, model_inputs
+from .test_grpc_api import infer_request, model_inputs, triton_inputs
 
 TOKEN = "s3cret-token-1"
 RELOAD_SECONDS = 0.3
@@ -195,11 +195,7 @@ def test_tritonclient_over_tls(secured: Secured) -> None:
     headers = {"authorization": f"Bearer {TOKEN}"}
     assert client.is_model_ready("rtdetr", headers=headers)
     arrays = model_inputs(FIXTURE_IMAGES[0].read_bytes())
-    inputs = []
-    for name, array in arrays.items():
-        inputs.append(grpcclient.InferInput(name, list(array.shape), "FP32"))
-        inputs[-1].set_data_from_numpy(array)
-    assert client.infer("rtdetr", inputs, headers=headers).as_numpy("bbox").shape == (300, 6)
+    assert client.infer("rtdetr", triton_inputs(grpcclient, arrays), headers=headers).as_numpy("bbox").shape == (300, 6)
 
 
 def wait_for(predicate: object, what: str, timeout: float = 10) -> None:

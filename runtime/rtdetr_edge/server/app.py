@@ -20,8 +20,6 @@ from rtdetr_edge import __version__
 from rtdetr_edge.errors import (
     BadRequestError,
     NotFoundError,
-    NotReadyError,
-    OverloadedError,
     PayloadTooLargeError,
     RtdetrEdgeError,
     UnsupportedMediaTypeError,
@@ -141,10 +139,7 @@ def create_app(service: ModelService, credentials: CredentialReloader | None = N
                 response = await handler(request)
             except RtdetrEdgeError as error:
                 response = error_response(error.http_status, error.code, str(error), error.response_headers())
-                expected = isinstance(error, OverloadedError) or (isinstance(error, NotReadyError) and service.warming_up)
-                if error.http_status < 500 or expected:
-                    metrics.rejected.labels(error.code).inc()  # the client's doing, or expected: warming up, shedding
-                else:
+                if not service.counted_as_refusal(error):
                     log.error("%s %s failed: %s", request.method, request.url.path, error)
             except Exception:
                 log.exception("unexpected error on %s %s", request.method, request.url.path)

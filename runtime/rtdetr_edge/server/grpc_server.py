@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from rtdetr_edge import __version__
-from rtdetr_edge.errors import NotFoundError, NotReadyError, OverloadedError, RtdetrEdgeError
+from rtdetr_edge.errors import NotFoundError, OverloadedError, RtdetrEdgeError
 from rtdetr_edge.server import oip_grpc
 from rtdetr_edge.server.access_log import AccessLog, access_record
 from rtdetr_edge.server.model_service import ModelService
@@ -98,7 +98,6 @@ def create_grpc_server(service: ModelService, max_message_bytes: int, credential
     def rpc(method: str, handler: Method) -> grpc.RpcMethodHandler:
         route = ROUTES[method]
         request_type, response_type = oip_grpc.method_types(method)
-
         path = f"/{oip_grpc.SERVICE}/{method}"
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -114,10 +113,7 @@ def create_grpc_server(service: ModelService, max_message_bytes: int, credential
                 return response
             except RtdetrEdgeError as error:
                 status = error.http_status
-                expected = isinstance(error, OverloadedError) or (isinstance(error, NotReadyError) and service.warming_up)
-                if status < 500 or expected:
-                    metrics.rejected.labels(error.code).inc()
-                else:
+                if not service.counted_as_refusal(error):
                     log.error("gRPC %s failed: %s", method, error)
                 if isinstance(error, OverloadedError):
                     context.set_trailing_metadata((("retry-after", str(error.retry_after_seconds)),))

@@ -19,7 +19,7 @@ import numpy as np
 
 from rtdetr_edge.api.spec import DEFAULT_BATCH_WINDOW_MICROS, DEFAULT_MAX_QUEUE_MILLIS, DEFAULT_SCORE_THRESHOLD
 from rtdetr_edge.cpu_isa import IsaLevel
-from rtdetr_edge.errors import NotReadyError, RtdetrEdgeError
+from rtdetr_edge.errors import NotReadyError, OverloadedError, RtdetrEdgeError
 from rtdetr_edge.labels import load_labels
 from rtdetr_edge.postprocess import ModelOutputs, select_detections, to_detections
 from rtdetr_edge.predictor.settings import PredictorSettings
@@ -117,6 +117,16 @@ class ModelService:
     @property
     def warming_up(self) -> bool:
         return self.state not in ("ready", "failed")
+
+    def counted_as_refusal(self, error: RtdetrEdgeError) -> bool:
+        """Count a refused request (the client's doing, or expected: warming up, shedding) in
+        ``rtdetr_rejected_requests_total``; False for a server failure, which the caller logs.
+        One rule for HTTP and gRPC."""
+        expected = isinstance(error, OverloadedError) or (isinstance(error, NotReadyError) and self.warming_up)
+        if error.http_status < 500 or expected:
+            self.metrics.rejected.labels(error.code).inc()
+            return True
+        return False
 
     def begin_termination(self) -> None:
         """Report not-ready so load balancers stop routing here; keep answering meanwhile."""
