@@ -80,12 +80,13 @@ class ServerProcess:
         return int(self.process.returncode)
 
 
-def start_server(model_dir: Path, cache_dir: Path, log_dir: Path, *extra: str, model_name: str = "rtdetr") -> ServerProcess:
+def start_server(model_dir: Path | None, cache_dir: Path, log_dir: Path, *extra: str, model_name: str = "rtdetr") -> ServerProcess:
+    """``model_dir`` None: ``extra`` names the model (--model-config)."""
     port = free_port()
     log_file = log_dir / f"server-{port}.log"
     command = [
         sys.executable, "-m", "rtdetr_edge.cli", "serve",
-        "--model", str(model_dir), "--cache-dir", str(cache_dir),
+        *(["--model", str(model_dir)] if model_dir is not None else []), "--cache-dir", str(cache_dir),
         "--host", "127.0.0.1", "--port", str(port), "--model-name", model_name,
         "--max-batch-size", "4", *extra,
     ]  # fmt: skip

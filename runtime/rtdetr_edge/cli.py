@@ -165,7 +165,11 @@ def cli(log_level: str) -> None:
 
 
 @cli.command()
-@MODEL_DIR
+@option("--model", "model", envvar="RTDETR_MODEL_DIR", show_envvar=True, type=EXISTING_DIR, default=None,
+        help="an exported model folder (model.pdmodel + model.pdiparams); or --model-config")  # fmt: skip
+@option("--model-config", env=True, type=EXISTING_FILE, default=None,
+        help="a served-model file naming the model (the operator's ConfigMap): watched, and a new model it names "
+        "is loaded beside the serving one and swapped in without dropping a request")  # fmt: skip
 @PREDICTOR
 @option("--model-name", env=True, default=SERVE_DEFAULTS["model_name"], help="name in the OIP v2 API")
 @option("--host", env=True, default="0.0.0.0")
@@ -212,9 +216,12 @@ def serve(**params: Any) -> int:
     """Warm up a model and serve detection over HTTP (and the Open Inference Protocol over gRPC)."""
     from rtdetr_edge.server.run import run_server
 
+    if (params["model"] is None) == (params["model_config"] is None):
+        raise click.UsageError("give the model as --model DIR or --model-config FILE (one of them)")
     settings = predictor_settings(params)
     serve_options = ServeOptions(
-        model_dir=params["model"],
+        model_dir=params["model"] or Path(),
+        model_config=params["model_config"],
         cache_dir=params["cache_dir"],
         predictor=settings,
         model_name=params["model_name"],

@@ -107,3 +107,10 @@ class CpuIsaMismatchError(WarmupError):
     """This CPU computes an INT8 model's numbers differently from the CPU its accuracy gate ran on."""
 
     code = "cpu_isa_mismatch"
+
+
+class ModelFileError(RtdetrEdgeError):
+    """The served-model file (the operator's ConfigMap) is unreadable, or names a model whose
+    files have another digest."""
+
+    code = "model_file"

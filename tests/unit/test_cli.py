@@ -41,7 +41,7 @@ def test_the_cache_dir_default_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_
 @pytest.mark.parametrize(
     ("argv", "env", "fragment"),
     [
-        (["serve"], {}, "Missing option '--model'"),
+        (["serve"], {}, "give the model as --model DIR or --model-config FILE"),
         (["serve", "--model", "/nonexistent"], {}, "'/nonexistent' does not exist"),
         (["warmup", "--model", "."], {"RTDETR_MAX_BATCH_SIZE": "lots"}, "'lots' is not a valid integer range"),
         (["warmup", "--model", "."], {"RTDETR_DEVICE": "tpu"}, "'tpu' is not one of 'gpu', 'cpu'"),

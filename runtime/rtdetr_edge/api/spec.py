@@ -28,6 +28,7 @@ Method = Literal["qat", "ptq", "none"]
 Device = Literal["gpu", "cpu"]
 Precision = Literal["int8", "fp16", "fp32"]
 CpuRuntime = Literal["onnxruntime", "paddle"]
+Rollout = Literal["InPlace", "Surge", "Replace"]
 QuantizeOpType = Literal["conv2d", "depthwise_conv2d", "matmul_v2", "matmul", "mul"]
 ARCHES: tuple[str, ...] = get_args(Arch)
 METHODS: tuple[str, ...] = get_args(Method)
@@ -367,6 +368,15 @@ class ServingSpec(PodPlacement):
         "GRPCInferenceService: tritonclient.grpc works unchanged) on port 8081 of the pods and the Service "
         "(status.serving.grpcEndpoint); same model, batching, limits and errors as HTTP, whose port keeps the "
         "probes and /metrics. Off by default: turning it on restarts the serving pods once.",
+    )
+    rollout: Rollout = Field(
+        "InPlace",
+        description="How a new model reaches running pods. InPlace: each pod loads and warms the new model beside "
+        "the one it serves and switches between two requests (no extra pod, no extra GPU: works on a node with one "
+        "GPU; needs memory for both models while it swaps). Surge: a new pod per old one, the old one removed once "
+        "the new is Ready (needs a spare GPU or node). Replace: each pod is stopped, then replaced (no extra GPU or "
+        "memory; with one replica the endpoint is down while the new pod warms up). Edits of other serving "
+        "settings (batching, ports, resources) replace pods: one at a time with Replace, else as Surge does.",
     )
     allow_from: list[dict[str, Any]] | None = Field(
         None, max_length=32,

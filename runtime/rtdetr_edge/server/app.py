@@ -33,6 +33,8 @@ from rtdetr_edge.server.tracing import TRACED_ROUTES, RequestTracer
 log = logging.getLogger(__name__)
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/octet-stream")
+MANAGEMENT_PATHS = ("/v2/health/live", "/v2/health/ready", "/v2/repository/index", "/metrics")
+"""What the plain management port answers (probes, Prometheus, the operator following a swap)."""
 _ERROR_TYPES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -225,6 +227,11 @@ def create_app(service: ModelService, credentials: CredentialReloader | None = N
             headers={"Inference-Header-Content-Length": str(header_length)},
         )
 
+    async def repository_index(request: Request) -> Response:
+        # Triton's model repository extension: the serving model, and one loading beside it (the
+        # operator reads it to follow an in-place swap). Open like health: no image, no detection.
+        return json_response([entry.wire() for entry in service.repository_index()])
+
     async def metrics_endpoint(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -251,11 +258,12 @@ def create_app(service: ModelService, credentials: CredentialReloader | None = N
         Route(version_prefix, endpoint("model_metadata", model_metadata), methods=["GET"]),
         Route(f"{version_prefix}/ready", endpoint("model_ready", model_ready), methods=["GET"]),
         Route(f"{version_prefix}/infer", endpoint("infer", infer), methods=["POST"]),
+        Route("/v2/repository/index", endpoint("repository_index", repository_index), methods=["POST"]),
         Route("/metrics", endpoint("metrics", metrics_endpoint), methods=["GET"]),
     ]
 
     if management:
-        routes = [route for route in routes if route.path in ("/v2/health/live", "/v2/health/ready", "/metrics")]
+        routes = [route for route in routes if route.path in MANAGEMENT_PATHS]
         return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
 
     @contextlib.asynccontextmanager

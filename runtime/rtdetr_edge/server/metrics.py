@@ -81,3 +81,10 @@ class ServerMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.model_swaps = Counter(
+            "rtdetr_model_swaps_total",
+            "In-place model swaps (serving.rollout InPlace): the new model loaded beside and switched to "
+            "(succeeded), or refused while the old one kept serving (failed).",
+            ["result"],
+            registry=self.registry,
+        )

@@ -1,7 +1,14 @@
-"""The model lifecycle (load → ready → predict), independent of HTTP.
+"""The model lifecycle (load → ready → predict → swap), independent of HTTP.
 
 ``start()`` returns at once; warm-up runs in a background thread so liveness
 answers immediately and readiness turns true only after the self-test.
+
+With a model file (``ServeOptions.model_config``: the operator's ConfigMap, serving.rollout
+InPlace) the service watches it and swaps models in place: the new model is loaded and warmed
+beside the one serving, which keeps answering; the switch happens on the inference thread
+between two batches; the old predictor is closed after the batches that use it. A model that
+cannot be loaded (missing files, another digest, out of memory) leaves the old one serving and
+says why in the repository index (:meth:`ModelService.repository_index`).
 """
 
 from __future__ import annotations
@@ -12,14 +19,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
+from rtdetr_edge.api.served import ModelIndexEntry, ServedModel
 from rtdetr_edge.api.spec import DEFAULT_BATCH_WINDOW_MICROS, DEFAULT_MAX_QUEUE_MILLIS, DEFAULT_SCORE_THRESHOLD
 from rtdetr_edge.cpu_isa import IsaLevel
-from rtdetr_edge.errors import NotReadyError, OverloadedError, RtdetrEdgeError
+from rtdetr_edge.errors import ModelFileError, NotReadyError, OverloadedError, RtdetrEdgeError
 from rtdetr_edge.labels import load_labels
 from rtdetr_edge.postprocess import ModelOutputs, select_detections, to_detections
 from rtdetr_edge.predictor.settings import PredictorSettings
@@ -74,6 +83,31 @@ class ServeOptions:
     measured_on_isa: IsaLevel | None = None
     """The CPU ISA level the model's accuracy gate ran on; an INT8 model computing other numbers
     on this CPU is refused (warm-up fails with the cause and what to do)."""
+    expected_digest: str | None = None
+    """The digest the model's files must have (a model with another is refused)."""
+    model_config: Path | None = None
+    """A :class:`ServedModel` file naming the model (it overrides model_dir, shape_seed,
+    measured_on_isa and expected_digest), watched for a new model to swap to in place."""
+    model_config_seconds: float = 2.0
+    """How often the model file is checked (the kubelet updates ConfigMap volumes within ~1 min)."""
+
+    def with_model(self, served: ServedModel) -> ServeOptions:
+        """These options serving the model ``served`` names."""
+        return replace(self, model_dir=Path(served.model_dir), expected_digest=served.digest,
+                       shape_seed=Path(served.shape_ranges) if served.shape_ranges else None,
+                       measured_on_isa=served.measured_on_isa)  # type: ignore[arg-type]  # fmt: skip
+
+
+def read_served_model(path: Path) -> tuple[ServedModel, bytes]:
+    """The model file and its bytes (what a change is detected by)."""
+    try:
+        data = path.read_bytes()
+        return ServedModel.model_validate_json(data), data
+    except OSError as error:
+        raise ModelFileError(f"cannot read the model file {path}: {error.strerror or error}") from None
+    except ValidationError as error:  # one line: the termination message shows the last one
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'document'}: {e['msg']}" for e in error.errors())
+        raise ModelFileError(f"the model file {path} is not a served-model document: {problems}") from None
 
 
 class ModelService:
@@ -96,6 +130,14 @@ class ModelService:
         self._preprocess_pool = ThreadPoolExecutor(options.preprocess_threads, thread_name_prefix="preprocess")
         self._batcher: DynamicBatcher[PreprocessedImage, np.ndarray] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.model_options = options  # where the serving model came from (a swap replaces it)
+        self._config_bytes = b""  # the model file as last read
+        self.candidate: ModelIndexEntry | None = None  # a model loading beside, or refused
+        self._watch: asyncio.Task[None] | None = None
+        if options.model_config is not None:
+            served, self._config_bytes = read_served_model(options.model_config)
+            self.model_options = options.with_model(served)
+            self.labels = self._labels(self.model_options)
 
     @staticmethod
     def _labels(options: ServeOptions) -> list[str]:
@@ -142,6 +184,18 @@ class ModelService:
         settings = self.options.predictor
         return "onnxruntime_onnx" if settings.backend == "onnxruntime" else "paddle_inference"
 
+    def repository_index(self) -> list[ModelIndexEntry]:
+        """Triton's repository index: the model serving (READY, or LOADING/UNAVAILABLE before the
+        first warm-up ends) and a model loading beside it or refused."""
+        name = self.options.model_name
+        if self.warmed is not None:
+            entries = [ModelIndexEntry(name=name, version=self.digest, state="READY")]
+        else:
+            state = "UNAVAILABLE" if self.state == "failed" else "LOADING"
+            entries = [ModelIndexEntry(name=name, version=self.model_options.expected_digest or "", state=state,
+                                       reason=self.error or "")]  # fmt: skip
+        return entries + ([self.candidate] if self.candidate is not None else [])
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._batcher = DynamicBatcher(
@@ -155,14 +209,24 @@ class ModelService:
         )
         self._batcher.start()
         threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
+        if self.options.model_config is not None:
+            self._watch = asyncio.create_task(self._watch_model_config(self.options.model_config))
+
+    @staticmethod
+    def _load(options: ServeOptions) -> WarmedModel:
+        """Warm up the model ``options`` name, checking its digest when one is expected."""
+        warmed = warm_up(options.model_dir, options.predictor, options.cache_dir, options.shape_seed, options.measured_on_isa)
+        found = warmed.report.model_digest
+        if options.expected_digest and found != options.expected_digest:
+            warmed.predictor.close()
+            raise ModelFileError(f"the model in {options.model_dir} has digest {found}, not the expected "
+                              f"{options.expected_digest}: the files changed after the pipeline wrote them")  # fmt: skip
+        return warmed
 
     def _warm_up(self) -> None:
         started = time.perf_counter()
         try:
-            options = self.options
-            warmed = warm_up(
-                options.model_dir, options.predictor, options.cache_dir, options.shape_seed, options.measured_on_isa
-            )
+            warmed = self._load(self.model_options)
         except RtdetrEdgeError as error:
             self._fail(str(error))
             return
@@ -188,6 +252,73 @@ class ModelService:
             # wait on the event loop that is running the hook.
             threading.Thread(target=self._on_ready, args=(warmed,), name="on-ready", daemon=True).start()
 
+    # -- swapping models in place ---------------------------------------------------------
+    async def _watch_model_config(self, path: Path) -> None:
+        """Check the model file every few seconds; swap to the model a changed file names."""
+        while True:
+            await asyncio.sleep(self.options.model_config_seconds)
+            if self.state != "ready" or (self.candidate is not None and self.candidate.state == "LOADING"):
+                continue  # one load at a time; the file is read again once it ends
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                log.warning("cannot read the model file %s: %s", path, error)
+                continue
+            if data == self._config_bytes:
+                continue
+            self._config_bytes = data
+            try:
+                served, _ = read_served_model(path)
+            except ModelFileError as error:
+                log.error("%s; the current model keeps serving", error)
+                self._refuse("", str(error))
+                continue
+            if served.digest == self.digest:
+                self.candidate = None
+                continue
+            self.swap(self.options.with_model(served))
+
+    def swap(self, options: ServeOptions) -> None:
+        """Load ``options``' model beside the serving one; switch to it once warm (or say why not)."""
+        digest = options.expected_digest or ""
+        self.candidate = ModelIndexEntry(name=self.options.model_name, version=digest, state="LOADING")
+        log.info("loading %s from %s beside the serving %s", digest or "a new model", options.model_dir, self.digest)
+        threading.Thread(target=self._load_candidate, args=(options,), name="swap", daemon=True).start()
+
+    def _load_candidate(self, options: ServeOptions) -> None:
+        started = time.perf_counter()
+        try:
+            warmed = self._load(options)
+        except Exception as error:  # whatever it is, the serving model must keep serving
+            message = str(error) if isinstance(error, RtdetrEdgeError) else f"{type(error).__name__}: {error}"
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._refuse, options.expected_digest or "", message)
+            return
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._switch(warmed, options, time.perf_counter() - started), self._loop)
+
+    def _refuse(self, digest: str, message: str) -> None:
+        log.error("cannot swap to %s: %s; %s keeps serving", digest or "the new model", message, self.digest)
+        self.candidate = ModelIndexEntry(name=self.options.model_name, version=digest, state="UNAVAILABLE", reason=message)
+        self.metrics.model_swaps.labels("failed").inc()
+
+    async def _switch(self, warmed: WarmedModel, options: ServeOptions, seconds: float) -> None:
+        assert self._batcher is not None
+        labels = self._labels(options)
+
+        def exchange() -> WarmedModel | None:  # on the inference thread: between two batches
+            old, self.warmed, self.labels, self.model_options = self.warmed, warmed, labels, options
+            return old
+
+        old = await self._batcher.run_exclusive(exchange)
+        self.candidate = None
+        self.metrics.model_swaps.labels("succeeded").inc()
+        self.metrics.warmup_seconds.set(seconds)
+        log.info("model %s now serves %s (loaded in %.1f s beside %s)", self.options.model_name,
+                 warmed.report.model_digest, seconds, old.report.model_digest if old else "nothing")  # fmt: skip
+        if old is not None:
+            await self._batcher.run_exclusive(old.predictor.close)  # after the batches that ran on it
+
     def _fail(self, message: str) -> None:
         self.state = "failed"
         self.error = message
@@ -201,7 +332,7 @@ class ModelService:
         return self.warmed
 
     def _run_batch(self, items: list[PreprocessedImage]) -> list[np.ndarray]:
-        warmed = self.warmed
+        warmed = self.warmed  # read on the inference thread, where swaps happen
         assert warmed is not None
         outputs = warmed.predictor.predict(stack_batch(items))
         return outputs.split()
@@ -212,7 +343,7 @@ class ModelService:
 
     async def detect(self, body: bytes, score_threshold: float, max_detections: int) -> dict[str, object]:
         """Detections for one image body, with per-stage timings in milliseconds."""
-        warmed = self.require_ready()
+        self.require_ready()
         assert self._batcher is not None
         self._batcher.admit()  # before any work is spent on a request that would wait too long
         loop = asyncio.get_running_loop()
@@ -231,7 +362,7 @@ class ModelService:
         finished = time.perf_counter()
         return {
             "model": self.options.model_name,
-            "digest": warmed.report.model_digest,
+            "digest": self.digest,  # the model that answered (a swap lands between batches)
             "image": {"width": image.width, "height": image.height},
             "detections": detections,
             "batch_size": info.batch_size,
@@ -246,16 +377,18 @@ class ModelService:
 
     async def infer(self, inputs: ModelInputs) -> ModelOutputs:
         """Run already-preprocessed tensors (OIP v2) on the inference thread."""
-        warmed = self.require_ready()
+        self.require_ready()
         assert self._batcher is not None
         self._batcher.admit()
         started = time.perf_counter()
         with self.metrics.in_flight.track_inprogress():
-            outputs = await self._batcher.run_exclusive(lambda: warmed.predictor.predict(inputs))
+            outputs = await self._batcher.run_exclusive(lambda: self.require_ready().predictor.predict(inputs))
         self._record_batch(BatchInfo(inputs.batch_size, 0.0, time.perf_counter() - started))
         return outputs
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self._batcher is not None:
             await self._batcher.close()
         self._preprocess_pool.shutdown(wait=True)

@@ -21,6 +21,7 @@ import grpc
 import uvicorn
 from starlette.types import ASGIApp
 
+from rtdetr_edge.errors import ModelFileError
 from rtdetr_edge.paddle_import import import_paddle
 from rtdetr_edge.server import oip
 from rtdetr_edge.server.access_log import AccessLog
@@ -231,7 +232,11 @@ def run_server(
         if server is not None:
             server.should_exit = True
 
-    service = ModelService(options, metrics, on_fatal=stop_on_fatal, on_ready=on_ready)
+    try:
+        service = ModelService(options, metrics, on_fatal=stop_on_fatal, on_ready=on_ready)
+    except ModelFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     credentials = None
     if options.security.enabled:
         try:

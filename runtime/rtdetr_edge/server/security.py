@@ -32,8 +32,9 @@ from rtdetr_edge.errors import UnauthorizedError
 
 log = logging.getLogger(__name__)
 
-OPEN_ROUTES = frozenset({"live", "ready", "metrics"})
-"""Routes answered without a token: what probes and scrapers call."""
+OPEN_ROUTES = frozenset({"live", "ready", "metrics", "repository_index"})
+"""Routes answered without a token: what probes, scrapers and the operator (following a model
+swap) call."""
 DEFAULT_RELOAD_SECONDS = 10.0
 """How often the credential files are re-read (the kubelet updates Secret volumes within ~1 min)."""
 
