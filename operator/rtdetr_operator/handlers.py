@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -22,7 +22,7 @@ from rtdetr_edge.resource import SpecError, earlier_pipeline_digest, parse_resou
 from rtdetr_operator import GROUP, PLURAL, VERSION
 from rtdetr_operator.exporter import export_job_name
 from rtdetr_operator.kube import ForeignObject, Kube
-from rtdetr_operator.manifests import ANNOTATION_PIPELINE
+from rtdetr_operator.manifests import ANNOTATION_PIPELINE, plain_port
 from rtdetr_operator.names import COMPONENT_LABEL, INSTANCE_LABEL, MANAGED, quantize_job_name, runtime_name, selector_labels
 from rtdetr_operator.reconcile import ApplyFailure, JobObservation, Observed, PipelineJob, decide, with_apply_failures
 from rtdetr_operator.settings import OperatorSettings
@@ -44,7 +44,8 @@ def status_patch(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
 # Children watched through kopf indexes (one watch per kind, filtered server-side by our
 # managed-by label) instead of 3-6 GETs per resource per resync.
 CHILD_KINDS = {"jobs": ("batch", "v1"), "pods": ("", "v1"), "deployments": ("apps", "v1"), "services": ("", "v1"),
-               "horizontalpodautoscalers": ("autoscaling", "v2"), "networkpolicies": ("networking.k8s.io", "v1")}  # fmt: skip
+               "horizontalpodautoscalers": ("autoscaling", "v2"), "networkpolicies": ("networking.k8s.io", "v1"),
+               "configmaps": ("", "v1")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Children:
     pods: dict[str, list[dict[str, Any]]]  # by owner: "job/<name>" or "runtime"
     autoscaler: dict[str, Any] | None = None
     network_policy: dict[str, Any] | None = None
+    config_maps: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name
 
     @classmethod
     def from_indexes(cls, body: dict[str, Any], indexes: dict[str, Any]) -> Children:
@@ -80,12 +82,15 @@ class Children:
             pods=pods,
             autoscaler=next((h for h in owned("rtdetr_horizontalpodautoscalers") if h["metadata"]["name"] == service), None),
             network_policy=next((n for n in owned("rtdetr_networkpolicies") if n["metadata"]["name"] == service), None),
+            config_maps={c["metadata"]["name"]: c for c in owned("rtdetr_configmaps")},
         )
 
     def live(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         if kind == "Job":
             return self.jobs.get(name)
+        if kind == "ConfigMap":
+            return self.config_maps.get(name)
         return {"Deployment": self.deployment, "Service": self.service, "HorizontalPodAutoscaler": self.autoscaler,
                 "NetworkPolicy": self.network_policy}.get(kind)  # fmt: skip
 
@@ -139,7 +144,13 @@ class Reconciler:
         with self._locks[body["metadata"]["uid"]]:  # timers and change handlers may overlap
             children = Children.from_indexes(body, indexes)
             now = now_iso()
-            decision = decide(body, self.settings, self.observe(body, children), now)
+            observed = self.observe(body, children)
+            decision = decide(body, self.settings, observed, now)
+            if decision.needs_pod_models and observed.pod_models is None:
+                # An in-place swap is confirmed by the pods: ask them, then decide with their answers.
+                serving = parse_resource(body).spec.serving
+                pod_models = self.kube.ask_pods(children.pods.get("runtime", []), plain_port(serving), body["metadata"]["name"])
+                decision = decide(body, self.settings, replace(observed, pod_models=pod_models), now)
             namespace = body["metadata"]["namespace"]
             failures: list[ApplyFailure] = []
             for manifest in decision.ensure:

@@ -7,20 +7,28 @@ import json
 import logging
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from rtdetr_edge.progress import PROGRESS_PREFIX
 from rtdetr_operator.drift import drifted, releases_field
 from rtdetr_operator.pod_status import deployment_stalled, pod_problem, replica_failure
-from rtdetr_operator.reconcile import AutoscalerObservation, DeploymentObservation, HpaCondition, JobObservation
+from rtdetr_operator.reconcile import (
+    AutoscalerObservation,
+    DeploymentObservation,
+    HpaCondition,
+    JobObservation,
+    PodModel,
+)
 
 log = logging.getLogger(__name__)
 FIELD_MANAGER = "rtdetr-edge-operator"
 # Holds the serving Deployment's replica count for the moment the operator lets go of it (the
 # HPA's controller takes it with its first scale): see Kube.ensure.
 HANDOVER_MANAGER = "rtdetr-edge-operator-handover"
-APPLIED_KINDS = frozenset({"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy"})
+APPLIED_KINDS = frozenset({"Deployment", "Service", "HorizontalPodAutoscaler", "NetworkPolicy", "ConfigMap"})
+POD_INDEX_TIMEOUT = urllib3.Timeout(connect=2.0, read=3.0)
 
 
 class ForeignObject(Exception):
@@ -35,9 +43,38 @@ class Kube:
         self.batch = client.BatchV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
+        self.pods_http = urllib3.PoolManager(retries=False, timeout=POD_INDEX_TIMEOUT)
 
     def close(self) -> None:
         self.api_client.close()
+        self.pods_http.clear()
+
+    def ask_pods(self, pods: list[dict[str, Any]], port: int, model_name: str) -> tuple[PodModel, ...]:
+        """What each Ready serving pod serves, from its repository index (``POST
+        /v2/repository/index`` on ``port``, open without credentials); a pod that does not answer
+        says why. Pods not Ready yet are left out: they load the ConfigMap's model as they start."""
+        answers = []
+        for pod in pods:
+            status = pod.get("status") or {}
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+            if not ready or not status.get("podIP") or pod["metadata"].get("deletionTimestamp"):
+                continue
+            name = pod["metadata"]["name"]
+            url = f"http://{status['podIP']}:{port}/v2/repository/index"
+            try:
+                response = self.pods_http.request("POST", url, body=b"{}", headers={"Content-Type": "application/json"})
+                if response.status != 200:
+                    raise ValueError(f"HTTP {response.status}")
+                entries = [e for e in json.loads(response.data) if e.get("name") == model_name]
+            except (urllib3.exceptions.HTTPError, ValueError, AttributeError) as error:
+                answers.append(PodModel(name, error=f"POST {url} failed: {error}"))
+                continue
+            by_state = {e.get("state"): e for e in entries}
+            refused = by_state.get("UNAVAILABLE") or {}
+            answers.append(PodModel(name, serving=str((by_state.get("READY") or {}).get("version", "")),
+                                    loading=str((by_state.get("LOADING") or {}).get("version", "")),
+                                    refused=str(refused.get("version", "")), reason=str(refused.get("reason", ""))))  # fmt: skip
+        return tuple(answers)
 
     # -- reading (children arrive through kopf's watch indexes; see handlers.py) --------------
     def observe_job(self, job: dict[str, Any] | None, pods: list[dict[str, Any]], log_lines: int) -> JobObservation | None:
@@ -175,6 +212,7 @@ class Kube:
             if live is None:
                 self._refuse_foreign(manifest)
             patch = {
+                "ConfigMap": self.core.patch_namespaced_config_map,
                 "Deployment": self.apps.patch_namespaced_deployment,
                 "Service": self.core.patch_namespaced_service,
                 "HorizontalPodAutoscaler": self.autoscaling.patch_namespaced_horizontal_pod_autoscaler,
@@ -192,7 +230,7 @@ class Kube:
             return "applied" if live is None else "configured"
         if live is not None:
             return "exists"
-        create = {"Job": self.batch.create_namespaced_job, "ConfigMap": self.core.create_namespaced_config_map}[kind]
+        create = {"Job": self.batch.create_namespaced_job}[kind]
         try:
             create(namespace, manifest, _preload_content=False)
             log.info("created %s %s/%s", kind, namespace, name)
@@ -207,6 +245,7 @@ class Kube:
         (a forced apply would silently adopt it). Costs one GET, only when ours is not seen."""
         kind, metadata = manifest["kind"], manifest["metadata"]
         read = {
+            "ConfigMap": self.core.read_namespaced_config_map,
             "Deployment": self.apps.read_namespaced_deployment,
             "Service": self.core.read_namespaced_service,
             "HorizontalPodAutoscaler": self.autoscaling.read_namespaced_horizontal_pod_autoscaler,

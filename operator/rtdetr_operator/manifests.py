@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from rtdetr_edge.api.job import PipelinePlan, PipelineRecord
+from rtdetr_edge.api.served import SERVED_MODEL_KEY, ServedModel
 from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, PodPlacement, ServingSpec, TracingSpec
 from rtdetr_edge.cpu_isa import node_affinity_for
 from rtdetr_edge.resource import RTDETRModel, serving_backend
@@ -27,6 +28,7 @@ from rtdetr_operator.names import (
     runtime_name,
     runtime_pod_labels,
     selector_labels,
+    served_model_configmap_name,
 )
 from rtdetr_operator.settings import OperatorSettings
 
@@ -43,6 +45,16 @@ GRPC_PORT = 8081
 MANAGEMENT_PORT = 8082
 """With serving.tls: plain HTTP, health and /metrics only (probes, Prometheus); the port named "metrics"."""
 SECRETS_MOUNT = "/etc/rtdetr-edge"
+MODEL_FILE_MOUNT = "/etc/rtdetr-edge/model"
+"""Where serving pods mount the served-model ConfigMap (serving.rollout InPlace), whole: the
+kubelet updates a ConfigMap volume in running pods only without subPath."""
+ROLLOUT_STRATEGIES = {
+    # Never break what serves: a new pod must be Ready before an old one goes (a spare GPU).
+    "Surge": {"maxUnavailable": 0, "maxSurge": 1},
+    "InPlace": {"maxUnavailable": 0, "maxSurge": 1},  # models swap in the pods; only other edits replace pods
+    # No spare GPU or memory: each pod stops before its replacement starts.
+    "Replace": {"maxUnavailable": 1, "maxSurge": 0},
+}
 # A terminating serving pod keeps answering (not ready) while kube-proxies and load balancers
 # drop it from their endpoints, then drains in-flight requests; the grace period covers both.
 SHUTDOWN_DELAY_SECONDS = 10  # endpoint removal lags seconds on a busy control plane (5 s lost 2 requests here)
@@ -367,24 +379,59 @@ def isa_bound_level(served: PipelineRecord) -> str | None:
     return level if level and served.model.isa_portable is False else None
 
 
+def served_model(model: RTDETRModel, settings: OperatorSettings, served: PipelineRecord) -> ServedModel:
+    """What the serving pods load for ``served``: where it is mounted, its digest, the shape ranges
+    its Job collected (TensorRT, GPU) and, on CPU, the ISA level its gate ran on (a CPU pod refuses
+    a model whose numbers differ on its own CPU)."""
+    serving = model.spec.serving
+    model_dir = pvc_path(served.model.uri, settings.pvc_mount_root)
+    shape_ranges = f"{model_dir.rsplit('/', 1)[0]}/{served.shape_ranges.file}" if served.shape_ranges is not None else None
+    measured_on_isa = served.measured_on.isa_level if serving.device == "cpu" and served.measured_on is not None else None
+    return ServedModel(model_dir=model_dir, digest=served.model.digest, pipeline_digest=served.pipeline_digest,
+                       shape_ranges=shape_ranges, measured_on_isa=measured_on_isa)  # fmt: skip
+
+
+def build_served_model_configmap(body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings,
+                                 served: PipelineRecord) -> dict[str, Any]:  # fmt: skip
+    """The ConfigMap the serving pods read their model from and watch (serving.rollout InPlace):
+    a new model reaches running pods through it, not through a new pod template."""
+    document = served_model(model, settings, served)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": served_model_configmap_name(model.name),
+            "namespace": model.namespace,
+            "labels": common_labels(model.name, "runtime"),
+            "annotations": {ANNOTATION_MODEL: served.model.digest},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "data": {SERVED_MODEL_KEY: document.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
+    }
+
+
+def model_args(document: ServedModel) -> list[str]:
+    """The serve command's arguments naming the model in the pod template (Surge, Replace)."""
+    return [
+        "--model", document.model_dir,
+        *(["--shape-ranges", document.shape_ranges] if document.shape_ranges else []),
+        *(["--measured-on-isa", document.measured_on_isa] if document.measured_on_isa else []),
+    ]  # fmt: skip
+
+
 def build_runtime_deployment(
     body: dict[str, Any], model: RTDETRModel, settings: OperatorSettings, served: PipelineRecord
 ) -> dict[str, Any]:
-    """Serving pods for a passed pipeline result ``served`` (its termination summary)."""
+    """Serving pods for a passed pipeline result ``served`` (its termination summary). With
+    serving.rollout InPlace the template names the served-model ConfigMap, not the model: a new
+    model changes the ConfigMap and the pods swap to it; with Surge and Replace the template
+    names the model, and a new one replaces the pods."""
     serving = model.spec.serving
-    model_uri = served.model.uri
-    model_dir = pvc_path(model_uri, settings.pvc_mount_root)
-    # Shape ranges the Job collected for TensorRT (GPU resources); CPU predictors use none.
-    shape_args = []
-    if served.shape_ranges is not None:
-        shape_args = ["--shape-ranges", f"{model_dir.rsplit('/', 1)[0]}/{served.shape_ranges.file}"]
-    # Where the gate ran: a CPU pod refuses a model whose numbers differ on its own CPU, and a model
-    # that is not portable across ISA levels only goes to nodes of its gate's INT8 arithmetic.
-    measured_on_isa = served.measured_on.isa_level if serving.device == "cpu" and served.measured_on is not None else None
-    isa_args = ["--measured-on-isa", measured_on_isa] if measured_on_isa else []
+    in_place = serving.rollout == "InPlace"
+    # A model that is not portable across ISA levels only goes to nodes of its gate's INT8 arithmetic.
     bound_to = isa_bound_level(served) if serving.device == "cpu" else None
     required = node_affinity_for(bound_to) if bound_to else None
-    claim = parse_uri(model_uri).claim  # serving needs only the artifacts claim, read-only
+    claim = parse_uri(served.model.uri).claim  # serving needs only the artifacts claim, read-only
     volumes = [
         {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
         _engine_cache_volume(model, settings),
@@ -395,6 +442,12 @@ def build_runtime_deployment(
         {"name": "engine-cache", "mountPath": ENGINE_CACHE_MOUNT},
         {"name": "scratch", "mountPath": "/tmp"},
     ]
+    if in_place:
+        volumes.append({"name": "model", "configMap": {"name": served_model_configmap_name(model.name)}})
+        mounts.append({"name": "model", "mountPath": MODEL_FILE_MOUNT, "readOnly": True})
+        model_source = ["--model-config", f"{MODEL_FILE_MOUNT}/{SERVED_MODEL_KEY}"]
+    else:
+        model_source = model_args(served_model(model, settings, served))
     security_args, security_volumes, security_mounts = serving_security(serving)
     volumes += security_volumes
     mounts += security_mounts
@@ -402,6 +455,8 @@ def build_runtime_deployment(
     health_port = "metrics" if serving.tls else main_port  # kubelet probes carry no client certificate or token
     probe = {"httpGet": {"path": "/v2/health/ready", "port": health_port}, "periodSeconds": 10, "timeoutSeconds": 5}
     annotations = {ANNOTATION_PIPELINE: served.pipeline_digest, ANNOTATION_MODEL: served.model.digest}
+    # What the pods run: with InPlace the model is not part of it (a new one must not replace pods).
+    template_annotations = {} if in_place else dict(annotations)
     labels = common_labels(model.name, "runtime")
     image = settings.runtime_image_gpu if serving.device == "gpu" else settings.runtime_image_cpu
     container = {
@@ -410,9 +465,7 @@ def build_runtime_deployment(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["rtdetr-edge", "serve"],
         "args": [
-            "--model", model_dir,
-            *shape_args,
-            *isa_args,
+            *model_source,
             "--model-name", model.name,
             "--device", serving.device,
             "--backend", serving_backend(serving),
@@ -471,11 +524,11 @@ def build_runtime_deployment(
             # With autoscaling, the HPA owns the count after creation (reconcile.runtime_deployment).
             "replicas": serving.autoscaling.min_replicas if serving.autoscaling else serving.replicas,
             "selector": {"matchLabels": pods},
-            # Never break what serves: new pods must be Ready before an old one goes.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": dict(ROLLOUT_STRATEGIES[serving.rollout])},
             # The template's own annotations (not the Deployment's dict): what goes on the
             # Deployment only (the operator's result and spec hash) must not restart pods.
-            "template": {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": spec},
+            "template": {"metadata": {"labels": dict(labels), **({"annotations": template_annotations} if template_annotations else {})},
+                         "spec": spec},  # fmt: skip
         },
     }
 
@@ -522,7 +575,7 @@ def build_network_policy(body: dict[str, Any], model: RTDETRModel, settings: Ope
     assert allow_from is not None
     serving = model.spec.serving
     callers = [{"port": CONTAINER_PORT, "protocol": "TCP"}, *([{"port": GRPC_PORT, "protocol": "TCP"}] if serving.grpc else [])]
-    scrapes = [{"port": MANAGEMENT_PORT if serving.tls else CONTAINER_PORT, "protocol": "TCP"}]
+    scrapes = [{"port": plain_port(serving), "protocol": "TCP"}]
     ingress = [{"from": [dict(peer) for peer in peers], "ports": ports}
                for peers, ports in ((allow_from, callers), (settings.serving_metrics_from, scrapes)) if peers]  # fmt: skip
     return {
@@ -566,6 +619,12 @@ def build_autoscaler(body: dict[str, Any], model: RTDETRModel) -> dict[str, Any]
 def endpoint(model: RTDETRModel, settings: OperatorSettings) -> str:
     scheme = "https" if model.spec.serving.tls else "http"
     return f"{scheme}://{_service_host(model, settings)}:{settings.service_port}"
+
+
+def plain_port(serving: ServingSpec) -> int:
+    """Where a pod answers health, /metrics and its repository index without credentials: the
+    serving port, or with TLS the management port (probes, scrapes and the operator use it)."""
+    return MANAGEMENT_PORT if serving.tls else CONTAINER_PORT
 
 
 def serving_port_name(serving: ServingSpec) -> str:

@@ -60,3 +60,8 @@ def label_selector(labels: dict[str, str]) -> str:
 
 def common_labels(model_name: str, component: str) -> dict[str, str]:
     return {**selector_labels(model_name), COMPONENT_LABEL: component, **MANAGED}
+
+
+def served_model_configmap_name(model_name: str) -> str:
+    """The ConfigMap naming the model a resource's pods serve (serving.rollout InPlace)."""
+    return _fit(model_name, "model")

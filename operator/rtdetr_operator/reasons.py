@@ -27,6 +27,8 @@ class Reason(StrEnum):
     SERVING = "Serving", "the gated model is rolled out and every replica is ready (or, once Ready, still serves while scaling)"
     SCALED_TO_ZERO = "ScaledToZero", "serving.replicas is 0"
     ROLLING_OUT = "RollingOut", "new serving pods are warming up; the old ones keep serving"
+    MODEL_SWAPPING = "ModelSwapping", "serving.rollout InPlace: pods load the new model beside the one they serve"
+    MODEL_SWAP_FAILED = "ModelSwapFailed", "a pod could not load the new model beside the old one, which keeps serving"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded", "the serving Deployment stopped progressing"
     INVALID_SPEC = "InvalidSpec", "the spec cannot run in a cluster; nothing is touched"
     ACCURACY_GATE_FAILED = "AccuracyGateFailed", "the model lost more mAP than the budget allows; the previous one keeps serving"

@@ -35,6 +35,7 @@ from rtdetr_operator.manifests import (
     build_pipeline_configmap,
     build_quantize_job,
     build_runtime_deployment,
+    build_served_model_configmap,
     build_service,
     endpoint,
     grpc_endpoint,
@@ -120,6 +121,18 @@ class AutoscalerObservation:
 
 
 @dataclass(frozen=True)
+class PodModel:
+    """What one Ready serving pod says it serves (Triton's repository index), or why it did not say."""
+
+    pod: str
+    serving: str = ""  # the digest of the model answering
+    loading: str = ""  # a digest loading beside it
+    refused: str = ""  # a digest it could not load ...
+    reason: str = ""  # ... and why
+    error: str = ""  # the index could not be read
+
+
+@dataclass(frozen=True)
 class PipelineJob:
     """A quantize or export Job of this resource, whatever its pipeline digest."""
 
@@ -137,6 +150,8 @@ class Observed:
     pipeline_jobs: tuple[PipelineJob, ...] = ()
     autoscaler: AutoscalerObservation | None = None
     network_policy: bool = False  # the serving pods' NetworkPolicy exists
+    pod_models: tuple[PodModel, ...] | None = None
+    """What the Ready serving pods serve; None: not asked (:attr:`Decision.needs_pod_models`)."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +171,9 @@ class Decision:
     updates: list[Condition] = field(default_factory=list)
     """The condition updates that made ``status``: applying a child may still fail
     (:func:`with_apply_failures` then re-decides the conditions from the status as it was)."""
+    needs_pod_models: bool = False
+    """An in-place swap (or a first rollout) is confirmed by the pods themselves: decide again
+    with :attr:`Observed.pod_models` (the adapter asks the pods only then)."""
 
 
 @dataclass(frozen=True)
@@ -234,15 +252,16 @@ def keep_legacy_template_annotations(desired: dict[str, Any], live: DeploymentOb
     kept = live.template_annotations if live is not None else {}
     if kept.get(ANNOTATION_PIPELINE) != desired["metadata"]["annotations"][ANNOTATION_PIPELINE]:
         return
-    template = desired["spec"]["template"]["metadata"]["annotations"]
-    template.update({key: kept[key] for key in LEGACY_TEMPLATE_ANNOTATIONS if key in kept})
+    legacy = {key: kept[key] for key in LEGACY_TEMPLATE_ANNOTATIONS if key in kept}
+    if legacy:
+        desired["spec"]["template"]["metadata"].setdefault("annotations", {}).update(legacy)
 
 
 def _legacy_spec_hash(desired: dict[str, Any]) -> str | None:
     """0.1.0's hash of ``desired`` (taken before its template held the hash), for a Deployment it
     made that kept its template annotations (see above); None for any other."""
     metadata = desired["spec"]["template"]["metadata"]
-    if ANNOTATION_SPEC_HASH not in metadata["annotations"]:
+    if ANNOTATION_SPEC_HASH not in metadata.get("annotations", {}):
         return None
     annotations = {k: v for k, v in metadata["annotations"].items() if k != ANNOTATION_SPEC_HASH}
     template = {**desired["spec"]["template"], "metadata": {**metadata, "annotations": annotations}}
@@ -304,6 +323,7 @@ class Step:
     progress: dict[str, Any] | None = None
     served: PipelineRecord | None = None  # this spec's model, within the gate's budget
     candidate: PipelineRecord | None = None  # this spec's verdict, for status.candidate
+    needs_pod_models: bool = False
 
 
 def availability(deployment: DeploymentObservation | None, before: list[dict[str, Any]]) -> Condition:
@@ -448,9 +468,36 @@ def runtime_deployment(body: dict[str, Any], model: RTDETRModel, settings: Opera
     return desired
 
 
+def swap_step(digest: str, replicas: int, pod_models: tuple[PodModel, ...] | None) -> Step:
+    """Ready for a model the pods swap to in place (serving.rollout InPlace), from what the pods
+    say they serve: Serving once as many as wanted answer with it and none with another."""
+    if pod_models is None:
+        return Step([Condition("Ready", "False", Reason.MODEL_SWAPPING, "asking the serving pods which model they serve")],
+                    phase="Deploying", needs_pod_models=True)  # fmt: skip
+    short = digest[:19]
+    refused = [m for m in pod_models if m.refused == digest]
+    if refused:
+        first = refused[0]
+        serves = f"serves {first.serving[:19]}" if first.serving else "serves nothing"
+        message = (f"pod {first.pod} could not load {short} beside the model it serves and still {serves}: "
+                   f"{first.reason}. If the model does not fit in memory twice, set serving.rollout: Replace; "
+                   f"a pod started afresh loads only the new model (kubectl delete pod {first.pod})")  # fmt: skip
+        return Step([Condition("Ready", "False", Reason.MODEL_SWAP_FAILED, message)], phase="Failed", needs_pod_models=True)
+    answering = [m for m in pod_models if m.serving == digest]
+    behind = [m for m in pod_models if m.serving != digest]
+    if len(answering) >= replicas and not behind:
+        return Step([Condition("Ready", "True", Reason.SERVING, f"serving {short}")], phase="Ready", needs_pod_models=True)
+    notes = [f"{m.pod}: {m.error}" for m in behind if m.error][:2]
+    loading = sum(1 for m in behind if m.loading == digest)
+    message = f"{len(answering)}/{replicas} pods serve {short}" + (f"; {loading} loading it beside the previous model" if loading else "")
+    return Step([Condition("Ready", "False", Reason.MODEL_SWAPPING, "; ".join([message, *notes]))], phase="Deploying",
+                needs_pod_models=True)  # fmt: skip
+
+
 def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int, deployment: DeploymentObservation | None,
-                 before: dict[str, Any]) -> Step:  # fmt: skip
-    """Ready for a served model, from its Deployment (``kubectl rollout status`` semantics)."""
+                 before: dict[str, Any], in_place: bool = False, pod_models: tuple[PodModel, ...] | None = None) -> Step:  # fmt: skip
+    """Ready for a served model, from its Deployment (``kubectl rollout status`` semantics) and,
+    for a model swapped in place, from the pods (:func:`swap_step`)."""
     # The pods run the desired template and no old ReplicaSet's pods are left (a replicas change
     # is no rollout: the reconcile it triggers still sees the old replicas) ...
     settled = (deployment is not None and runs_template(deployment, desired)
@@ -465,6 +512,8 @@ def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int,
     serving = f"serving {served.model.digest[:19]}"
     if rolled_out and replicas == 0:
         return Step([Condition("Ready", "True", Reason.SCALED_TO_ZERO, "serving.replicas is 0")], phase="Ready")
+    if rolled_out and in_place and not was_serving:
+        return swap_step(served.model.digest, replicas, pod_models)
     if rolled_out:
         return Step([Condition("Ready", "True", Reason.SERVING, serving)], phase="Ready")
     if deployment is not None and settled and was_serving and deployment.available_replicas > 0:
@@ -549,9 +598,13 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     updates, ensure, phase = [available, *step.updates], list(step.ensure), step.phase
     autoscaling = model.spec.serving.autoscaling
     delete: list[tuple[str, str]] = []
+    in_place = model.spec.serving.rollout == "InPlace"
+    needs_pod_models = False
     if serve is not None:
         desired = runtime_deployment(body, model, settings, serve, deployment)
         # Applied at every reconcile: a new model or serving setting rolls out, drift is reverted.
+        # With InPlace the model reaches the pods through its ConfigMap (before the pods need it).
+        ensure += [build_served_model_configmap(body, model, settings, serve)] if in_place else []
         ensure += [desired, build_service(body, model, settings)]
         replicas = model.spec.serving.replicas
         if model.spec.serving.allow_from is not None:
@@ -561,8 +614,8 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
             replicas = deployment.replicas if deployment is not None else autoscaling.min_replicas  # the HPA's count
             updates.append(autoscaling_condition(autoscaling, observed.autoscaler, replicas))
         if step.served is not None:
-            rollout = rollout_step(step.served, desired, replicas, deployment, before)
-            updates, phase = updates + rollout.updates, rollout.phase
+            rollout = rollout_step(step.served, desired, replicas, deployment, before, in_place, observed.pod_models)
+            updates, phase, needs_pod_models = updates + rollout.updates, rollout.phase, rollout.needs_pod_models
     if autoscaling is None and observed.autoscaler is not None:
         delete.append(("HorizontalPodAutoscaler", runtime_name(model.name)))  # serving.replicas counts again
     if model.spec.serving.allow_from is None and observed.network_policy:
@@ -577,7 +630,8 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
                              (endpoint(model, settings), grpc_endpoint(model, settings)), model.name)  # fmt: skip
     keep = ours | ({serve.pipeline_digest} if serve is not None else set())
     delete += superseded(model.name, observed.pipeline_jobs, keep)
-    return Decision(ensure, status, _events(conditions_before, conditions), plan.pipeline_digest, delete, updates)
+    return Decision(ensure, status, _events(conditions_before, conditions), plan.pipeline_digest, delete, updates,
+                    needs_pod_models)  # fmt: skip
 
 
 def assemble_status(before: dict[str, Any], generation: int, phase: str, digest: str, conditions: list[dict[str, Any]],

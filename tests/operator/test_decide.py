@@ -25,6 +25,7 @@ from rtdetr_operator.reconcile import (
     HpaCondition,
     JobObservation,
     Observed,
+    PodModel,
     isa_placement_hint,
 )
 from rtdetr_operator.reconcile import decide as decide_as_written
@@ -40,8 +41,27 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
     """Every status a table below produces is one the typed API describes (phase enum, condition
     and accuracy shapes, no stray fields in them): what the CRD's schema is generated from."""
     decision = decide_as_written(body, settings, observed, now)
+    if decision.needs_pod_models and observed.pod_models is None and observed.deployment is not None:
+        # As the adapter does (Kube.ask_pods), with pods that all serve what the ConfigMap names.
+        decision = decide_as_written(body, settings, replace(observed, pod_models=pods_serving(decision, observed)), now)
     RTDETRModelStatus.model_validate(decision.status)
     return decision
+
+
+def pipeline_children(decision: Decision) -> list[dict[str, Any]]:
+    """The Jobs and stage-config ConfigMaps a decision would create: a pipeline run."""
+    return [m for m in decision.ensure if m["kind"] == "Job" or (m["kind"] == "ConfigMap" and "-pipeline-" in m["metadata"]["name"])]
+
+
+def configmap_digest(decision: Decision) -> str:
+    configmap = next(m for m in decision.ensure if m["kind"] == "ConfigMap" and m["metadata"]["name"].endswith("-model"))
+    return str(json.loads(configmap["data"]["model.json"])["digest"])
+
+
+def pods_serving(decision: Decision, observed: Observed, digest: str | None = None) -> tuple[PodModel, ...]:
+    assert observed.deployment is not None
+    digest = digest or configmap_digest(decision)
+    return tuple(PodModel(f"pod-{i}", serving=digest) for i in range(observed.deployment.available_replicas))
 
 
 def r50() -> dict[str, Any]:
@@ -224,7 +244,7 @@ def test_a_verdict_outlives_its_job_and_pod() -> None:
     body["status"] = failed.status
     for job in (JobObservation(succeeded=True, termination_message=None), None):  # its pod deleted, then the Job
         again = decide(body, OperatorSettings(), Observed(quantize_job=job), LATER)
-        assert not [m for m in again.ensure if m["kind"] in ("Job", "ConfigMap")], "no re-run of the pipeline"
+        assert not pipeline_children(again), "no re-run of the pipeline"
         assert condition(again.status, "Ready")["reason"] == "AccuracyGateFailed", job
         assert condition(again.status, "Quantized")["reason"] == "JobSucceeded"
 
@@ -235,7 +255,7 @@ def test_a_passed_verdict_still_deploys_after_its_job_is_gone() -> None:
     passed = decide(body, OperatorSettings(), Observed(quantize_job=JobObservation(succeeded=True, termination_message=summary(digest))), NOW)
     body["status"] = {k: v for k, v in passed.status.items() if k != "served"}  # the Deployment was never created
     again = decide(body, OperatorSettings(), Observed(), LATER)
-    assert [m["kind"] for m in again.ensure] == ["Deployment", "Service"]
+    assert [m["kind"] for m in again.ensure] == ["ConfigMap", "Deployment", "Service"]  # the served model's, then its pods
 
 
 def test_status_accuracy_describes_the_served_model_and_candidate_the_new_one() -> None:
@@ -283,7 +303,68 @@ def test_a_replicas_change_leaves_the_pod_template_as_it_is() -> None:
     assert after["spec"]["replicas"] == 5
     assert after["spec"]["template"] == before["spec"]["template"]
     assert after["metadata"]["annotations"]["rtdetr.io/runtime-template-hash"] == before["metadata"]["annotations"]["rtdetr.io/runtime-template-hash"]
-    assert set(after["spec"]["template"]["metadata"]["annotations"]) == {"rtdetr.io/pipeline-digest", "rtdetr.io/model-digest"}
+    assert "annotations" not in after["spec"]["template"]["metadata"], "InPlace: the model is not the pods' template"
+
+
+def test_in_place_a_new_model_changes_the_configmap_not_the_pods_and_is_ready_once_every_pod_serves_it() -> None:
+    """serving.rollout InPlace (the default): a model that passed its gate reaches the pods
+    through their ConfigMap; the pod template stays as it is (no new pod, no spare GPU) and Ready
+    follows what the pods say they serve: ModelSwapping, ModelSwapFailed with the pod's cause and
+    what to do, Serving once every pod answers with it. The pods are asked only while it matters."""
+    body, observed = serving(r50(), available=2)
+    assert observed.deployment is not None
+    steady = replace(observed.deployment, ready_replicas=2, available_replicas=2)
+    idle = decide_as_written(body, OperatorSettings(), Observed(deployment=steady), LATER)
+    assert not idle.needs_pod_models and condition(idle.status, "Ready")["reason"] == "Serving", "a serving model: pods not asked"
+    before = _runtime(idle)
+    old_digest = configmap_digest(idle)
+
+    body["spec"]["quantization"]["trainIter"] = 600  # a new model passes its gate
+    new_digest = "sha256:" + "cd" * 32
+    passed = JobObservation(succeeded=True, termination_message=summary(digest_of(body), model_digest=new_digest))
+    first = decide_as_written(body, OperatorSettings(), Observed(quantize_job=passed, deployment=steady), LATER)
+    assert first.needs_pod_models and configmap_digest(first) == new_digest
+    assert _runtime(first)["spec"]["template"] == before["spec"]["template"], "no pod replaced"
+    kinds = [m["kind"] for m in first.ensure]
+    assert kinds.index("ConfigMap") < kinds.index("Deployment")
+
+    def ready(*pods: PodModel) -> dict[str, Any]:
+        decided = decide(body, OperatorSettings(), Observed(quantize_job=passed, deployment=steady, pod_models=pods), LATER)
+        assert decided.status["served"]["model"]["digest"] == new_digest
+        return condition(decided.status, "Ready")
+
+    swapping = ready(PodModel("p-1", serving=old_digest, loading=new_digest), PodModel("p-2", serving=new_digest))
+    assert (swapping["status"], swapping["reason"]) == ("False", "ModelSwapping")
+    assert swapping["message"] == f"1/2 pods serve {new_digest[:19]}; 1 loading it beside the previous model"
+    unreachable = ready(PodModel("p-1", error="POST http://10.0.0.5:8080/v2/repository/index failed: timed out"),
+                        PodModel("p-2", serving=new_digest))  # fmt: skip
+    assert unreachable["reason"] == "ModelSwapping" and "p-1: POST http://10.0.0.5:8080" in unreachable["message"]
+    refused = ready(PodModel("p-1", serving=old_digest, refused=new_digest, reason="out of memory"), PodModel("p-2", serving=new_digest))
+    assert (refused["status"], refused["reason"]) == ("False", "ModelSwapFailed")
+    assert refused["message"].startswith(f"pod p-1 could not load {new_digest[:19]} beside the model it serves and still serves {old_digest[:19]}: out of memory")
+    assert "serving.rollout: Replace" in refused["message"] and "kubectl delete pod p-1" in refused["message"]
+    done = ready(PodModel("p-1", serving=new_digest), PodModel("p-2", serving=new_digest))
+    assert (done["status"], done["reason"], done["message"]) == ("True", "Serving", f"serving {new_digest[:19]}")
+
+
+@pytest.mark.parametrize(("rollout", "strategy"), [("InPlace", (0, 1)), ("Surge", (0, 1)), ("Replace", (1, 0))])
+def test_surge_and_replace_name_the_model_in_the_pod_template_and_roll_pods(rollout: str, strategy: tuple[int, int]) -> None:
+    """Surge and Replace: a new model is a new pod template (a rollout of new pods, no ConfigMap);
+    Replace stops a pod before its replacement starts (no spare GPU), the others surge one."""
+    resource = r50()
+    resource["spec"]["serving"]["rollout"] = rollout
+    body, observed = serving(resource, available=2)
+    deployment = _runtime(decide(body, OperatorSettings(), observed, LATER))
+    update = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert (update["maxUnavailable"], update["maxSurge"]) == strategy
+    body["spec"]["quantization"]["trainIter"] = 600
+    passed = JobObservation(succeeded=True, termination_message=summary(digest_of(body), model_digest="sha256:" + "cd" * 32))
+    swapped = decide_as_written(body, OperatorSettings(), Observed(quantize_job=passed, deployment=observed.deployment), LATER)
+    in_place = rollout == "InPlace"
+    assert (_runtime(swapped)["spec"]["template"] == deployment["spec"]["template"]) == in_place
+    assert any(m["kind"] == "ConfigMap" and m["metadata"]["name"].endswith("-model") for m in swapped.ensure) == in_place
+    if not in_place:
+        assert condition(swapped.status, "Ready")["reason"] == "RollingOut" and not swapped.needs_pod_models
 
 
 def test_a_deployment_made_by_0_1_0_is_not_restarted_by_the_upgrade() -> None:
@@ -292,7 +373,9 @@ def test_a_deployment_made_by_0_1_0_is_not_restarted_by_the_upgrade() -> None:
     the Deployment as current (Ready stays, no event), and lets a new model drop them."""
     from rtdetr_operator.reconcile import ANNOTATION_RESULT, ANNOTATION_SPEC_HASH, ANNOTATION_TEMPLATE_HASH
 
-    body, observed = serving(r50(), available=2)
+    resource = r50()
+    resource["spec"]["serving"]["rollout"] = "Surge"  # 0.1.0 named the model in the template, as Surge does
+    body, observed = serving(resource, available=2)
     assert observed.deployment is not None
     new = _runtime(decide(body, OperatorSettings(), observed, LATER))
     old = json.loads(json.dumps(new))  # as 0.1.0 made it: one annotations dict, the whole spec hashed
@@ -524,7 +607,7 @@ def test_a_raised_budget_rejudges_the_failed_candidate_without_a_job() -> None:
     assert digest_of(body) == digest, "the budget does not make the model"
     for still in (job, None):  # the Job still there, then deleted
         raised = decide(body, OperatorSettings(), replace(observed, quantize_job=still), LATER)
-        assert not [m for m in raised.ensure if m["kind"] in ("Job", "ConfigMap")], "no re-quantization"
+        assert not pipeline_children(raised), "no re-quantization"
         (deployment,) = [m for m in raised.ensure if m["kind"] == "Deployment"]
         assert deployment["metadata"]["annotations"]["rtdetr.io/pipeline-digest"] == digest, "the candidate rolls out"
         gate = condition(raised.status, "AccuracyGatePassed")
@@ -543,12 +626,12 @@ def test_a_tightened_budget_refuses_the_serving_model_and_keeps_it_serving() -> 
     assert condition(tightened.status, "Available")["status"] == "True" and tightened.status["phase"] == "Failed"
     (deployment,) = [m for m in tightened.ensure if m["kind"] == "Deployment"]
     assert deployment["metadata"]["annotations"]["rtdetr.io/model-digest"] == served["model"]["digest"]
-    assert not [m for m in tightened.ensure if m["kind"] in ("Job", "ConfigMap")]
+    assert not pipeline_children(tightened)
     body["status"] = tightened.status
     body["spec"]["quantization"]["maxMapDrop"] = 0.5
     restored = decide(body, OperatorSettings(), observed, LATER)
     assert condition(restored.status, "AccuracyGatePassed")["status"] == "True"
-    assert not [m for m in restored.ensure if m["kind"] in ("Job", "ConfigMap")]
+    assert not pipeline_children(restored)
 
 
 def test_what_the_previous_release_made_is_this_specs_model() -> None:
@@ -565,7 +648,7 @@ def test_what_the_previous_release_made_is_this_specs_model() -> None:
         upgraded["status"][record] = {**upgraded["status"][record], "pipelineDigest": earlier}
     old_job = PipelineJob(quantize_job_name("rtdetr-r50", earlier), "quantize", earlier, False)
     decision = decide(upgraded, OperatorSettings(), replace(observed, deployment=None, pipeline_jobs=(old_job,)), LATER)
-    assert not [m for m in decision.ensure if m["kind"] in ("Job", "ConfigMap")], "no re-quantization after the upgrade"
+    assert not pipeline_children(decision), "no re-quantization after the upgrade"
     assert decision.delete == [], "its Job is kept"
     (deployment,) = [m for m in decision.ensure if m["kind"] == "Deployment"]
     assert deployment["metadata"]["annotations"]["rtdetr.io/pipeline-digest"] == earlier

@@ -19,6 +19,7 @@ from rtdetr_operator.manifests import (
     build_autoscaler,
     build_network_policy,
     build_pipeline_configmap,
+    build_served_model_configmap,
     build_quantize_job,
     build_runtime_deployment,
     build_service,
@@ -40,14 +41,14 @@ def body_of(sample: str) -> dict[str, Any]:
 
 
 def summary(digest: str, passed: bool = True, baseline: float = 53.1, quantized: float = 53.0,
-            namespace: str = "vision", name: str = "rtdetr-r50") -> str:  # fmt: skip
+            namespace: str = "vision", name: str = "rtdetr-r50", model_digest: str = "sha256:" + "ab" * 32) -> str:  # fmt: skip
     """The one-line termination message `rtdetr-edge pipeline` writes (the same typed contract)."""
     key = digest.split(":")[1][:16]
     drop = round(baseline - quantized, 2)
     message = f"mAP {baseline:.1f} -> {quantized:.1f} (drop {drop:.1f} {'<=' if passed else '>'} 0.5)"
     return JobSummary(
         ok=True, pipeline_digest=digest, message=message,
-        model=ModelRef(digest="sha256:" + "ab" * 32, uri=f"pvc://rtdetr-artifacts/{namespace}/{name}/{key}/model",
+        model=ModelRef(digest=model_digest, uri=f"pvc://rtdetr-artifacts/{namespace}/{name}/{key}/model",
                        size_bytes=48_000_000, quantized=True, method="qat", isa_portable=True),
         measured_on=MeasuredOn(device="gpu", product="Tesla T4"),
         accuracy=Accuracy(baseline_map=baseline, quantized_map=quantized, map_drop=drop, images=500),
@@ -267,17 +268,38 @@ def test_pods_run_the_runtime_and_shape_ranges_the_gate_measured(sample: str, se
     if serving.get("cpuRuntime") == "paddle":
         body["spec"]["quantization"]["method"] = "qat"
     model = parse_resource(body)
-    served: dict[str, Any] = {"pipelineDigest": pipeline_digest(model.spec), "model": {"uri": "pvc://a/m", "digest": "x"}}
+    served: dict[str, Any] = {"pipelineDigest": pipeline_digest(model.spec), "model": {"uri": "pvc://a/m", "digest": DIGEST}}
     if model.spec.serving.device == "gpu":
         served["shapeRanges"] = {"file": "shapes/x-b4.pbtxt"}
-    args = build_runtime_deployment(body, model, OperatorSettings(), PipelineRecord.model_validate(served))["spec"]["template"]["spec"]["containers"][0]["args"]
+    record = PipelineRecord.model_validate(served)
+    args = build_runtime_deployment(body, model, OperatorSettings(), record)["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--backend") + 1] == backend
-    assert ("--shape-ranges" in args) == (model.spec.serving.device == "gpu")
-    if "--shape-ranges" in args:
-        assert args[args.index("--shape-ranges") + 1] == "/mnt/pvc/a/shapes/x-b4.pbtxt"
+    shapes = "/mnt/pvc/a/shapes/x-b4.pbtxt" if model.spec.serving.device == "gpu" else None
+    assert model_source(body, record) == ("/mnt/pvc/a/m", shapes, None)
 
 
 NFD = "feature.node.kubernetes.io/cpu-cpuid."
+DIGEST = "sha256:" + "ab" * 32
+
+
+def model_source(body: dict[str, Any], served: PipelineRecord) -> tuple[str, str | None, str | None]:
+    """(model dir, shape ranges, measured-on ISA) as the pods get them, the same both ways: from the
+    served-model ConfigMap (InPlace: the template names only the ConfigMap) and from the template's
+    arguments (Surge, Replace: no ConfigMap)."""
+    model = parse_resource(body)
+    in_place = build_runtime_deployment(body, model, OperatorSettings(), served)["spec"]["template"]["spec"]
+    args = in_place["containers"][0]["args"]
+    assert args[args.index("--model-config") + 1] == "/etc/rtdetr-edge/model/model.json" and "--model" not in args
+    assert {"name": "model", "configMap": {"name": f"{model.name}-model"}} in in_place["volumes"]
+    document = json.loads(build_served_model_configmap(body, model, OperatorSettings(), served)["data"]["model.json"])
+    from_configmap = (document["modelDir"], document.get("shapeRanges"), document.get("measuredOnIsa"))
+    assert document["digest"] == served.model.digest
+    surge = {**body, "spec": {**body["spec"], "serving": {**body["spec"]["serving"], "rollout": "Surge"}}}
+    args = build_runtime_deployment(surge, parse_resource(surge), OperatorSettings(), served)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--model-config" not in args
+    from_args = tuple(args[args.index(flag) + 1] if flag in args else None for flag in ("--model", "--shape-ranges", "--measured-on-isa"))
+    assert from_args == from_configmap
+    return from_configmap  # type: ignore[return-value]
 
 
 @pytest.mark.parametrize(
@@ -303,16 +325,13 @@ def test_cpu_pods_know_where_their_gate_ran(
     model = parse_resource(body)
     served: dict[str, Any] = {
         "pipelineDigest": pipeline_digest(model.spec),
-        "model": {"uri": "pvc://a/m", "digest": "x", "isaPortable": portable},
+        "model": {"uri": "pvc://a/m", "digest": DIGEST, "isaPortable": portable},
         "measuredOn": {"device": "cpu", "product": "AMD EPYC", **({"isaLevel": measured_on} if measured_on else {})},
     }
-    deployment = build_runtime_deployment(body, model, OperatorSettings(), PipelineRecord.model_validate(served))
+    record = PipelineRecord.model_validate(served)
+    deployment = build_runtime_deployment(body, model, OperatorSettings(), record)
     pod = deployment["spec"]["template"]["spec"]
-    args = pod["containers"][0]["args"]
-    if measured_on:
-        assert args[args.index("--measured-on-isa") + 1] == measured_on
-    else:
-        assert "--measured-on-isa" not in args
+    assert model_source(body, record)[2] == measured_on
     if affinity_terms is None:
         assert "affinity" not in pod
     else:

@@ -104,11 +104,12 @@ app.kubernetes.io/part-of: rtdetr-edge
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# The pipeline's stage-config ConfigMap (named by the pipeline digest: created once, deleted
-# with its superseded Job).
+# The pipeline's stage-config ConfigMap (named by the pipeline digest, deleted with its
+# superseded Job) and the served-model ConfigMap serving pods swap models from (serving.rollout
+# InPlace): applied and watched like the Deployment.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Watch our Jobs' and serving pods' states (why a pod cannot run, the pipeline's result summary
 # in its termination message).
 - apiGroups: [""]
