@@ -1,6 +1,6 @@
 """Drift (pure): does a live object still hold every field we apply?
 
-The operator server-side applies its Deployment and Service only when this says no, so an idle
+The operator server-side applies its Deployment, Service and ConfigMaps only when this says no, so an idle
 resource costs the API server nothing, while a `kubectl edit`/`scale` of a field we own is seen
 (the object arrives through the watch) and reverted at the next reconcile. Fields the server or
 other managers add (defaults, status, an HPA's or a mesh's annotations) are not drift.
@@ -24,7 +24,8 @@ def drifted(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     """True when ``desired`` must be (re-)applied: the object is missing or lost a field of ours."""
     if live is None:
         return True
-    return not (holds(desired["metadata"], live.get("metadata")) and holds(desired["spec"], live.get("spec")))
+    content = [key for key in desired if key not in ("apiVersion", "kind")]  # metadata, spec, a ConfigMap's data
+    return not all(holds(desired[key], live.get(key)) for key in content)
 
 
 def releases_field(desired: dict[str, Any], live: dict[str, Any] | None, manager: str, path: tuple[str, ...]) -> bool:

@@ -494,8 +494,13 @@ def swap_step(digest: str, replicas: int, pod_models: tuple[PodModel, ...] | Non
                 needs_pod_models=True)  # fmt: skip
 
 
+SURGE_HINT = ("a new pod needs room beside the serving ones (a spare GPU); on nodes with one GPU set serving.rollout: "
+              "Replace (pods replaced in turn), or InPlace, which swaps new models without new pods")  # fmt: skip
+
+
 def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int, deployment: DeploymentObservation | None,
-                 before: dict[str, Any], in_place: bool = False, pod_models: tuple[PodModel, ...] | None = None) -> Step:  # fmt: skip
+                 before: dict[str, Any], in_place: bool = False, pod_models: tuple[PodModel, ...] | None = None,
+                 replaces_in_turn: bool = False) -> Step:  # fmt: skip
     """Ready for a served model, from its Deployment (``kubectl rollout status`` semantics) and,
     for a model swapped in place, from the pods (:func:`swap_step`)."""
     # The pods run the desired template and no old ReplicaSet's pods are left (a replicas change
@@ -525,7 +530,11 @@ def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int,
         message = "; ".join(p for p in (deployment.stalled_message, deployment.pod_problem) if p)
         return Step([Condition("Ready", "False", Reason.PROGRESS_DEADLINE_EXCEEDED, message)], phase="Failed")
     if deployment is not None and deployment.pod_problem_reason:
-        hint = isa_placement_hint(served) if deployment.pod_problem_reason == "Unschedulable" else ""
+        hint = ""
+        if deployment.pod_problem_reason == "Unschedulable":
+            hint = isa_placement_hint(served)
+            if deployment.available_replicas > 0 and not replaces_in_turn:  # a surging pod beside the serving ones
+                hint = "; ".join(p for p in (hint, SURGE_HINT) if p)
         message = "; ".join(p for p in (f"serving {deployment.pod_problem_message}", hint) if p)
         return Step([Condition("Ready", "False", deployment.pod_problem_reason, message)], phase="Deploying")
     ready_pods = deployment.available_replicas if deployment else 0
@@ -614,7 +623,8 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
             replicas = deployment.replicas if deployment is not None else autoscaling.min_replicas  # the HPA's count
             updates.append(autoscaling_condition(autoscaling, observed.autoscaler, replicas))
         if step.served is not None:
-            rollout = rollout_step(step.served, desired, replicas, deployment, before, in_place, observed.pod_models)
+            rollout = rollout_step(step.served, desired, replicas, deployment, before, in_place, observed.pod_models,
+                                   model.spec.serving.rollout == "Replace")  # fmt: skip
             updates, phase, needs_pod_models = updates + rollout.updates, rollout.phase, rollout.needs_pod_models
     if autoscaling is None and observed.autoscaler is not None:
         delete.append(("HorizontalPodAutoscaler", runtime_name(model.name)))  # serving.replicas counts again

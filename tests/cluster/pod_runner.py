@@ -66,11 +66,15 @@ from tests.cluster.sandbox import die_with_parent
 log = logging.getLogger("pod-runner")
 
 RUNNER_NODE = "runner-0"
+TEST_GPU_RESOURCE = "example.com/gpu"
+"""An extended resource this node has one of, as a node with one GPU has one nvidia.com/gpu (a
+device plugin would advertise it): what the one-GPU rollout tests request."""
 RUNNER_LABEL = "rtdetr.io/pod-runner"
 SANDBOX = Path(__file__).resolve().parent / "sandbox.py"
 REPO = Path(__file__).resolve().parents[2]
 BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_RESET = 10.0, 300.0, 600.0
 TICK = 0.2
+VOLUME_REFRESH_SECONDS = 2.0
 # What containerd/Docker grant a container by default (before securityContext drop/add).
 DEFAULT_CAPABILITIES = frozenset({
     "CHOWN", "DAC_OVERRIDE", "FSETID", "FOWNER", "MKNOD", "NET_RAW", "SETGID", "SETUID", "SETFCAP", "SETPCAP",
@@ -162,6 +166,7 @@ class PodWorker(threading.Thread):
         self.last_status: dict[str, Any] | None = None
         self.start_time = now()
         self.problem: tuple[str, str] | None = None  # (reason, message) while the pod cannot start
+        self._next_refresh = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def update(self, pod: dict[str, Any]) -> None:
@@ -191,6 +196,7 @@ class PodWorker(threading.Thread):
                     self.problem = ("ContainerCreating", f"MountVolume.SetUp failed: {error}")
             if self.problem is None:
                 self._step_pod()
+                self._refresh_volumes()
             self._report()
             if self._finished():
                 break
@@ -486,6 +492,24 @@ class PodWorker(threading.Thread):
             return {item["path"]: self._field(item["fieldRef"]["fieldPath"]).encode() for item in source["downwardAPI"]["items"]}
         raise MountError(f"projected source {sorted(source)} is not emulated")
 
+    def _refresh_volumes(self) -> None:
+        """As the kubelet's sync loop does for running pods: ConfigMap and Secret volumes (whole,
+        never subPath) follow their objects. Every VOLUME_REFRESH_SECONDS here; the kubelet's
+        period is about a minute (its sync period plus the watch/cache delay)."""
+        if time.monotonic() < self._next_refresh:
+            return
+        self._next_refresh = time.monotonic() + VOLUME_REFRESH_SECONDS
+        fs_group = (self.pod["spec"].get("securityContext") or {}).get("fsGroup")
+        for volume in self.pod["spec"].get("volumes") or []:
+            target = self.mounts.get(volume["name"])
+            try:
+                if "configMap" in volume and target is not None:
+                    self._write_files(target, self._config_map(volume["configMap"]), volume["configMap"], fs_group)
+                elif "secret" in volume and target is not None:
+                    self._write_files(target, self._secret(volume["secret"]), volume["secret"], fs_group)
+            except (MountError, ApiError) as error:  # the kubelet keeps the last content too
+                log.info("pod %s/%s: volume %s not refreshed: %s", self.namespace, self.pod_name, volume["name"], error)
+
     @staticmethod
     def _select(data: dict[str, bytes], ref: dict[str, Any]) -> dict[str, bytes]:
         if not ref.get("items"):
@@ -498,12 +522,16 @@ class PodWorker(threading.Thread):
         mode = int(ref.get("defaultMode", 0o644))
         for relative, content in files.items():
             path = target / relative
+            if path.is_file() and path.read_bytes() == content:
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(content)
-            path.chmod(mode)
+            staged = path.with_name(f"..{path.name}.new")  # whole files appear at once, as the kubelet's ..data swap does
+            staged.write_bytes(content)
+            staged.chmod(mode)
             if fs_group is not None:
-                os.chown(path, 0, int(fs_group))
-                path.chmod(mode | 0o040)
+                os.chown(staged, 0, int(fs_group))
+                staged.chmod(mode | 0o040)
+            os.replace(staged, path)
         target.chmod(0o755)
 
     def _field(self, path: str) -> str:
@@ -743,7 +771,8 @@ class PodRunner:
     def _node_status(self) -> dict[str, Any]:
         stamp = now()
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        capacity = {"cpu": str(os.cpu_count() or 1), "memory": f"{memory // 1024}Ki", "pods": "110", "ephemeral-storage": "100Gi"}
+        capacity = {"cpu": str(os.cpu_count() or 1), "memory": f"{memory // 1024}Ki", "pods": "110", "ephemeral-storage": "100Gi",
+                    TEST_GPU_RESOURCE: "1"}  # fmt: skip
         conditions = [{"type": t, "status": "False", "reason": f"KubeletHas{r}", "lastHeartbeatTime": stamp,
                        "lastTransitionTime": self.registered_at}
                       for t, r in (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),

@@ -433,6 +433,11 @@ def test_drift_is_a_missing_or_changed_field_of_ours_only() -> None:
     edited["spec"]["template"]["spec"]["containers"][0]["args"].append("--debug")  # kubectl edit
     assert drifted(desired, edited)
 
+    configmap = next(m for m in decide(body, OperatorSettings(), observed, LATER).ensure if m["kind"] == "ConfigMap")
+    live_configmap = {**json.loads(json.dumps(configmap)), "metadata": {**configmap["metadata"], "uid": "c", "resourceVersion": "3"}}
+    assert not drifted(configmap, live_configmap), "a ConfigMap has data, no spec"
+    assert drifted(configmap, {**live_configmap, "data": {"model.json": "{}"}}), "an edited model file is drift"
+
 
 def test_a_count_the_operator_alone_holds_is_handed_over_before_it_stops_applying_it() -> None:
     """Server-side apply deletes a field its only manager stops applying: a Deployment the

@@ -26,6 +26,8 @@ import requests
 
 from rtdetr_operator.names import quantize_job_name
 
+from ..cluster.pod_runner import TEST_GPU_RESOURCE
+
 from ..gitops.argocd import verdicts
 from .conftest import RESYNC_SECONDS, Cluster, OperatorRelease, demo_namespace, load_sample
 
@@ -338,10 +340,29 @@ def test_allow_from_makes_a_network_policy_the_api_server_validates(demo: Demo) 
     cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=60)
 
 
-def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
+ONE_GPU = {"limits": {TEST_GPU_RESOURCE: "1"}}  # the runner node has one: no room for a second serving pod
+
+
+def runtime_pod_names(demo: Demo) -> set[str]:
+    return {p["metadata"]["name"] for p in demo.cluster.pods(demo.namespace, "app.kubernetes.io/component=runtime")}
+
+
+def test_model_swap_under_load_on_a_one_gpu_node_fails_no_request(demo: Demo) -> None:
     """A new model (a training change → a new pipeline digest) replaces the served one while
-    clients keep sending detections: the old pods serve until the new ones are Ready."""
+    clients keep sending detections, on a node whose one "GPU" the serving pod holds: with
+    serving.rollout InPlace (the default) the running pod loads the new model beside the old one
+    and switches; no pod is added or replaced, no request fails."""
     cluster, namespace = demo.cluster, demo.namespace
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"resources": ONE_GPU}}})
+
+    def holding_the_gpu() -> bool:
+        pods = cluster.pods(namespace, "app.kubernetes.io/component=runtime")
+        limits = [p["spec"]["containers"][0].get("resources", {}).get("limits", {}) for p in pods]
+        ready = cluster.condition(namespace, NAME, "Ready") or {}
+        return len(pods) == 1 and limits[0].get(TEST_GPU_RESOURCE) == "1" and ready.get("status") == "True"
+
+    cluster.wait(holding_the_gpu, 180, "one serving pod holding the node's GPU")
+    pods = runtime_pod_names(demo)
     old_digest = cluster.model(namespace, NAME)["status"]["model"]["digest"]
     with LoadGenerator(cluster, namespace, NAME) as load:
         time.sleep(2)
@@ -363,6 +384,40 @@ def test_model_swap_under_load_fails_no_request(demo: Demo) -> None:
     assert first_new is not None, f"no request reached the new model: {dict(load.outcomes)}"
     assert sum(load.outcomes.values()) > 50, f"the load generator barely ran: {dict(load.outcomes)}"
     assert load.failed == 0, f"{load.failed} failed requests during the swap: {load.failures[:5]}"
+    assert runtime_pod_names(demo) == pods, "swapped in the running pod, none added or replaced"
+
+
+def test_surge_on_a_one_gpu_node_says_why_it_cannot_proceed_and_replace_gets_through_with_downtime(demo: Demo) -> None:
+    """serving.rollout Surge needs a second GPU for the new pod: on the one-GPU node it stays
+    Pending, and Ready says so with the scheduler's words and what to do, while the old pod serves.
+    Replace then gets through: the old pod stops first (measured: requests without a pod)."""
+    cluster, namespace = demo.cluster, demo.namespace
+    pods = runtime_pod_names(demo)
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"rollout": "Surge"}}})  # the template names the model now
+    try:
+        cluster.wait(lambda: cluster.condition(namespace, NAME, "Ready")["reason"] == "Unschedulable", 120,  # type: ignore[index]
+                     "the surge pod Unschedulable in status")  # fmt: skip
+        ready = cluster.condition(namespace, NAME, "Ready")
+        assert ready is not None and ready["status"] == "False"
+        assert f"Insufficient {TEST_GPU_RESOURCE}" in ready["message"] and "serving.rollout: Replace" in ready["message"], ready
+        assert cluster.condition(namespace, NAME, "Available")["status"] == "True"  # type: ignore[index]
+        endpoints = cluster.ready_endpoints(namespace, NAME)
+        assert len(endpoints) == 1 and detect(endpoints[0])["digest"] == cluster.model(namespace, NAME)["status"]["model"]["digest"]
+        assert pods <= runtime_pod_names(demo), "the serving pod stays"
+
+        with LoadGenerator(cluster, namespace, NAME) as load:
+            time.sleep(2)
+            patched = time.monotonic()
+            cluster.patch_model(namespace, NAME, {"spec": {"serving": {"rollout": "Replace"}}})
+            cluster.wait(lambda: not (pods & runtime_pod_names(demo)) and len(runtime_pod_names(demo)) == 1
+                         and cluster.condition(namespace, NAME, "Ready")["status"] == "True", 180, "replaced")  # type: ignore[index]  # fmt: skip
+            replaced = time.monotonic() - patched
+        print(f"\nReplace on the one-GPU node under load: {dict(load.outcomes)}; patch to Ready {replaced:.1f}s")
+        assert load.outcomes["200"] > 0 and load.failed > 0, "Replace leaves no pod serving for a while (one replica)"
+    finally:
+        cluster.patch_model(namespace, NAME, {"spec": {"serving": {"rollout": None, "resources": None}}})
+    cluster.wait(lambda: cluster.condition(namespace, NAME, "Ready")["status"] == "True"  # type: ignore[index]
+                 and len(runtime_pod_names(demo)) == 1, 180, "back to one serving pod without the GPU")  # fmt: skip
 
 
 def test_deleted_deployment_is_recreated(demo: Demo) -> None:
