@@ -468,6 +468,16 @@ def runtime_deployment(body: dict[str, Any], model: RTDETRModel, settings: Opera
     return desired
 
 
+def swapping(served: PipelineRecord, before: dict[str, Any]) -> bool:
+    """Whether running pods are swapping to ``served`` in place (serving.rollout InPlace): another
+    model served before, or a swap to it was not confirmed yet. Pods that start after the
+    ConfigMap names a model (a first rollout, a new template) load it as they start: their
+    Deployment's rollout says when they serve, and they are not asked."""
+    previous = (before.get("serving") or {}).get("servingDigest")
+    reason = (find(list(before.get("conditions") or []), "Ready") or {}).get("reason")
+    return previous is not None and (previous != served.model.digest or reason in (Reason.MODEL_SWAPPING, Reason.MODEL_SWAP_FAILED))
+
+
 def swap_step(digest: str, replicas: int, pod_models: tuple[PodModel, ...] | None) -> Step:
     """Ready for a model the pods swap to in place (serving.rollout InPlace), from what the pods
     say they serve: Serving once as many as wanted answer with it and none with another."""
@@ -517,7 +527,7 @@ def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int,
     serving = f"serving {served.model.digest[:19]}"
     if rolled_out and replicas == 0:
         return Step([Condition("Ready", "True", Reason.SCALED_TO_ZERO, "serving.replicas is 0")], phase="Ready")
-    if rolled_out and in_place and not was_serving:
+    if rolled_out and in_place and swapping(served, before):
         return swap_step(served.model.digest, replicas, pod_models)
     if rolled_out:
         return Step([Condition("Ready", "True", Reason.SERVING, serving)], phase="Ready")

@@ -88,8 +88,9 @@ def serving(body: dict[str, Any], available: int) -> tuple[dict[str, Any], Obser
     n = int(body["spec"]["serving"]["replicas"])
     live = DeploymentObservation(annotations=annotations, replicas=n, current_replicas=n, generation=1, observed_generation=1,
                                  updated_replicas=n, ready_replicas=n, available_replicas=n)  # fmt: skip
-    ready = decide({**body, "status": first.status}, OperatorSettings(), Observed(deployment=live), NOW)
+    ready = decide_as_written({**body, "status": first.status}, OperatorSettings(), Observed(deployment=live), NOW)
     assert condition(ready.status, "Ready")["reason"] == "Serving"
+    assert not ready.needs_pod_models, "a first rollout's pods load the ConfigMap's model as they start: not asked"
     lost = DeploymentObservation(annotations=annotations, replicas=n, current_replicas=n, generation=1, observed_generation=1,
                                  updated_replicas=n, ready_replicas=available, available_replicas=available)  # fmt: skip
     return {**body, "status": ready.status}, Observed(deployment=lost)

@@ -160,6 +160,11 @@ class ModelService:
     def warming_up(self) -> bool:
         return self.state not in ("ready", "failed")
 
+    @property
+    def loading(self) -> bool:
+        """Paddle works in a loading thread: the first warm-up, or a model loading for a swap."""
+        return self.warming_up or (self.candidate is not None and self.candidate.state == "LOADING")
+
     def counted_as_refusal(self, error: RtdetrEdgeError) -> bool:
         """Count a refused request (the client's doing, or expected: warming up, shedding) in
         ``rtdetr_rejected_requests_total``; False for a server failure, which the caller logs.
@@ -234,13 +239,16 @@ class ModelService:
             log.exception("warm-up crashed")
             self._fail(f"{type(error).__name__}: {error}")
             return
+        self._record_warm_up(warmed, time.perf_counter() - started)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._became_ready, warmed)
+
+    def _record_warm_up(self, warmed: WarmedModel, seconds: float) -> None:
         report = warmed.report
-        self.metrics.warmup_seconds.set(time.perf_counter() - started)
+        self.metrics.warmup_seconds.set(seconds)
         self.metrics.engine_cache.labels(report.engine_cache).inc()
         self.metrics.shape_collection.labels(report.shape_collection).inc()
         log.info("warm-up report: %s", report.to_dict())
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._became_ready, warmed)
 
     def _became_ready(self, warmed: WarmedModel) -> None:
         self.warmed = warmed
@@ -313,7 +321,7 @@ class ModelService:
         old = await self._batcher.run_exclusive(exchange)
         self.candidate = None
         self.metrics.model_swaps.labels("succeeded").inc()
-        self.metrics.warmup_seconds.set(seconds)
+        self._record_warm_up(warmed, seconds)
         log.info("model %s now serves %s (loaded in %.1f s beside %s)", self.options.model_name,
                  warmed.report.model_digest, seconds, old.report.model_digest if old else "nothing")  # fmt: skip
         if old is not None:

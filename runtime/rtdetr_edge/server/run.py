@@ -273,9 +273,9 @@ def run_server(
     server.run()
     if server.unbound:
         print(f"error: could not listen for {server.unbound} (in use, or not this host's address)", file=sys.stderr)
-        return _exit_now(1) if service.warming_up else 1
-    if terminated and service.warming_up:
-        log.info("stopped on SIGTERM during warm-up")
+        return _exit_now(1) if service.loading else 1
+    if terminated and service.loading:
+        log.info("stopped on SIGTERM %s", "during warm-up" if service.warming_up else "while loading a model to swap to")
         return _exit_now(0)
     if terminated:
         log.info("drained and stopped on SIGTERM")
