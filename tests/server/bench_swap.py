@@ -80,7 +80,7 @@ def restart(name: str, new: Path, work: Path) -> None:
 
 
 def main() -> None:
-    print(cpu_description())
+    print("CPU:", cpu_description(Path("/proc/cpuinfo").read_text()))
     image = FIXTURE_IMAGES[0].read_bytes()
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
