@@ -118,5 +118,12 @@ def test_the_chart_defaults_are_the_operator_defaults(monkeypatch: pytest.Monkey
     from_chart = settings_from(parse([]))
     defaults = OperatorSettings()
     for field in ("default_engine_cache", "host_path_prefixes", "image_pull_policy", "pvc_mount_root", "job_backoff_limit",
-                  "cluster_domain", "namespaces", "image_pull_secrets", "serving_metrics_from"):  # fmt: skip
+                  "cluster_domain", "namespaces", "image_pull_secrets"):  # fmt: skip
         assert getattr(from_chart, field) == getattr(defaults, field), field
+    # Beyond the scrapers (none by default) the chart admits its own operator pod, which follows
+    # in-place model swaps on the serving pods' plain port: the peer must select that pod.
+    (peer,) = from_chart.serving_metrics_from
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": deployment["metadata"]["namespace"]}}
+    assert defaults.serving_metrics_from == ()
