@@ -14,7 +14,14 @@ import yaml
 
 from rtdetr_edge.api.job import PipelinePlan, PipelineRecord
 from rtdetr_edge.api.served import SERVED_MODEL_KEY, ServedModel
-from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, PodPlacement, ServingSpec, TracingSpec
+from rtdetr_edge.api.spec import (
+    IN_FLIGHT_METRIC,
+    AutoscalingSpec,
+    ModelRegistrySpec,
+    PodPlacement,
+    ServingSpec,
+    TracingSpec,
+)
 from rtdetr_edge.cpu_isa import node_affinity_for
 from rtdetr_edge.resource import RTDETRModel, serving_backend
 from rtdetr_edge.storage import parse_uri
@@ -345,6 +352,9 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
         {"name": "pipeline-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
         {"name": "scratch", "mountPath": "/tmp"},
     ]
+    registry_args, registry_volumes, registry_mounts = registry_access(spec.storage.registry)
+    volumes += registry_volumes
+    mounts += registry_mounts
     labels = {**common_labels(model.name, "quantize"), "rtdetr.io/pipeline-key": pipeline_key(digest)}
     device = spec.serving.device
     container = {
@@ -359,6 +369,7 @@ def build_quantize_job(body: dict[str, Any], model: RTDETRModel, digest: str, se
             "--download-dir", "/tmp/downloads",
             "--termination-log", "/dev/termination-log",
             "--plan", f"{CONFIG_MOUNT}/{PLAN_FILE}",  # the Job never recomputes it (its spec may name the export)
+            *registry_args,
         ],  # fmt: skip
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *device_env(device)],
         "resources": device_resources(compression.resources, device),
@@ -384,9 +395,12 @@ def served_model(model: RTDETRModel, settings: OperatorSettings, served: Pipelin
     its Job collected (TensorRT, GPU) and, on CPU, the ISA level its gate ran on (a CPU pod refuses
     a model whose numbers differ on its own CPU)."""
     serving = model.spec.serving
+    measured_on_isa = served.measured_on.isa_level if serving.device == "cpu" and served.measured_on is not None else None
+    if served.model.uri.startswith("oci://"):  # pulled by the pod; its shape ranges travel in the artifact
+        return ServedModel(oci=served.model.uri, digest=served.model.digest, pipeline_digest=served.pipeline_digest,
+                           measured_on_isa=measured_on_isa)  # fmt: skip
     model_dir = pvc_path(served.model.uri, settings.pvc_mount_root)
     shape_ranges = f"{model_dir.rsplit('/', 1)[0]}/{served.shape_ranges.file}" if served.shape_ranges is not None else None
-    measured_on_isa = served.measured_on.isa_level if serving.device == "cpu" and served.measured_on is not None else None
     return ServedModel(model_dir=model_dir, digest=served.model.digest, pipeline_digest=served.pipeline_digest,
                        shape_ranges=shape_ranges, measured_on_isa=measured_on_isa)  # fmt: skip
 
@@ -413,7 +427,7 @@ def build_served_model_configmap(body: dict[str, Any], model: RTDETRModel, setti
 def model_args(document: ServedModel) -> list[str]:
     """The serve command's arguments naming the model in the pod template (Surge, Replace)."""
     return [
-        "--model", document.model_dir,
+        "--model", document.oci or document.model_dir,
         *(["--shape-ranges", document.shape_ranges] if document.shape_ranges else []),
         *(["--measured-on-isa", document.measured_on_isa] if document.measured_on_isa else []),
     ]  # fmt: skip
@@ -431,17 +445,15 @@ def build_runtime_deployment(
     # A model that is not portable across ISA levels only goes to nodes of its gate's INT8 arithmetic.
     bound_to = isa_bound_level(served) if serving.device == "cpu" else None
     required = node_affinity_for(bound_to) if bound_to else None
-    claim = parse_uri(served.model.uri).claim  # serving needs only the artifacts claim, read-only
-    volumes = [
-        {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
-        _engine_cache_volume(model, settings),
-        {"name": "scratch", "emptyDir": {}},
-    ]
-    mounts = [
-        {"name": "artifacts", "mountPath": f"{settings.pvc_mount_root}/{claim}", "readOnly": True},
-        {"name": "engine-cache", "mountPath": ENGINE_CACHE_MOUNT},
-        {"name": "scratch", "mountPath": "/tmp"},
-    ]
+    volumes = [_engine_cache_volume(model, settings), {"name": "scratch", "emptyDir": {}}]
+    mounts = [{"name": "engine-cache", "mountPath": ENGINE_CACHE_MOUNT}, {"name": "scratch", "mountPath": "/tmp"}]
+    if not served.model.uri.startswith("oci://"):  # else pulled from storage.registry into the engine cache
+        claim = parse_uri(served.model.uri).claim  # serving needs only the artifacts claim, read-only
+        volumes.insert(0, {"name": "artifacts", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.insert(0, {"name": "artifacts", "mountPath": f"{settings.pvc_mount_root}/{claim}", "readOnly": True})
+    registry_args, registry_volumes, registry_mounts = registry_access(model.spec.storage.registry)
+    volumes += registry_volumes
+    mounts += registry_mounts
     if in_place:
         volumes.append({"name": "model", "configMap": {"name": served_model_configmap_name(model.name)}})
         mounts.append({"name": "model", "mountPath": MODEL_FILE_MOUNT, "readOnly": True})
@@ -481,6 +493,7 @@ def build_runtime_deployment(
             "--port", str(CONTAINER_PORT),
             *(["--grpc-port", str(GRPC_PORT)] if serving.grpc else []),
             *security_args,
+            *registry_args,
             "--shutdown-delay-seconds", str(SHUTDOWN_DELAY_SECONDS),
             "--drain-seconds", str(DRAIN_SECONDS),
         ],  # fmt: skip
@@ -508,7 +521,7 @@ def build_runtime_deployment(
     placement = placement_fields(serving, serving.device, pods, required)
     spec = pod_spec([container], volumes, settings, settings.runtime_service_account, placement,
                     terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS)  # fmt: skip
-    if "hostPath" in volumes[1]:
+    if any("hostPath" in volume for volume in volumes if volume["name"] == "engine-cache"):
         spec["initContainers"] = [_engine_cache_owner(image, settings)]
     return {
         "apiVersion": "apps/v1",
@@ -652,6 +665,28 @@ def serving_security(serving: ServingSpec) -> tuple[list[str], list[dict[str, An
             args += ["--tls-client-ca-file", f"{secret('client-ca', serving.tls.client_ca_secret_name)}/ca.crt"]
     if serving.auth is not None:
         args += ["--auth-token-file", f"{secret('auth-tokens', serving.auth.token_secret_name)}/tokens"]
+    return args, volumes, mounts
+
+
+def registry_access(registry: ModelRegistrySpec | None) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Arguments, volumes and mounts that let a pod reach ``storage.registry``: the pull Secret's
+    Docker config and the CA bundle as files (the Job pushes, serving pods pull)."""
+    if registry is None:
+        return [], [], []
+    args = ["--registry-plain-http"] if registry.plain_http else []
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if registry.pull_secret_name is not None:
+        items = [{"key": ".dockerconfigjson", "path": "config.json"}]
+        volumes.append({"name": "registry-credentials", "secret": {"secretName": registry.pull_secret_name, "items": items,
+                                                                    "defaultMode": 0o440}})  # fmt: skip
+        mounts.append({"name": "registry-credentials", "mountPath": f"{SECRETS_MOUNT}/registry", "readOnly": True})
+        args += ["--registry-config", f"{SECRETS_MOUNT}/registry/config.json"]
+    if registry.ca_config_map_name is not None:
+        items = [{"key": "ca.crt", "path": "ca.crt"}]
+        volumes.append({"name": "registry-ca", "configMap": {"name": registry.ca_config_map_name, "items": items}})
+        mounts.append({"name": "registry-ca", "mountPath": f"{SECRETS_MOUNT}/registry-ca", "readOnly": True})
+        args += ["--registry-ca-file", f"{SECRETS_MOUNT}/registry-ca/ca.crt"]
     return args, volumes, mounts
 
 

@@ -29,6 +29,7 @@ from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.predictor.plan import default_backend
 from rtdetr_edge.predictor.settings import BACKENDS, CPU_INT8_MODES, DEVICES, PRECISIONS, PredictorSettings
+from rtdetr_edge.oci import RegistryAccess
 from rtdetr_edge.server.model_service import MAX_DETECTIONS_LIMIT, ServeOptions
 from rtdetr_edge.server.security import DEFAULT_RELOAD_SECONDS, SecurityOptions
 
@@ -114,6 +115,15 @@ MODEL_DIR = option("--model", "model", envvar="RTDETR_MODEL_DIR", show_envvar=Tr
 PORT = option("--port", env=True, type=click.IntRange(0, 65535), default=8080)
 
 
+# How to reach an OCI registry holding models (push, pull, serve).
+REGISTRY = options(
+    option("--registry-config", env=True, type=EXISTING_FILE, default=None,
+           help="Docker config file with registry credentials (~/.docker/config.json, a dockerconfigjson Secret)"),
+    option("--registry-ca-file", env=True, type=EXISTING_FILE, default=None, help="CA bundle of a registry with a private CA"),
+    option("--registry-plain-http", env=True, is_flag=True, default=False, help="plain HTTP (a registry on loopback)"),
+)  # fmt: skip
+
+
 def usable(device: str) -> str:
     """``device``, once known to work here: ``gpu`` without CUDA Paddle or a visible driver fails
     now, with the fix, instead of deep inside Paddle seconds later."""
@@ -165,12 +175,14 @@ def cli(log_level: str) -> None:
 
 
 @cli.command()
-@option("--model", "model", envvar="RTDETR_MODEL_DIR", show_envvar=True, type=EXISTING_DIR, default=None,
-        help="an exported model folder (model.pdmodel + model.pdiparams); or --model-config")  # fmt: skip
+@option("--model", "model", envvar="RTDETR_MODEL_DIR", show_envvar=True, default=None,
+        help="an exported model folder (model.pdmodel + model.pdiparams), or one pushed to a registry "
+        "(oci://registry/repository@sha256:…, pulled into --cache-dir); or --model-config")  # fmt: skip
 @option("--model-config", env=True, type=EXISTING_FILE, default=None,
         help="a served-model file naming the model (the operator's ConfigMap): watched, and a new model it names "
         "is loaded beside the serving one and swapped in without dropping a request")  # fmt: skip
 @PREDICTOR
+@REGISTRY
 @option("--model-name", env=True, default=SERVE_DEFAULTS["model_name"], help="name in the OIP v2 API")
 @option("--host", env=True, default="0.0.0.0")
 @PORT
@@ -218,9 +230,14 @@ def serve(**params: Any) -> int:
 
     if (params["model"] is None) == (params["model_config"] is None):
         raise click.UsageError("give the model as --model DIR or --model-config FILE (one of them)")
+    model = str(params["model"] or "")
+    model_ref = model if model.startswith("oci://") else None
+    if model and model_ref is None and not Path(model).is_dir():
+        raise click.BadParameter(f"directory '{model}' does not exist", param_hint="'--model'")
     settings = predictor_settings(params)
     serve_options = ServeOptions(
-        model_dir=params["model"] or Path(),
+        model_dir=Path(model) if model and model_ref is None else Path(),
+        model_ref=model_ref,
         model_config=params["model_config"],
         cache_dir=params["cache_dir"],
         predictor=settings,
@@ -238,10 +255,49 @@ def serve(**params: Any) -> int:
         preprocess_threads=settings.cpu_threads,
         shape_seed=params["shape_ranges"],
         measured_on_isa=params["measured_on_isa"],
+        registry=registry_access(params),
     )
     return run_server(serve_options, params["host"], params["port"], params["drain_seconds"],
                       shutdown_delay=params["shutdown_delay_seconds"], grpc_port=params["grpc_port"],
                       management_port=params["management_port"])  # fmt: skip
+
+
+def registry_access(params: dict[str, Any]) -> RegistryAccess:
+    return RegistryAccess(config_file=params["registry_config"], ca_file=params["registry_ca_file"],
+                          plain_http=params["registry_plain_http"])  # fmt: skip
+
+
+@cli.command()
+@option("--model", "model", type=EXISTING_DIR, required=True, help="the model folder to push (every file in it)")
+@option("--shape-ranges", type=EXISTING_FILE, default=None, help="TensorRT shape ranges collected for it, pushed beside it")
+@REGISTRY
+@click.argument("reference")
+def push(**params: Any) -> int:
+    """Push a model folder to an OCI registry as an artifact (ORAS layout; `oras pull` gets it too).
+
+    REFERENCE is oci://registry/repository[:tag]; the reference pinned by digest is printed: name it
+    as the resource's source, or serve it with `serve --model-config`.
+    """
+    from rtdetr_edge.oci import Reference, push_model
+
+    pinned = push_model(params["model"], Reference.parse(params["reference"]), registry_access(params), params["shape_ranges"])
+    click.echo(str(pinned))
+    return 0
+
+
+@cli.command()
+@option("--cache-dir", type=PATH, required=True, help="where pulled models are kept (models/<digest>/model)")
+@option("--expected-digest", default=None, help="the model files' digest it must have (sha256:…)")
+@REGISTRY
+@click.argument("reference")
+def pull(**params: Any) -> int:
+    """Pull a model pushed by `push` (oci://…@sha256:…), verified; print where it is."""
+    from rtdetr_edge.oci import Reference, pull_model
+
+    pulled = pull_model(Reference.parse(params["reference"]), params["cache_dir"], registry_access(params), params["expected_digest"])
+    print_json({"modelDir": str(pulled.model_dir), "shapeRanges": str(pulled.shape_ranges) if pulled.shape_ranges else None,
+                "manifestDigest": pulled.manifest_digest})  # fmt: skip
+    return 0
 
 
 def security_options(params: dict[str, Any]) -> SecurityOptions:
@@ -389,8 +445,9 @@ def evaluate(**params: Any) -> int:
 @option("--termination-log", type=PATH, default=None, help="default: /dev/termination-log if present")
 @option("--plan", type=EXISTING_FILE, default=None, metavar="PLAN.json",
         help="the operator's plan for this run: digest, ACT settings, tool versions (default: made from the resource)")  # fmt: skip
+@REGISTRY
 def pipeline(resource: Path, pvc_root: Path, download_dir: Path, cache_dir: Path, device: str,
-             termination_log: Path | None, plan: Path | None) -> int:  # fmt: skip
+             termination_log: Path | None, plan: Path | None, **registry: Any) -> int:  # fmt: skip
     """The quantize Job: quantize, evaluate FP32 and INT8, gate, shapes."""
     from pydantic import ValidationError
 
@@ -410,7 +467,7 @@ def pipeline(resource: Path, pvc_root: Path, download_dir: Path, cache_dir: Path
         except (OSError, ValidationError) as error:
             raise click.BadParameter(str(error), param_hint=f"--plan {plan}") from None
     resolver = StorageResolver(pvc_root=pvc_root, download_dir=download_dir)
-    result = run_pipeline(model, resolver, cache_dir, usable(device), termination_log, the_plan)
+    result = run_pipeline(model, resolver, cache_dir, usable(device), termination_log, the_plan, registry_access(registry))
     print_json(result.summary().wire())
     return 0
 

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.files import write_text_atomic
 from rtdetr_edge.gate import accuracy_gate, judge, reported_map
 from rtdetr_edge.model_files import LABELS_FILE, ModelFiles
+from rtdetr_edge.oci import Reference, RegistryAccess, push_model
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.progress import ProgressReporter
 from rtdetr_edge.resource import (
@@ -160,6 +161,21 @@ def num_model_classes(model_dir: Path) -> int:
     return len(labels) if labels else DEFAULT_NUM_CLASSES
 
 
+def published(result: PipelineResult, model: RTDETRModel, paths: ArtifactPaths, access: RegistryAccess | None) -> PipelineResult:
+    """With storage.registry, the model (and its shape ranges) pushed there, and the result naming
+    it by digest (what serving pods pull); result.json keeps where the Job wrote it. Pushing the
+    same files again pushes nothing new."""
+    registry = model.spec.storage.registry
+    if registry is None or result.model is None:
+        return result
+    access = replace(access or RegistryAccess(), plain_http=registry.plain_http)
+    shapes = paths.final / result.shape_ranges.file if result.shape_ranges is not None else None
+    mark = time.perf_counter()
+    pinned = push_model(paths.final / MODEL_SUBDIR, Reference.parse(f"{registry.repository}:{paths.key}"), access, shapes)
+    log.info("pushed the model to %s in %.1f s", pinned, time.perf_counter() - mark)
+    return result.model_copy(update={"model": result.model.model_copy(update={"uri": str(pinned)})})
+
+
 def run_pipeline(
     model: RTDETRModel,
     resolver: StorageResolver,
@@ -167,23 +183,26 @@ def run_pipeline(
     device: str = "cpu",
     termination_log: Path | None = None,
     plan: PipelinePlan | None = None,
+    registry: RegistryAccess | None = None,
 ) -> PipelineResult:
     """Run (or reuse) the quantize Job's sequence for ``model``; return its result.
     ``plan``: the operator's (digest, ACT settings, tool versions); made from the resource
-    when run by hand."""
+    when run by hand. ``registry``: credentials and CA for storage.registry."""
     plan = plan or pipeline_plan(model.spec)
     paths = artifact_paths(model, resolver, plan.pipeline_digest)
     existing = read_result(paths)
     if existing is not None:
         log.info("pipeline %s already finished (%s); nothing to do", paths.key, paths.final)
-        existing = judged_again(existing, plan.quantization)
+        existing = published(judged_again(existing, plan.quantization), model, paths, registry)
         write_termination_log(existing, termination_log)
         return existing
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(paths.lock_file)):
         existing = read_result(paths)
         if existing is not None:
-            return judged_again(existing, plan.quantization)
+            existing = published(judged_again(existing, plan.quantization), model, paths, registry)
+            write_termination_log(existing, termination_log)
+            return existing
         for stale in paths.run_dir.glob(f".{paths.key}.partial-*"):
             log.info("removing %s left by an interrupted run", stale)
             shutil.rmtree(stale, ignore_errors=True)
@@ -204,6 +223,7 @@ def run_pipeline(
             raise
         paths.failure_file.unlink(missing_ok=True)
         paths.progress_file.unlink(missing_ok=True)
+    result = published(result, model, paths, registry)
     write_termination_log(result, termination_log)
     return result
 

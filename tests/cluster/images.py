@@ -113,10 +113,11 @@ class Registry:
 
     port: int
     process: subprocess.Popen[bytes]
+    address: str = "127.0.0.1"
 
     @property
     def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     def ref(self, repository: str, tag_or_digest: str) -> str:
         separator = "@" if tag_or_digest.startswith("sha256:") else ":"
@@ -137,7 +138,8 @@ class Registry:
 
 
 @contextmanager
-def registry(storage: Path | None = None) -> Iterator[Registry]:
+def registry(storage: Path | None = None, address: str = "127.0.0.1") -> Iterator[Registry]:
+    """``address``: where it listens (loopback; the pod network's gateway for pods to reach it)."""
     storage = storage or images_cache() / "registry"
     storage.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -146,7 +148,7 @@ def registry(storage: Path | None = None) -> Iterator[Registry]:
         config.write_text(
             "version: 0.1\nlog:\n  level: warn\n"
             f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{port}\n"
+            f"http:\n  addr: {address}:{port}\n"
         )
         # What no tag names any more (the images of earlier builds) is deleted before serving: the
         # storage holds one build of each image, not every build this machine ever made.
@@ -156,9 +158,9 @@ def registry(storage: Path | None = None) -> Iterator[Registry]:
         log = (Path(scratch) / "registry.log").open("wb")
         process = subprocess.Popen([str(binary("registry")), "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2).status == 200, 30,
+            wait_until(lambda: urllib.request.urlopen(f"http://{address}:{port}/v2/", timeout=2).status == 200, 30,
                        "the registry")  # fmt: skip
-            yield Registry(port, process)
+            yield Registry(port, process, address)
         finally:
             process.terminate()
             process.wait(10)

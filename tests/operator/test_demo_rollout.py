@@ -26,6 +26,7 @@ import requests
 
 from rtdetr_operator.names import quantize_job_name
 
+from ..cluster.images import registry
 from ..cluster.pod_runner import TEST_GPU_RESOURCE
 
 from ..gitops.argocd import verdicts
@@ -687,6 +688,28 @@ def test_serving_tls_and_tokens_from_secrets_with_probes_on_the_management_port(
     cluster.wait(lambda: cluster.ready_endpoints(namespace, NAME) and not cluster.ready_endpoints(namespace, NAME, "https"),
                  180, "plain HTTP again")  # fmt: skip
     cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=180)
+
+
+def test_storage_registry_the_job_pushes_and_serving_pods_pull_with_no_volume_shared(demo: Demo, tmp_path: Path) -> None:
+    """storage.registry: the quantize Job pushes the INT8 model to a real OCI registry (on the pod
+    network), the result names it by digest, and the serving pod pulls it, verified, with no
+    artifacts volume mounted: what an edge site with only node-local (RWO) volumes needs."""
+    cluster, namespace = demo.cluster, demo.namespace
+    assert cluster.plane.network is not None
+    with registry(tmp_path / "registry", address=cluster.plane.network.gateway) as models:
+        repository = f"oci://{models.host}/{namespace}/{NAME}"
+        cluster.patch_model(namespace, NAME, {"spec": {"quantization": {"trainIter": 43},
+                                                       "storage": {"registry": {"repository": repository, "plainHTTP": True}}}})  # fmt: skip
+        cluster.wait(lambda: str(cluster.model(namespace, NAME)["status"]["model"]["uri"]).startswith(repository + "@sha256:")
+                     and cluster.condition(namespace, NAME, "Ready")["status"] == "True", PIPELINE_TIMEOUT,  # type: ignore[index]
+                     "the pushed model serving")  # fmt: skip
+        status = cluster.model(namespace, NAME)["status"]
+        key = status["pipelineDigest"].split(":")[1][:16]
+        assert key in models.tags(f"{namespace}/{NAME}"), "tagged with the pipeline's key"
+        pods = cluster.pods(namespace, "app.kubernetes.io/component=runtime")
+        assert pods and all(not [v for v in p["spec"]["volumes"] if "persistentVolumeClaim" in v] for p in pods), "no artifacts volume"
+        endpoints = cluster.ready_endpoints(namespace, NAME)
+        assert endpoints and detect(endpoints[0])["digest"] == status["model"]["digest"]
 
 
 def test_delete_removes_every_child_through_the_garbage_collector(demo: Demo) -> None:

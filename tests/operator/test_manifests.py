@@ -449,3 +449,38 @@ def test_serving_tracing_sets_opentelemetrys_environment() -> None:
     del body["spec"]["serving"]["tracing"]
     plain = build_runtime_deployment(body, parse_resource(body), OperatorSettings(), served)["spec"]["template"]["spec"]["containers"][0]
     assert "--tracing" not in plain["args"] and not any(e["name"].startswith("OTEL_") for e in plain["env"])
+
+
+def test_storage_registry_pushes_from_the_job_and_serving_pods_pull_without_the_artifacts_volume() -> None:
+    """storage.registry: the quantize Job gets the pull Secret's Docker config and the CA to push
+    with; a model the Job pushed (an oci:// result) reaches serving pods by its reference in the
+    served-model ConfigMap (InPlace) or their arguments (Surge), and no pod of them mounts the
+    artifacts claim (ReadWriteOnce is enough: only the Job's node writes it)."""
+    body = body_of("rtdetr-r50.yaml")
+    body["spec"]["storage"]["registry"] = {"repository": "oci://registry.local:5000/vision/rtdetr-r50",
+                                           "pullSecretName": "regcred", "caConfigMapName": "registry-ca"}  # fmt: skip
+    model = parse_resource(body)
+    job = build_quantize_job(body, model, pipeline_digest(model.spec), OperatorSettings())
+    pod = job["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--registry-config") + 1] == "/etc/rtdetr-edge/registry/config.json"
+    assert args[args.index("--registry-ca-file") + 1] == "/etc/rtdetr-edge/registry-ca/ca.crt"
+    assert {"name": "registry-credentials", "secret": {"secretName": "regcred", "defaultMode": 0o440,
+            "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}} in pod["volumes"]  # fmt: skip
+    kubernetes_validate.validate(job, desired_version=KUBERNETES_VERSIONS[-1], strict=True)
+
+    reference = f"oci://registry.local:5000/vision/rtdetr-r50@sha256:{'cd' * 32}"
+    served = PipelineRecord.model_validate({"pipelineDigest": pipeline_digest(model.spec),
+                                            "model": {"uri": reference, "digest": DIGEST}, "shapeRanges": {"file": "shapes/x.pbtxt"}})  # fmt: skip
+    document = json.loads(build_served_model_configmap(body, model, OperatorSettings(), served)["data"]["model.json"])
+    assert document == {"schema": "rtdetr.io/served-model/v1", "oci": reference, "digest": DIGEST, "modelDir": "",
+                        "pipelineDigest": served.pipeline_digest}, "the shape ranges travel in the artifact"  # fmt: skip
+    for rollout in ("InPlace", "Surge"):
+        body["spec"]["serving"]["rollout"] = rollout
+        deployment = build_runtime_deployment(body, parse_resource(body), OperatorSettings(), served)
+        pod = deployment["spec"]["template"]["spec"]
+        assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v], "no artifacts volume"
+        args = pod["containers"][0]["args"]
+        assert "--registry-config" in args and "--registry-ca-file" in args
+        assert (rollout == "Surge") == (reference in args)
+        kubernetes_validate.validate(deployment, desired_version=KUBERNETES_VERSIONS[-1], strict=True)

@@ -25,7 +25,7 @@ def test_flags_default_from_the_environment_and_flags_win(monkeypatch: pytest.Mo
     monkeypatch.setenv("RTDETR_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("RTDETR_SCORE_THRESHOLD", "0.3")
     params = params_of(cli.serve, [])
-    assert params["model"] == tmp_path and params["max_batch_size"] == 8 and params["score_threshold"] == 0.3
+    assert params["model"] == str(tmp_path) and params["max_batch_size"] == 8 and params["score_threshold"] == 0.3
     assert params["cache_dir"] == tmp_path / "cache"
     assert params_of(cli.serve, ["--max-batch-size", "2"])["max_batch_size"] == 2
     settings = cli.predictor_settings(params)

@@ -22,7 +22,9 @@ SERVED_MODEL_KEY = "model.json"
 
 class ServedModel(SummaryModel):
     schema_: Literal["rtdetr.io/served-model/v1"] = Field(SERVED_MODEL_SCHEMA, alias="schema")
-    model_dir: str = Field(description="The model's directory as mounted in the pod.")
+    model_dir: str = Field("", description="The model's directory as mounted in the pod (or oci).")
+    oci: str | None = Field(None, description="The model as an OCI artifact, oci://registry/repository@sha256:…: "
+                            "the pod pulls it into its cache, verified, instead of reading modelDir.")
     digest: str = Field(pattern=DIGEST_PATTERN, description="The model files' digest: a model with another is refused.")
     pipeline_digest: str = Field(description="The pipeline that made it.")
     shape_ranges: str | None = Field(None, description="TensorRT shape ranges the quantize Job collected (GPU).")

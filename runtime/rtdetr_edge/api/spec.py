@@ -395,13 +395,37 @@ class ServingSpec(PodPlacement):
     resources: dict[str, Any] = Field(default_factory=dict, description=_POD_RESOURCES)
 
 
+OCI_REPOSITORY = r"^oci://[^/\s]+/[a-z0-9]+([._/-][a-z0-9]+)*$"
+
+
+class ModelRegistrySpec(ApiModel):
+    """An OCI registry the quantize Job pushes the INT8 model to (an ORAS artifact: the model, its
+    shape ranges, its digest) and serving pods pull it from by digest, verified: no volume is
+    shared between the Job's node and the serving nodes."""
+
+    repository: Annotated[str, Field(pattern=OCI_REPOSITORY, max_length=1024)] = Field(
+        ..., description="oci://registry/repository, e.g. oci://registry.local:5000/vision/rtdetr-r50 (tagged with "
+        "the pipeline's key; pods pull by digest).",
+    )
+    pull_secret_name: SecretName | None = Field(
+        None, description="A kubernetes.io/dockerconfigjson Secret (kubectl create secret docker-registry) with "
+        "credentials for the registry: the Job pushes and the pods pull with it.",
+    )
+    ca_config_map_name: SecretName | None = Field(
+        None, description="A ConfigMap whose key ca.crt holds the registry's CA (a registry with a private CA).",
+    )
+    plain_http: bool = Field(False, alias="plainHTTP", description="Reach the registry over plain HTTP (a registry without TLS).")
+
+
 class StorageSpec(ApiModel):
     """Where the pipeline writes its results."""
 
     artifacts: str = _uri_field(
-        "Where exported/quantized models and results land (a ReadWriteMany PVC for multi-node serving).",
+        "Where exported/quantized models and results land: the quantize Job's volume (ReadWriteOnce is enough "
+        "with storage.registry; without it serving pods mount it too: ReadWriteMany for several nodes).",
         CLUSTER_ARTIFACTS_URI,
     )
+    registry: ModelRegistrySpec | None = None
 
     @field_validator("artifacts")
     @classmethod

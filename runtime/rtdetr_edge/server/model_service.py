@@ -30,6 +30,7 @@ from rtdetr_edge.api.spec import DEFAULT_BATCH_WINDOW_MICROS, DEFAULT_MAX_QUEUE_
 from rtdetr_edge.cpu_isa import IsaLevel
 from rtdetr_edge.errors import ModelFileError, NotReadyError, OverloadedError, RtdetrEdgeError
 from rtdetr_edge.labels import load_labels
+from rtdetr_edge.oci import Reference, RegistryAccess, pull_model
 from rtdetr_edge.postprocess import ModelOutputs, select_detections, to_detections
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.preprocess import (
@@ -90,12 +91,23 @@ class ServeOptions:
     measured_on_isa and expected_digest), watched for a new model to swap to in place."""
     model_config_seconds: float = 2.0
     """How often the model file is checked (the kubelet updates ConfigMap volumes within ~1 min)."""
+    model_ref: str | None = None
+    """The model as an OCI artifact (oci://…@sha256:…), pulled into ``cache_dir`` before loading."""
+    registry: RegistryAccess = field(default_factory=RegistryAccess)
+    """Credentials and CA for pulling ``model_ref``."""
 
     def with_model(self, served: ServedModel) -> ServeOptions:
         """These options serving the model ``served`` names."""
-        return replace(self, model_dir=Path(served.model_dir), expected_digest=served.digest,
+        return replace(self, model_dir=Path(served.model_dir), expected_digest=served.digest, model_ref=served.oci,
                        shape_seed=Path(served.shape_ranges) if served.shape_ranges else None,
                        measured_on_isa=served.measured_on_isa)  # type: ignore[arg-type]  # fmt: skip
+
+    def located(self) -> ServeOptions:
+        """These options with the model on disk: an OCI model pulled (or found) in the cache."""
+        if self.model_ref is None:
+            return self
+        pulled = pull_model(Reference.parse(self.model_ref), self.cache_dir, self.registry, self.expected_digest)
+        return replace(self, model_dir=pulled.model_dir, shape_seed=pulled.shape_ranges or self.shape_seed, model_ref=None)
 
 
 def read_served_model(path: Path) -> tuple[ServedModel, bytes]:
@@ -218,20 +230,22 @@ class ModelService:
             self._watch = asyncio.create_task(self._watch_model_config(self.options.model_config))
 
     @staticmethod
-    def _load(options: ServeOptions) -> WarmedModel:
-        """Warm up the model ``options`` name, checking its digest when one is expected."""
+    def _load(options: ServeOptions) -> tuple[WarmedModel, ServeOptions]:
+        """Warm up the model ``options`` name (pulled first when it is an OCI artifact), checking
+        its digest when one is expected; and the options naming it on disk."""
+        options = options.located()
         warmed = warm_up(options.model_dir, options.predictor, options.cache_dir, options.shape_seed, options.measured_on_isa)
         found = warmed.report.model_digest
         if options.expected_digest and found != options.expected_digest:
             warmed.predictor.close()
             raise ModelFileError(f"the model in {options.model_dir} has digest {found}, not the expected "
                               f"{options.expected_digest}: the files changed after the pipeline wrote them")  # fmt: skip
-        return warmed
+        return warmed, options
 
     def _warm_up(self) -> None:
         started = time.perf_counter()
         try:
-            warmed = self._load(self.model_options)
+            warmed, located = self._load(self.model_options)
         except RtdetrEdgeError as error:
             self._fail(str(error))
             return
@@ -240,6 +254,8 @@ class ModelService:
             self._fail(f"{type(error).__name__}: {error}")
             return
         self._record_warm_up(warmed, time.perf_counter() - started)
+        if located is not self.model_options:  # pulled: its labels are known now
+            self.labels, self.model_options = self._labels(located), located
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._became_ready, warmed)
 
@@ -296,7 +312,7 @@ class ModelService:
     def _load_candidate(self, options: ServeOptions) -> None:
         started = time.perf_counter()
         try:
-            warmed = self._load(options)
+            warmed, options = self._load(options)
         except Exception as error:  # whatever it is, the serving model must keep serving
             message = str(error) if isinstance(error, RtdetrEdgeError) else f"{type(error).__name__}: {error}"
             assert self._loop is not None
