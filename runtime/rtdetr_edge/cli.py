@@ -466,8 +466,9 @@ def pipeline(resource: Path, pvc_root: Path, download_dir: Path, cache_dir: Path
             the_plan = PipelinePlan.model_validate_json(plan.read_text(encoding="utf-8"))
         except (OSError, ValidationError) as error:
             raise click.BadParameter(str(error), param_hint=f"--plan {plan}") from None
-    resolver = StorageResolver(pvc_root=pvc_root, download_dir=download_dir)
-    result = run_pipeline(model, resolver, cache_dir, usable(device), termination_log, the_plan, registry_access(registry))
+    access = registry_access(registry)
+    resolver = StorageResolver(pvc_root=pvc_root, download_dir=download_dir, registry=access)
+    result = run_pipeline(model, resolver, cache_dir, usable(device), termination_log, the_plan, access)
     print_json(result.summary().wire())
     return 0
 

@@ -1,4 +1,5 @@
-"""Model and dataset locations: ``file://``, ``pvc://claim/path`` and ``https://`` (KServe's conventions).
+"""Model and dataset locations: ``file://``, ``pvc://claim/path`` and ``https://`` (KServe's conventions),
+and for models ``oci://registry/repository@sha256:…`` (an artifact ``rtdetr-edge push`` made).
 
 ``pvc://claim/path`` resolves under a mount root (in a pod, the operator mounts each
 claim at ``<root>/<claim>``; ``rtdetr-edge run`` maps it under a local directory).
@@ -24,10 +25,11 @@ import requests
 
 from rtdetr_edge.errors import RtdetrEdgeError
 from rtdetr_edge.files import file_sha256
+from rtdetr_edge.oci import Reference, RegistryAccess, RegistryError, pull_model
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("file", "pvc", "https")
+SCHEMES = ("file", "pvc", "https", "oci")
 DOWNLOAD_ATTEMPTS = 4
 CHUNK_BYTES = 1 << 16  # what a dropped connection can lose; resumed downloads start after it
 
@@ -57,7 +59,7 @@ def parse_uri(uri: str) -> StorageUri:
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         shown = f"'{parts.scheme}://'" if parts.scheme else "no scheme"
-        raise InvalidUriError(f"{uri!r} has {shown}; use file:///abs/path, pvc://claim/path or https://…")
+        raise InvalidUriError(f"{uri!r} has {shown}; use file:///abs/path, pvc://claim/path, https://… or oci://…@sha256:…")
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise InvalidUriError(f"{uri!r}: file URIs need an absolute path (file:///data/model)")
@@ -70,6 +72,14 @@ def parse_uri(uri: str) -> StorageUri:
         if ".." in inner.parts:
             raise InvalidUriError(f"{uri!r}: '..' is not allowed in a pvc path")
         return StorageUri("pvc", claim, str(inner) if str(inner) != "." else "", uri)
+    if scheme == "oci":
+        try:
+            reference = Reference.parse(uri)
+        except RegistryError as error:
+            raise InvalidUriError(str(error)) from None
+        if reference.digest is None:
+            raise InvalidUriError(f"{uri!r}: name an OCI model by digest (oci://…@sha256:…, as `rtdetr-edge push` prints it)")
+        return StorageUri("oci", "", uri, uri)
     if not parts.netloc:
         raise InvalidUriError(f"{uri!r}: https URIs need a host")
     return StorageUri("https", "", uri, uri)
@@ -98,10 +108,12 @@ def _safe_extract(archive: Path, mode: str, dest: Path) -> None:
 class StorageResolver:
     """Turns URIs into local paths (the I/O adapter)."""
 
-    def __init__(self, pvc_root: Path, download_dir: Path, session: requests.Session | None = None) -> None:
+    def __init__(self, pvc_root: Path, download_dir: Path, session: requests.Session | None = None,
+                 registry: RegistryAccess | None = None) -> None:  # fmt: skip
         self.pvc_root = pvc_root
         self.download_dir = download_dir
         self.session = session or requests.Session()
+        self.registry = registry or RegistryAccess()
 
     def local_path(self, uri: str, sha256: str = "") -> Path:
         parsed = parse_uri(uri)
@@ -109,6 +121,8 @@ class StorageResolver:
             return Path(parsed.path)
         if parsed.scheme == "pvc":
             return self.pvc_root / parsed.claim / parsed.path
+        if parsed.scheme == "oci":  # pulled by digest and verified, once
+            return pull_model(Reference.parse(parsed.raw), self.download_dir, self.registry).model_dir
         return self.download(parsed.raw, sha256)
 
     def download(self, url: str, sha256: str = "") -> Path:

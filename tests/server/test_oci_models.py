@@ -255,3 +255,20 @@ def test_credentials_from_a_docker_config_and_a_private_ca_reach_a_secured_regis
         pull_model(pinned, tmp_path / "wrong", RegistryAccess(config_file=wrong, ca_file=ca_file))
     with pytest.raises(RegistryError, match="CERTIFICATE_VERIFY_FAILED"):
         pull_model(pinned, tmp_path / "untrusted", RegistryAccess(config_file=config))
+
+
+def test_an_oci_source_resolves_to_the_pulled_model(models_registry: Registry, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """source.inferenceModel: oci://…@sha256:… (what `rtdetr-edge push` printed) is what the
+    quantize Job reads: pulled by digest into its download directory."""
+    from rtdetr_edge.api.spec import SourceSpec
+    from rtdetr_edge.storage import StorageResolver
+
+    pinned = push_model(tiny_model_dir, Reference.parse(f"oci://{models_registry.host}/sources/tiny:fp32"), LOCAL)
+    assert SourceSpec.model_validate({"inferenceModel": str(pinned)}).inference_model == str(pinned)
+    with pytest.raises(ValueError, match="by digest"):
+        SourceSpec.model_validate({"inferenceModel": f"oci://{models_registry.host}/sources/tiny:fp32"})
+    with pytest.raises(ValueError, match="exported models only"):
+        SourceSpec.model_validate({"checkpoint": str(pinned)})
+    resolver = StorageResolver(pvc_root=tmp_path / "pvc", download_dir=tmp_path / "downloads", registry=LOCAL)
+    resolved = resolver.local_path(str(pinned))
+    assert ModelFiles.locate(resolved).digest() == ModelFiles.locate(tiny_model_dir).digest()

@@ -47,6 +47,8 @@ DEFAULT_MAX_QUEUE_MILLIS = 5000
 # claim or a download; `rtdetr-edge run` also takes file:// (checked in Python by parse_uri).
 CLUSTER_SOURCE_URI = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|https://.+)$"
 CLUSTER_ARTIFACTS_URI = r"^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$"
+CLUSTER_MODEL_URI = r"^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|https://.+|oci://[^/\s]+/[^@\s]+@sha256:[0-9a-f]{64})$"
+"""An exported model may also be an OCI artifact (``rtdetr-edge push``), named by digest."""
 NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 NAME_MESSAGE = (
     "metadata.name must start with a letter and hold only lowercase letters, digits and '-' "
@@ -105,6 +107,12 @@ def _check_uri(value: str | None) -> str | None:
     return value
 
 
+def _check_not_oci(value: str | None) -> str | None:
+    if value is not None and value.startswith("oci://"):
+        raise ValueError("oci:// holds exported models only (source.inferenceModel); use pvc:// or https:// here")
+    return _check_uri(value)
+
+
 class SourceSpec(ApiModel):
     """The FP32 model. Exactly one of inferenceModel or checkpoint."""
 
@@ -116,7 +124,10 @@ class SourceSpec(ApiModel):
         ),
     )
     inference_model: str | None = _uri_field(
-        "Folder with model.pdmodel + model.pdiparams exported with trt=True (pvc://claim/path or https://…/x.tar[.gz]).",
+        "Folder with model.pdmodel + model.pdiparams exported with trt=True (pvc://claim/path, https://…/x.tar[.gz], "
+        "or oci://registry/repository@sha256:… as `rtdetr-edge push` prints it: pulled with storage.registry's "
+        "credentials).",
+        CLUSTER_MODEL_URI,
         default=None,
     )
     checkpoint: str | None = _uri_field("PaddleDetection .pdparams checkpoint (needs the export step).", default=None)
@@ -124,7 +135,8 @@ class SourceSpec(ApiModel):
         None, description="Optional sha256 of the downloaded file (https:// sources), verified before use."
     )
 
-    _uris = field_validator("inference_model", "checkpoint")(_check_uri)
+    _uris = field_validator("inference_model")(_check_uri)
+    _checkpoint = field_validator("checkpoint")(_check_not_oci)
 
 
 class DatasetSpec(ApiModel):
@@ -144,7 +156,7 @@ class DatasetSpec(ApiModel):
         description="Model class index -> dataset category id. Default is the dataset's category ids, sorted.",
     )  # fmt: skip
 
-    _uri = field_validator("uri")(_check_uri)
+    _uri = field_validator("uri")(_check_not_oci)
 
 
 class QuantizationSpec(ApiModel):
