@@ -238,7 +238,8 @@ def model_archive(model_dir: Path) -> bytes:
     """The model directory's files as ORAS' directory layer, byte for byte the same for the same
     files (sorted, no times or owners): pushing a model twice pushes nothing new."""
     buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as zipped, tarfile.open(fileobj=zipped, mode="w",
+    # Level 1: float weights hardly compress (R18: 80 -> 74 MB at level 1, 6 or 9); 1 is the fastest.
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, compresslevel=1) as zipped, tarfile.open(fileobj=zipped, mode="w",
                                                                                     format=tarfile.PAX_FORMAT) as tar:  # fmt: skip
         directory = tarfile.TarInfo(MODEL_TITLE)
         directory.type, directory.mode = tarfile.DIRTYPE, 0o755
