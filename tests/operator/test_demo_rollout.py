@@ -706,8 +706,12 @@ def test_storage_registry_the_job_pushes_and_serving_pods_pull_with_no_volume_sh
         status = cluster.model(namespace, NAME)["status"]
         key = status["pipelineDigest"].split(":")[1][:16]
         assert key in models.tags(f"{namespace}/{NAME}"), "tagged with the pipeline's key"
-        pods = cluster.pods(namespace, "app.kubernetes.io/component=runtime")
-        assert pods and all(not [v for v in p["spec"]["volumes"] if "persistentVolumeClaim" in v] for p in pods), "no artifacts volume"
+
+        def no_shared_volume() -> bool:  # once the previous pod (which mounted the artifacts) has terminated
+            pods = cluster.pods(namespace, "app.kubernetes.io/component=runtime")
+            return bool(pods) and all(not [v for v in p["spec"]["volumes"] if "persistentVolumeClaim" in v] for p in pods)
+
+        cluster.wait(no_shared_volume, 90, "serving pods without the artifacts volume")
         endpoints = cluster.ready_endpoints(namespace, NAME)
         assert endpoints and detect(endpoints[0])["digest"] == status["model"]["digest"]
 
