@@ -1,6 +1,6 @@
 """Pushing and pulling a model through a registry (distribution's, on loopback, plain HTTP), side
-by side in one run: the real RT-DETR-R18 graph with seeded weights (the Paddle INT8 QDQ model ACT
-makes keeps its weights in FP32: the same size) and the tiny model. Pull = manifest, blobs, every
+by side in one run: the real RT-DETR-R18 graph with seeded weights (its FP32 export) and the tiny
+model. Pull = manifest, blobs, every
 sha256, unpacking and the model's own digest; a cached pull only re-checks the model's digest.
 
     .venv/bin/python tests/server/bench_pull.py
