@@ -17,11 +17,12 @@ COPY configs/ /src/configs/
 
 # What each image runs, and nothing else (tests/test_packaging.py runs these two commands on a
 # copy of the tree and imports the operator / runs the runtime CLI from what is left).
-# The operator image: the API and the modules the operator imports, no data plane.
+# The operator image: the API and the modules the operator imports (oci.py and model_files.py: it
+# validates oci:// references), no data plane.
 FROM ${PYTHON_IMAGE} AS source-operator
 COPY --from=source /src/ /src/
 WORKDIR /src
-RUN find runtime/rtdetr_edge -mindepth 1 -maxdepth 1 -not -name __init__.py -not -name py.typed -not -name api -not -name resource.py -not -name storage.py -not -name files.py -not -name errors.py -not -name progress.py -not -name cpu_isa.py -not -name gate.py -exec rm -rf {} +
+RUN find runtime/rtdetr_edge -mindepth 1 -maxdepth 1 -not -name __init__.py -not -name py.typed -not -name api -not -name resource.py -not -name storage.py -not -name files.py -not -name errors.py -not -name progress.py -not -name cpu_isa.py -not -name gate.py -not -name oci.py -not -name model_files.py -exec rm -rf {} +
 
 # The runtime images: data plane and pipeline, without the development tools (rtdetr_edge.dev)
 # or the operator.
