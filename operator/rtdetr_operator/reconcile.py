@@ -6,8 +6,10 @@ status, and the Events worth emitting. Rules (DESIGN.md):
 
 - child names derive from the pipeline digest, so re-running never duplicates a Job;
 - a ``serving``-only change never re-quantizes (the digest ignores it);
-- a new digest rolls out only after its gate passes, and the Deployment's rolling
-  update (``maxUnavailable: 0``) keeps old pods serving until new ones are Ready;
+- a new digest rolls out only after its gate passes: with serving.rollout InPlace the running
+  pods swap to it (their ConfigMap names it; Ready once every pod answers with it), with Surge
+  the Deployment's rolling update (``maxUnavailable: 0``) keeps old pods serving until new ones
+  are Ready, with Replace pods are replaced in turn;
 - a failed gate leaves the old model serving: ``Ready=False AccuracyGateFailed``,
   ``Available=True``;
 - an invalid spec gives ``Ready=False InvalidSpec`` and touches nothing.
@@ -172,8 +174,8 @@ class Decision:
     """The condition updates that made ``status``: applying a child may still fail
     (:func:`with_apply_failures` then re-decides the conditions from the status as it was)."""
     needs_pod_models: bool = False
-    """An in-place swap (or a first rollout) is confirmed by the pods themselves: decide again
-    with :attr:`Observed.pod_models` (the adapter asks the pods only then)."""
+    """An in-place swap is confirmed by the pods themselves: decide again with
+    :attr:`Observed.pod_models` (the adapter asks the pods only then)."""
 
 
 @dataclass(frozen=True)
