@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rtdetr_edge.api.job import JobSummary, PipelinePlan, PipelineRecord
-from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, QuantizationSpec
+from rtdetr_edge.api.spec import IN_FLIGHT_METRIC, AutoscalingSpec, QuantizationSpec, Rollout
 from rtdetr_edge.api.status import IN_FLIGHT_PHASES
 from rtdetr_edge.cpu_isa import NFD_PREFIX
 from rtdetr_edge.gate import DROP_EXCEEDS_BUDGET, NOT_DEPLOYED, judge
@@ -511,10 +511,9 @@ SURGE_HINT = ("a new pod needs room beside the serving ones (a spare GPU); on no
 
 
 def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int, deployment: DeploymentObservation | None,
-                 before: dict[str, Any], in_place: bool = False, pod_models: tuple[PodModel, ...] | None = None,
-                 replaces_in_turn: bool = False) -> Step:  # fmt: skip
+                 before: dict[str, Any], rollout: Rollout = "Surge", pod_models: tuple[PodModel, ...] | None = None) -> Step:  # fmt: skip
     """Ready for a served model, from its Deployment (``kubectl rollout status`` semantics) and,
-    for a model swapped in place, from the pods (:func:`swap_step`)."""
+    for a model swapped in place (``rollout`` InPlace), from the pods (:func:`swap_step`)."""
     # The pods run the desired template and no old ReplicaSet's pods are left (a replicas change
     # is no rollout: the reconcile it triggers still sees the old replicas) ...
     settled = (deployment is not None and runs_template(deployment, desired)
@@ -529,7 +528,7 @@ def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int,
     serving = f"serving {served.model.digest[:19]}"
     if rolled_out and replicas == 0:
         return Step([Condition("Ready", "True", Reason.SCALED_TO_ZERO, "serving.replicas is 0")], phase="Ready")
-    if rolled_out and in_place and swapping(served, before):
+    if rolled_out and rollout == "InPlace" and swapping(served, before):
         return swap_step(served.model.digest, replicas, pod_models)
     if rolled_out:
         return Step([Condition("Ready", "True", Reason.SERVING, serving)], phase="Ready")
@@ -545,7 +544,7 @@ def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int,
         hint = ""
         if deployment.pod_problem_reason == "Unschedulable":
             hint = isa_placement_hint(served)
-            if deployment.available_replicas > 0 and not replaces_in_turn:  # a surging pod beside the serving ones
+            if deployment.available_replicas > 0 and rollout != "Replace":  # a surging pod beside the serving ones
                 hint = "; ".join(p for p in (hint, SURGE_HINT) if p)
         message = "; ".join(p for p in (f"serving {deployment.pod_problem_message}", hint) if p)
         return Step([Condition("Ready", "False", deployment.pod_problem_reason, message)], phase="Deploying")
@@ -635,8 +634,7 @@ def decide(body: dict[str, Any], settings: OperatorSettings, observed: Observed,
             replicas = deployment.replicas if deployment is not None else autoscaling.min_replicas  # the HPA's count
             updates.append(autoscaling_condition(autoscaling, observed.autoscaler, replicas))
         if step.served is not None:
-            rollout = rollout_step(step.served, desired, replicas, deployment, before, in_place, observed.pod_models,
-                                   model.spec.serving.rollout == "Replace")  # fmt: skip
+            rollout = rollout_step(step.served, desired, replicas, deployment, before, model.spec.serving.rollout, observed.pod_models)
             updates, phase, needs_pod_models = updates + rollout.updates, rollout.phase, rollout.needs_pod_models
     if autoscaling is None and observed.autoscaler is not None:
         delete.append(("HorizontalPodAutoscaler", runtime_name(model.name)))  # serving.replicas counts again

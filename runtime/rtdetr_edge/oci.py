@@ -147,8 +147,6 @@ class RegistryClient:
             if response.status_code != 401 or attempt:
                 return response
             self._authorization = self._authorize(response.headers.get("WWW-Authenticate", ""))
-            if hasattr(kwargs.get("data"), "seek"):
-                kwargs["data"].seek(0)
         return response
 
     def _authorize(self, challenge: str) -> str:

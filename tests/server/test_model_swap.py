@@ -20,13 +20,16 @@ from ..conftest import start_server
 from .test_lifecycle import metric
 
 
-def write_model_file(path: Path, model_dir: Path, digest: str | None = None) -> None:
+def write_served_model(path: Path, served: ServedModel) -> None:
     """Replace the file whole, as the kubelet swaps a ConfigMap volume's ..data link."""
-    served = ServedModel(model_dir=str(model_dir), digest=digest or ModelFiles.locate(model_dir).digest(),
-                         pipeline_digest="sha256:" + "0" * 64)  # fmt: skip
     staged = path.with_name(f".{path.name}.new")
     staged.write_text(served.model_dump_json(by_alias=True, exclude_none=True))
     os.replace(staged, path)
+
+
+def write_model_file(path: Path, model_dir: Path, digest: str | None = None) -> None:
+    write_served_model(path, ServedModel(model_dir=str(model_dir), digest=digest or ModelFiles.locate(model_dir).digest(),
+                                         pipeline_digest="sha256:" + "0" * 64))  # fmt: skip
 
 
 def index(url: str) -> list[dict[str, str]]:

@@ -42,7 +42,7 @@ from tests.cluster.images import Registry, free_port, registry, wait_until
 from tests.cluster.pki import CertificateAuthority, KeyPair
 
 from ..conftest import start_server
-from .test_model_swap import index, wait_for
+from .test_model_swap import index, wait_for, write_served_model
 
 LOCAL = RegistryAccess(plain_http=True)
 
@@ -121,9 +121,7 @@ def test_a_server_pulls_its_model_and_swaps_to_another_by_oci_reference(models_r
     old, new = ModelFiles.locate(tiny_model_dir).digest(), ModelFiles.locate(other_model_dir).digest()
 
     def name(reference: Reference, digest: str) -> None:
-        served = ServedModel(oci=str(reference), digest=digest, pipeline_digest="sha256:" + "0" * 64)
-        (tmp_path / ".model.json").write_text(served.model_dump_json(by_alias=True, exclude_none=True))
-        os.replace(tmp_path / ".model.json", tmp_path / "model.json")
+        write_served_model(tmp_path / "model.json", ServedModel(oci=str(reference), digest=digest, pipeline_digest="sha256:" + "0" * 64))
 
     name(first, old)
     server = start_server(None, tmp_path / "cache", tmp_path, "--model-config", str(tmp_path / "model.json"), "--registry-plain-http")

@@ -132,7 +132,12 @@ class ModelService:
     ) -> None:
         self.options = options
         self.metrics = metrics
-        self.labels = self._labels(options)
+        self.model_options = options  # where the serving model came from (a swap replaces it)
+        self._config_bytes = b""  # the model file as last read
+        if options.model_config is not None:
+            served, self._config_bytes = read_served_model(options.model_config)
+            self.model_options = options.with_model(served)
+        self.labels = self._labels(self.model_options)
         self.state = "loading"
         self.terminating = False  # SIGTERM received: still serving, but no longer ready
         self.error: str | None = None
@@ -142,14 +147,8 @@ class ModelService:
         self._preprocess_pool = ThreadPoolExecutor(options.preprocess_threads, thread_name_prefix="preprocess")
         self._batcher: DynamicBatcher[PreprocessedImage, np.ndarray] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.model_options = options  # where the serving model came from (a swap replaces it)
-        self._config_bytes = b""  # the model file as last read
         self.candidate: ModelIndexEntry | None = None  # a model loading beside, or refused
         self._watch: asyncio.Task[None] | None = None
-        if options.model_config is not None:
-            served, self._config_bytes = read_served_model(options.model_config)
-            self.model_options = options.with_model(served)
-            self.labels = self._labels(self.model_options)
 
     @staticmethod
     def _labels(options: ServeOptions) -> list[str]:
