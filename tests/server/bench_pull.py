@@ -3,7 +3,12 @@ by side in one run: the real RT-DETR-R18 graph with seeded weights (its FP32 exp
 model. Pull = manifest, blobs, every
 sha256, unpacking and the model's own digest; a cached pull only re-checks the model's digest.
 
-    .venv/bin/python tests/server/bench_pull.py
+    .venv/bin/python tests/server/bench_pull.py [--int8 DIR]
+
+``--int8 DIR``: also an INT8 model folder, e.g. R18's ONNX Runtime INT8 model (the CPU artifact a
+quantize Job makes: the FP32 export plus model.int8.onnx), made with
+``rtdetr-edge quantize --model R18 --train-images tests/fixtures/images --out DIR --arch r18vd
+--method ptq --for onnxruntime --batch-size 1 --calibration-batches 3``.
 """
 
 import shutil
@@ -37,6 +42,8 @@ def main() -> None:
         work = Path(directory)
         models = {"tiny model": ensure_tiny_model(work / "tiny", seed=0),
                   "real RT-DETR-R18 graph": seeded_export(R18_GRAPH, work / "r18", seed=0)}  # fmt: skip
+        if "--int8" in sys.argv:
+            models["R18 INT8 (ONNX Runtime) artifact"] = Path(sys.argv[sys.argv.index("--int8") + 1])
         for name, model_dir in models.items():
             size = ModelFiles.locate(model_dir).size_bytes() / 1e6
             base = Reference.parse(f"oci://{running.host}/bench/{name.split()[0].lower()}:v1")
