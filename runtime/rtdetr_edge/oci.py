@@ -291,6 +291,7 @@ def pull_model(reference: Reference, cache_root: Path, access: RegistryAccess, e
     if reference.digest is None:
         raise RegistryError(f"{reference} names no digest: pull models by digest (oci://…@sha256:…)")
     final = cache_root / "models" / digest_hex(reference.digest)
+    found: str | None = None  # the model's digest, read once
     if not final.is_dir():
         final.parent.mkdir(parents=True, exist_ok=True)
         client = RegistryClient(reference, access)
@@ -318,7 +319,8 @@ def pull_model(reference: Reference, cache_root: Path, access: RegistryAccess, e
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     model_dir = final / MODEL_TITLE
-    found = ModelFiles.locate(model_dir).digest()
+    if found is None:  # a cached copy (or one another pull stored): checked again
+        found = ModelFiles.locate(model_dir).digest()
     if expected_digest and found != expected_digest:
         raise RegistryError(f"{reference} holds the model {found}, not the expected {expected_digest}")
     shapes = sorted(final.glob("*.pbtxt"))
