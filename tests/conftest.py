@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from rtdetr_edge.dev.bench import free_port
+from rtdetr_edge.dev.ports import free_port
 from tests.cluster.images import BuiltImages, built_images, missing_prerequisites
 
 REPO = Path(__file__).resolve().parents[1]

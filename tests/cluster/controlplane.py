@@ -14,7 +14,6 @@ plays their pods. The kubelet of the one "runnable" node is our pod runner
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import requests
 import yaml
 
+from rtdetr_edge.dev.ports import free_port
 from tests.cluster import pki
 from tests.cluster.build import ensure_binaries, module_dir
 from tests.cluster.network import PodNetwork
@@ -44,12 +44,6 @@ KWOK_STAGES = (
     "pod/fast/pod-ready.yaml",
 )
 OWN_KWOK_STAGES = (Path(__file__).resolve().parent / "kwok" / "pod-terminate.yaml",)
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, *, cert: pki.KeyPair | None = None, token: str | None = None,

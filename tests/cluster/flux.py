@@ -14,8 +14,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from rtdetr_edge.dev.ports import free_port
 from tests.cluster.build import binary, module_dir
-from tests.cluster.controlplane import free_port
 
 CONTROLLER_MODULES = ("github.com/fluxcd/source-controller", "github.com/fluxcd/kustomize-controller")
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rtdetr_edge.dev.ports import free_port
 from tests.cluster.build import binary, cache_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,12 +64,6 @@ def missing_prerequisites() -> list[str]:
         if shutil.which(tool) is None:
             problems.append(f"{tool} is not installed (Debian package {tool}; `make cluster-tools` installs it)")
     return problems
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_until(check: object, seconds: float, what: str) -> None:

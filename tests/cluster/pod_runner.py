@@ -60,7 +60,8 @@ from typing import Any
 
 import requests
 
-from tests.cluster.controlplane import ControlPlane, free_port
+from rtdetr_edge.dev.ports import free_port
+from tests.cluster.controlplane import ControlPlane
 from tests.cluster.sandbox import die_with_parent
 
 log = logging.getLogger("pod-runner")

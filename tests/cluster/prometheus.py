@@ -13,15 +13,8 @@ from typing import Any
 import requests
 import yaml
 
+from rtdetr_edge.dev.ports import free_port
 from tests.cluster.build import binary
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_http(url: str, log: Path, what: str, timeout: float = 60) -> None:

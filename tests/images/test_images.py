@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from rtdetr_edge.cuda_libraries import PADDLE_LOADS
+from rtdetr_edge.dev.ports import free_port
 from tests.cluster.containers import Mount, container, image_config, run_to_completion, unpacked
 from tests.cluster.images import (
     BASE_REPOSITORY,
@@ -22,7 +23,6 @@ from tests.cluster.images import (
     REPO,
     BuiltImages,
     crane,
-    free_port,
     mirror,
     registry,
     release_tag,

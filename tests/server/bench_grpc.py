@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from rtdetr_edge.dev.bench import cpu_description, free_port, spread  # noqa: E402
+from rtdetr_edge.dev.bench import cpu_description, spread  # noqa: E402
 from rtdetr_edge.dev.demo import ensure_tiny_model  # noqa: E402
+from rtdetr_edge.dev.ports import free_port  # noqa: E402
 from rtdetr_edge.dev.real_graph import R18_GRAPH, seeded_export  # noqa: E402
 from tests.conftest import FIXTURE_IMAGES, start_server  # noqa: E402
 from tests.server.test_grpc_api import model_inputs, triton_inputs  # noqa: E402

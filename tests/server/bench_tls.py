@@ -14,8 +14,9 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from rtdetr_edge.dev.bench import cpu_description, free_port  # noqa: E402
+from rtdetr_edge.dev.bench import cpu_description  # noqa: E402
 from rtdetr_edge.dev.demo import ensure_tiny_model  # noqa: E402
+from rtdetr_edge.dev.ports import free_port  # noqa: E402
 from tests.cluster.pki import CertificateAuthority  # noqa: E402
 from tests.conftest import FIXTURE_IMAGES, start_server  # noqa: E402
 from tests.server.side_by_side import p50_per_repetition  # noqa: E402

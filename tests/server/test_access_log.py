@@ -63,7 +63,7 @@ def test_grpc_calls_get_access_log_lines_too(tiny_model_dir: Path, tmp_path: Pat
     import grpc
     import tritonclient.grpc as grpcclient
 
-    from rtdetr_edge.dev.bench import free_port
+    from rtdetr_edge.dev.ports import free_port
 
     from .test_grpc_api import infer_grpc, model_inputs
 

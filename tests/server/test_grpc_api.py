@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from rtdetr_edge.dev.bench import free_port
+from rtdetr_edge.dev.ports import free_port
 from rtdetr_edge.preprocess import preprocess_bytes
 
 from ..conftest import ServerProcess, start_server

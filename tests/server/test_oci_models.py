@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from rtdetr_edge.api.served import ServedModel
+from rtdetr_edge.dev.ports import free_port
 from rtdetr_edge.model_files import ModelFiles
 from rtdetr_edge.oci import (
     ARTIFACT_TYPE,
@@ -38,7 +39,7 @@ from rtdetr_edge.oci import (
     push_model,
 )
 from tests.cluster.build import binary
-from tests.cluster.images import Registry, free_port, registry, wait_until
+from tests.cluster.images import Registry, registry, wait_until
 from tests.cluster.pki import CertificateAuthority, KeyPair
 
 from ..conftest import start_server

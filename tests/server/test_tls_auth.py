@@ -15,7 +15,7 @@ import grpc
 import pytest
 import requests
 
-from rtdetr_edge.dev.bench import free_port
+from rtdetr_edge.dev.ports import free_port
 from tests.cluster.pki import CertificateAuthority, KeyPair
 
 from ..conftest import FIXTURE_IMAGES, ServerProcess, start_server

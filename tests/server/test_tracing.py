@@ -109,7 +109,7 @@ def test_a_grpc_infer_is_traced_too_joined_to_its_traceparent_metadata(
 ) -> None:
     import tritonclient.grpc as grpcclient
 
-    from rtdetr_edge.dev.bench import free_port
+    from rtdetr_edge.dev.ports import free_port
 
     from .test_grpc_api import infer_grpc, model_inputs
 

@@ -12,7 +12,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,9 +23,10 @@ import numpy as np
 import requests
 
 from rtdetr_edge.cpu_isa import ISA_FLAGS, int8_arithmetic, parse_cpuinfo
+from rtdetr_edge.dev.ports import free_port
+from rtdetr_edge.dev.synthetic import encode_jpeg, render_scene
 from rtdetr_edge.predictor.settings import PredictorSettings
 from rtdetr_edge.preprocess import preprocess_bytes, stack_batch
-from rtdetr_edge.dev.synthetic import encode_jpeg, render_scene
 from rtdetr_edge.warmup import warm_up
 
 PREDICTOR_WARMUP_RUNS = 3
@@ -188,13 +188,6 @@ def process_cpu_seconds(pid: int) -> float:
     """User + system CPU of a running process (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    """An unused loopback port (the bench's server; also the tests')."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class _Server:
