@@ -38,17 +38,19 @@ install: $(STAMP) $(SCAN_STAMP)
 cluster-tools: install system-packages
 	$(BIN)/python -m tests.cluster.build
 
-# Debian's runc (the OCI runtime BuildKit's worker and the image tests run containers with),
-# mmdebstrap (the images' base, made from Debian's packages: Docker Hub is out of reach here) and
-# shellcheck (actionlint runs it on the release workflow's scripts). Installed as root; elsewhere
-# the image tests say why they skip.
-SYSTEM_PACKAGES := runc mmdebstrap shellcheck
+# Debian's packages the tests need, installed as root (elsewhere the image and cluster tests say
+# why they skip): runc (BuildKit's worker and the image tests run containers with it),
+# mmdebstrap (the images' base, made from Debian's packages: Docker Hub is out of reach here),
+# shellcheck (actionlint runs it on the release workflow's scripts), gcc with libc6-dev (the test
+# node's pause image, a static build of Kubernetes' pause.c) and libseccomp-dev (the test node's
+# runc, built with cgo and seccomp).
+SYSTEM_PACKAGES := runc mmdebstrap shellcheck gcc libc6-dev libseccomp-dev
 system-packages:
-	@missing=""; for command in $(SYSTEM_PACKAGES); do command -v $$command >/dev/null || missing="$$missing $$command"; done; \
+	@missing=""; for package in $(SYSTEM_PACKAGES); do 		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || command -v $$package >/dev/null || missing="$$missing $$package"; done; \
 	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	else echo "note:$$missing not installed (needs root and apt): the image tests will be skipped"; fi
+	else echo "note:$$missing not installed (needs root and apt): the image and cluster tests will be skipped"; fi
 
 # A real cluster on this machine until Ctrl-C (prints the KUBECONFIG to use). Needs root
 # (pod network namespaces) and Go.

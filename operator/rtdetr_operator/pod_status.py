@@ -35,12 +35,33 @@ def pod_problem(pod: dict[str, Any]) -> tuple[str, str]:
     containers = [(c, "init container ") for c in status.get("initContainerStatuses") or []]
     containers += [(c, "") for c in status.get("containerStatuses") or []]
     for container, kind in containers:
+        where = f"pod {pod.get('metadata', {}).get('name', '')}" + (f" {kind}{container.get('name')}" if kind else "")
+        if out_of_memory(container):
+            limit = memory_limit(pod, str(container.get("name")))
+            restarts = int(container.get("restartCount") or 0)
+            return "OOMKilled", (f"{where}: container {container.get('name')} was killed for using more memory than "
+                                 + (f"its limit ({limit})" if limit else "the node had (no limit set)")
+                                 + (f", {restarts} restarts" if restarts else ""))  # fmt: skip
         waiting = (container.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in STUCK_CONTAINER_REASONS:
-            where = f"pod {pod.get('metadata', {}).get('name', '')}" + (f" {kind}{container.get('name')}" if kind else "")
             parts = [where, str(waiting.get("message") or ""), _last_exit(container)]
             return str(waiting["reason"]), "; ".join(p for p in parts if p)
     return "", ""
+
+
+def out_of_memory(container: dict[str, Any]) -> bool:
+    """The kernel killed the container's last run for its memory and it is not ready again (it
+    waits to restart, or starts again with the same limit: it will be killed again)."""
+    terminated = (container.get("state") or {}).get("terminated") or (container.get("lastState") or {}).get("terminated") or {}
+    return terminated.get("reason") == "OOMKilled" and not container.get("ready")
+
+
+def memory_limit(pod: dict[str, Any], container: str) -> str:
+    spec = pod.get("spec") or {}
+    for declared in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if declared.get("name") == container:
+            return str(((declared.get("resources") or {}).get("limits") or {}).get("memory") or "")
+    return ""
 
 
 def replica_failure(deployment: dict[str, Any]) -> str:

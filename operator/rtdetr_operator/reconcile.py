@@ -510,6 +510,10 @@ SURGE_HINT = ("a new pod needs room beside the serving ones (a spare GPU); on no
               "Replace (pods replaced in turn), or InPlace, which swaps new models without new pods")  # fmt: skip
 
 
+OOM_HINT = ("raise serving.resources.limits.memory (and requests.memory, so the scheduler counts it): the model, "
+            "its engine and serving.maxBatchSize images in flight must fit")  # fmt: skip
+
+
 def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int, deployment: DeploymentObservation | None,
                  before: dict[str, Any], rollout: Rollout = "Surge", pod_models: tuple[PodModel, ...] | None = None) -> Step:  # fmt: skip
     """Ready for a served model, from its Deployment (``kubectl rollout status`` semantics) and,
@@ -546,6 +550,8 @@ def rollout_step(served: PipelineRecord, desired: dict[str, Any], replicas: int,
             hint = isa_placement_hint(served)
             if deployment.available_replicas > 0 and rollout != "Replace":  # a surging pod beside the serving ones
                 hint = "; ".join(p for p in (hint, SURGE_HINT) if p)
+        elif deployment.pod_problem_reason == "OOMKilled":
+            hint = OOM_HINT + ("; an InPlace swap holds two models at once" if rollout == "InPlace" else "")
         message = "; ".join(p for p in (f"serving {deployment.pod_problem_message}", hint) if p)
         return Step([Condition("Ready", "False", deployment.pod_problem_reason, message)], phase="Deploying")
     ready_pods = deployment.available_replicas if deployment else 0

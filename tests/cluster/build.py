@@ -42,6 +42,9 @@ class Component:
     """The upstream module whose pinned version names the build (read from go.mod)."""
     binaries: dict[str, str]
     """Binary name → Go package to build."""
+    cgo_tags: tuple[str, ...] | None = None
+    """Built with cgo and these build tags (C libraries from Debian's packages, see the Makefile);
+    None: a static Go binary (CGO_ENABLED=0)."""
 
     @property
     def directory(self) -> Path:
@@ -86,8 +89,32 @@ COMPONENTS = (
             "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
             "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
             "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
         },
     ),
+    # The real node: containerd 2 (CRI) with its runc shim, runc, the CNI plugins of its pod network,
+    # CoreDNS for the cluster's DNS, crictl to debug. runc is built (cgo, seccomp) because Debian
+    # bookworm's 1.1.5 cannot start containerd 2.4's containers ("can't get final child's PID from
+    # pipe"); containerd 2.4 is tested with runc 1.5.
+    Component("runc", "github.com/opencontainers/runc", {"runc": "github.com/opencontainers/runc"}, cgo_tags=("seccomp",)),
+    Component(
+        "containerd",
+        "github.com/containerd/containerd/v2",
+        {"containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+         "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+         "ctr": "github.com/containerd/containerd/v2/cmd/ctr"},
+    ),
+    Component(
+        "cni",
+        "github.com/containernetworking/plugins",
+        {"bridge": "github.com/containernetworking/plugins/plugins/main/bridge",
+         "host-local": "github.com/containernetworking/plugins/plugins/ipam/host-local",
+         "loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
+         "portmap": "github.com/containernetworking/plugins/plugins/meta/portmap"},
+    ),
+    Component("coredns", "github.com/coredns/coredns", {"coredns": "github.com/coredns/coredns"}),
+    Component("cri-tools", "sigs.k8s.io/cri-tools", {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"}),
     Component("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
     Component("helm", "helm.sh/helm/v4", {"helm": "helm.sh/helm/v4/cmd/helm"}),
     # Flux, for the GitOps loop: it clones from a local git server and applies through the API server.
@@ -146,6 +173,8 @@ def build_key(component: Component, go: str) -> str:
         if path.suffix in (".mod", ".sum", ".go"):
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     digest.update(component.ldflags().encode() + b"\0" + go.encode())
+    if component.cgo_tags is not None:
+        digest.update(b"\0cgo " + ",".join(component.cgo_tags).encode())
     return digest.hexdigest()[:12]
 
 
@@ -177,13 +206,16 @@ def ensure_component(component: Component, go: str, log: bool = True) -> Path:
             print(f"building {', '.join(component.binaries)} {component.version()} (first time on this machine: "
                   f"several minutes on 2 cores) -> {target}", file=sys.stderr, flush=True)  # fmt: skip
         command = ["go", "build", "-trimpath", f"-ldflags={component.ldflags()}", "-o", str(partial) + "/"]
+        if component.cgo_tags:
+            command[2:2] = ["-tags", ",".join(component.cgo_tags)]
         if len(component.binaries) == 1:
             (binary, package), = component.binaries.items()
             command[-1] = str(partial / binary)
             command.append(package)
         else:
             command += list(component.binaries.values())
-        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "local"}
+        cgo = "1" if component.cgo_tags is not None else "0"
+        env = {**os.environ, "CGO_ENABLED": cgo, "GOFLAGS": "-mod=readonly", "GOTOOLCHAIN": "local"}
         result = subprocess.run(command, cwd=component.directory, env=env, capture_output=True, text=True)
         if result.returncode != 0:
             shutil.rmtree(partial, ignore_errors=True)

@@ -65,11 +65,13 @@ class Process:
     command: list[str]
     log_file: Path
     popen: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None
+    """Replaces the environment when set."""
 
     def start(self) -> None:
         with self.log_file.open("ab") as log:
             self.popen = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                          preexec_fn=die_with_parent)  # fmt: skip
+                                          preexec_fn=die_with_parent, env=self.env)  # fmt: skip
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -180,6 +182,14 @@ class ControlPlane:
             self._start(name)
         self._wait(lambda: self.get("/api/v1/namespaces/default/serviceaccounts/default") is not None,
                    "the default ServiceAccount (controller-manager up)", timeout)  # fmt: skip
+        # As kubeadm does: the API server's client identity may use kubelets' API (logs, exec).
+        binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": "kube-apiserver-kubelet-api-admin"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+                   "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-apiserver-kubelet-client"}]}  # fmt: skip
+        response = self.session().post(f"{self.server}/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", json=binding, timeout=10)
+        if response.status_code not in (201, 409):
+            raise RuntimeError(f"creating the kubelet API binding: {response.status_code} {response.text}")
         self.startup_seconds = time.monotonic() - started
         return self
 
@@ -208,10 +218,15 @@ class ControlPlane:
         self.processes[name].start()
 
     def _wait(self, check: Any, what: str, timeout: float) -> None:
+        self.wait_for(check, what, timeout)
+
+    def wait_for(self, check: Any, what: str, timeout: float, also: dict[str, Process] | None = None) -> None:
+        """Until ``check()`` is true; fails at once, with its log's tail, when one of the control
+        plane's processes (or of ``also``) exits."""
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
-            for process in self.processes.values():
+            for process in [*self.processes.values(), *(also or {}).values()]:
                 if process.popen is not None and not process.running():
                     raise RuntimeError(f"{process.name} exited ({process.popen.returncode}) while waiting for {what}:\n"
                                        f"{process.tail()}")  # fmt: skip

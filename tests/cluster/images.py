@@ -248,9 +248,11 @@ def buildkit(to: Registry) -> Iterator[BuildKit]:
             f'root = "{root}"\n'
             f'[grpc]\n  address = ["unix://{socket_path}"]\n'
             '[worker.oci]\n  enabled = true\n  snapshotter = "overlayfs"\n  networkMode = "host"\n'
-            # The GPU image's layers alone are ~9 GB; the cache keeps every image's layers while
-            # the disk has 5 GB to spare.
-            '  gc = true\n  reservedSpace = "2GB"\n  maxUsedSpace = "40GB"\n  minFreeSpace = "5GB"\n'
+            # The GPU image's layers alone are ~9 GB: 25 GB keeps both images' layers of a build or
+            # two; past that (or with under 5 GB free on the disk) the oldest go. At 40 GB the cache
+            # left too little room on a 250 GB disk for the Go builds and a test run beside it; a
+            # larger minFreeSpace pruned the GPU image's pip layers at every build (5 minutes each).
+            '  gc = true\n  reservedSpace = "2GB"\n  maxUsedSpace = "25GB"\n  minFreeSpace = "5GB"\n'
             "[worker.containerd]\n  enabled = false\n"
             f'[registry."{to.host}"]\n  http = true\n  insecure = true\n'
         )

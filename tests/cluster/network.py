@@ -27,7 +27,7 @@ def ip(*args: str, namespace: str | None = None, check: bool = True) -> subproce
     return result
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -43,12 +43,12 @@ def remove_stale() -> None:
     for line in ip("-o", "link", "show", "type", "bridge").stdout.splitlines():
         name = line.split(":")[1].strip().split("@")[0]
         match = owner.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             ip("link", "delete", name, check=False)
     for line in ip("netns", "list").stdout.splitlines():
         name = line.split()[0]
         match = owner.match(name)
-        if match and not _alive(int(match.group(1))):
+        if match and not alive(int(match.group(1))):
             ip("netns", "delete", name, check=False)
 
 
@@ -58,6 +58,12 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
         address = line.split()[3]
         used.append(ipaddress.ip_interface(address).network)
     return used
+
+
+def free_subnet() -> ipaddress.IPv4Network:
+    """A /24 of 10.213.0.0/16 that no interface of this machine is on."""
+    used = _used_networks()
+    return next(s for s in SUBNETS.subnets(new_prefix=24) if not any(s.overlaps(u) for u in used))
 
 
 @dataclass
@@ -75,8 +81,7 @@ class PodNetwork:
         if os.geteuid() != 0:
             raise RuntimeError("the test pod runner needs root for pod network namespaces (ip netns, veth, bridge)")
         remove_stale()
-        used = _used_networks()
-        subnet = next(s for s in SUBNETS.subnets(new_prefix=24) if not any(s.overlaps(u) for u in used))
+        subnet = free_subnet()
         network = cls(bridge=f"{PREFIX}{os.getpid()}", subnet=subnet, gateway=str(subnet.network_address + 1))
         ip("link", "add", network.bridge, "type", "bridge")
         ip("addr", "add", f"{network.gateway}/{subnet.prefixlen}", "dev", network.bridge)

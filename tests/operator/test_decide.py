@@ -201,10 +201,28 @@ CRASHING_POD = {
 }  # fmt: skip
 
 
+OOM_KILLED_POD = {
+    "metadata": {"name": "rtdetr-r50-7d9f-abcde"},
+    "spec": {"containers": [{"name": "runtime", "resources": {"limits": {"memory": "256Mi"}}}]},
+    "status": {"phase": "Running", "containerStatuses": [{
+        "name": "runtime", "ready": False, "restartCount": 2,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s restarting failed container=runtime"}},
+        "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}},
+    }]},
+}  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("pod", "reason", "fragment"),
     [
         (CRASHING_POD, "CrashLoopBackOff", "last exit 1 (Error): "),
+        (OOM_KILLED_POD, "OOMKilled", "container runtime was killed for using more memory than its limit (256Mi), 2 restarts"),
+        # Started again after the kill, not ready yet: the same limit kills it again.
+        ({**OOM_KILLED_POD, "status": {"containerStatuses": [{"name": "runtime", "ready": False, "state": {"running": {}},
+          "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}, "OOMKilled", "its limit (256Mi)"),
+        # Ready again (it survived): nothing to report.
+        ({**OOM_KILLED_POD, "status": {"containerStatuses": [{"name": "runtime", "ready": True, "state": {"running": {}},
+          "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]}}, "", ""),
         ({"status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                      "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}, "Unschedulable", "Insufficient nvidia.com/gpu"),
         ({"status": {"phase": "Pending", "containerStatuses": [{"name": "runtime", "state": {"waiting": {
@@ -212,11 +230,21 @@ CRASHING_POD = {
          "ImagePullBackOff", "mirror.local/rtdetr"),
         ({"status": {"phase": "Running", "containerStatuses": [{"name": "runtime", "state": {"running": {}}}]}}, "", ""),
     ],
-    ids=["crash-loop", "unschedulable", "image-pull", "running"],
+    ids=["crash-loop", "unschedulable", "image-pull", "running", "oom-killed", "oom-killed-restarting", "oom-killed-recovered"],
 )  # fmt: skip
 def test_pod_problem(pod: dict[str, Any], reason: str, fragment: str) -> None:
     found = pod_problem(pod)
     assert found[0] == reason and fragment in found[1], found
+
+
+def test_serving_pods_killed_for_memory_say_so_and_what_to_raise() -> None:
+    body, observed = serving(r50(), available=0)
+    assert observed.deployment is not None
+    reason, message = pod_problem(OOM_KILLED_POD)
+    killed = replace(observed.deployment, pod_problem_reason=reason, pod_problem_message=message)
+    ready = condition(decide(body, OperatorSettings(), Observed(deployment=killed), LATER).status, "Ready")
+    assert ready["reason"] == "OOMKilled", ready
+    assert "limit (256Mi)" in ready["message"] and "raise serving.resources.limits.memory" in ready["message"], ready
 
 
 def test_crash_looping_serving_pods_reach_ready_with_the_cause() -> None:
