@@ -42,9 +42,9 @@ cluster-tools: install system-packages
 # why they skip): runc (BuildKit's worker and the image tests run containers with it),
 # mmdebstrap (the images' base, made from Debian's packages: Docker Hub is out of reach here),
 # shellcheck (actionlint runs it on the release workflow's scripts), gcc with libc6-dev (the test
-# node's pause image, a static build of Kubernetes' pause.c) and libseccomp-dev (the test node's
-# runc, built with cgo and seccomp).
-SYSTEM_PACKAGES := runc mmdebstrap shellcheck gcc libc6-dev libseccomp-dev
+# node's pause image, a static build of Kubernetes' pause.c), libseccomp-dev (the test node's
+# runc, built with cgo and seccomp), nftables and conntrack (the test node's kube-proxy).
+SYSTEM_PACKAGES := runc mmdebstrap shellcheck gcc libc6-dev libseccomp-dev nftables conntrack
 system-packages:
 	@missing=""; for package in $(SYSTEM_PACKAGES); do 		dpkg-query -W -f='$${Status}' $$package 2>/dev/null | grep -q "ok installed" || command -v $$package >/dev/null || missing="$$missing $$package"; done; \
 	if [ -z "$$missing" ]; then :; \

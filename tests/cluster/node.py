@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from rtdetr_edge.dev.ports import free_port
-from tests.cluster import network
+from tests.cluster import addons, network
 from tests.cluster.build import binary, module_dir
 from tests.cluster.controlplane import ControlPlane, Process, write_kubeconfig
 from tests.cluster.images import Registry, crane
@@ -46,25 +46,31 @@ NODE_NAME = "node-0"
 PAUSE_REPOSITORY = "pause"
 
 
-def pause_image(registry: Registry, work: Path) -> str:
-    """Kubernetes' pause container, compiled from the pinned k8s.io/kubernetes module's
-    build/pause/linux/pause.c and pushed as a one-layer image; its reference by digest."""
-    source = module_dir("kubernetes", "k8s.io/kubernetes") / "build" / "pause" / "linux" / "pause.c"
-    version = binary_version()
-    layer_root = work / "pause-layer"
-    layer_root.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["gcc", "-Os", "-Wall", "-static", f"-DVERSION={version}", "-o", str(layer_root / "pause"), str(source)],
-                   check=True, capture_output=True)  # fmt: skip
-    layer = work / "pause-layer.tar"
+def binary_image(registry: Registry, repository: str, tag: str, program: Path, work: Path, user: str) -> str:
+    """An image of one static program (``/<name>``, its entrypoint) pushed to ``registry``; its
+    reference by digest. What the node runs that has no image of ours: pause and CoreDNS."""
+    layer = work / f"{repository.replace('/', '-')}-layer.tar"
     with tarfile.open(layer, "w") as tar:
-        tar.add(layer_root / "pause", arcname="pause")
-    tag = registry.ref(PAUSE_REPOSITORY, version)
-    crane("append", "--new_layer", str(layer), "--new_tag", tag, "--platform", "linux/amd64")
-    crane("mutate", tag, "--entrypoint", "/pause", "--user", "65535:65535")
-    return registry.ref(PAUSE_REPOSITORY, registry.digest(PAUSE_REPOSITORY, version))
+        tar.add(program, arcname=program.name)
+    ref = registry.ref(repository, tag)
+    crane("append", "--new_layer", str(layer), "--new_tag", ref, "--platform", "linux/amd64")
+    crane("mutate", ref, "--entrypoint", f"/{program.name}", "--user", user)
+    return registry.ref(repository, registry.digest(repository, tag))
 
 
-def binary_version() -> str:
+def pause_image(registry: Registry, work: Path) -> str:
+    """Kubernetes' pause container, compiled (static) from the pinned k8s.io/kubernetes module's
+    build/pause/linux/pause.c."""
+    source = module_dir("kubernetes", "k8s.io/kubernetes") / "build" / "pause" / "linux" / "pause.c"
+    version = kubernetes_version()
+    program = work / "pause-build" / "pause"
+    program.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["gcc", "-Os", "-Wall", "-static", f"-DVERSION={version}", "-o", str(program), str(source)],
+                   check=True, capture_output=True)  # fmt: skip
+    return binary_image(registry, PAUSE_REPOSITORY, version, program, work, "65535:65535")
+
+
+def kubernetes_version() -> str:
     from tests.cluster.build import COMPONENTS
 
     return next(c for c in COMPONENTS if c.name == "kubernetes").version()
@@ -150,7 +156,7 @@ def kubelet_config(*, ca: Path, cert: Path, key: Path, runtime: Path, address: s
         "cgroupRoot": cgroup_root,
         "oomScoreAdj": 0,  # not -999: this machine grants no CAP_SYS_RESOURCE (see containerd_config)
         "failSwapOn": False,
-        "clusterDomain": "cluster.local",
+        "clusterDomain": addons.CLUSTER_DOMAIN,
         "clusterDNS": cluster_dns,
         "registerWithTaints": taints,
         # The disk is shared with Go's and BuildKit's caches: absolute thresholds, and images are
@@ -196,9 +202,39 @@ class Node:
         self.pause = pause_image(self.registry, self.workdir)
         self._containerd()
         self._kubelet(address)
+        self._kube_proxy()
         self.plane.wait_for(self._ready, f"node {self.name} Ready", timeout, self.processes)
+        self._dns(timeout)
         self.startup_seconds = time.monotonic() - started
         return self
+
+    # -- Services and DNS ------------------------------------------------------------------------
+    def _kube_proxy(self) -> None:
+        identity = self.plane.ca.issue("kube-proxy", "system:kube-proxy")  # bound to system:node-proxier by default
+        kubeconfig = write_kubeconfig(self.workdir / "kube-proxy.kubeconfig", self.plane.server, self.plane.ca.cert_file, cert=identity)
+        assert self.subnet is not None
+        config = addons.kube_proxy_config(kubeconfig=kubeconfig, node=self.name, cluster_cidr=str(self.subnet),
+                                          healthz_port=free_port(), metrics_port=free_port())  # fmt: skip
+        config_file = self.workdir / "kube-proxy.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # nft, conntrack
+        self._add("kube-proxy", [str(binary("kube-proxy")), f"--config={config_file}", "--v=1"], {"PATH": path})
+        self.processes["kube-proxy"].start()
+
+    def _dns(self, timeout: float) -> None:
+        """CoreDNS as kubeadm runs it, Ready before any test pod needs a name."""
+        image = binary_image(self.registry, addons.COREDNS_REPOSITORY, "test", binary("coredns"), self.workdir, "0:0")
+        session = self.plane.session()
+        for document in addons.coredns_objects(image, self.name):
+            response = session.post(self.plane.server + _collection(document), json=document, timeout=10)
+            if response.status_code not in (201, 409):
+                raise RuntimeError(f"creating {document['kind']} {document['metadata']['name']}: {response.status_code} {response.text}")
+
+        def dns_ready() -> bool:
+            found = self.plane.get("/apis/apps/v1/namespaces/kube-system/deployments/coredns") or {}
+            return int((found.get("status") or {}).get("readyReplicas") or 0) >= 1
+
+        self.plane.wait_for(dns_ready, "CoreDNS ready", timeout, self.processes)
 
     # -- containerd ------------------------------------------------------------------------------
     def _containerd(self) -> None:
@@ -245,7 +281,7 @@ class Node:
         config = kubelet_config(
             ca=ca.cert_file, cert=serving.cert, key=serving.key, runtime=self.runtime_socket, address=address,
             port=self.kubelet_port, healthz_port=free_port(), cgroup_root=self.cgroup_root, taints=self.taints,
-            cluster_dns=[],
+            cluster_dns=[addons.DNS_SERVICE_IP],
         )  # fmt: skip
         config_file = self.workdir / "kubelet.yaml"
         config_file.write_text(yaml.safe_dump(config))
@@ -270,8 +306,9 @@ class Node:
     def stop(self) -> None:
         """Stops the kubelet, then every pod (runc containers, their shims), then containerd, and
         removes what they left on the host: mounts, cgroups, the bridge."""
-        if "kubelet" in self.processes:
-            self.processes["kubelet"].stop()
+        for name in ("kube-proxy", "kubelet"):
+            if name in self.processes:
+                self.processes[name].stop()
         if "containerd" in self.processes and self.processes["containerd"].running():
             self.crictl("rmp", "--all", "--force", check=False)
         if "containerd" in self.processes:
@@ -279,6 +316,16 @@ class Node:
         _clean_up(self.workdir, os.getpid())
         if self.bridge:
             network.ip("link", "delete", self.bridge, check=False)
+
+
+def _collection(document: dict[str, Any]) -> str:
+    """The API path that creates ``document``."""
+    group_version, kind = document["apiVersion"], document["kind"]
+    plural = {"ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
+              "ConfigMap": "configmaps", "Deployment": "deployments", "Service": "services"}[kind]  # fmt: skip
+    prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    namespace = document["metadata"].get("namespace")
+    return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
 
 
 OWNERS = Path("/run/rtdetr-edge-test-nodes")
@@ -293,6 +340,8 @@ def remove_stale() -> None:
 
 
 def _clean_up(workdir: Path, pid: int) -> None:
+    for family in ("ip", "ip6"):  # kube-proxy's rules (one test node per machine at a time)
+        subprocess.run(["nft", "delete", "table", family, "kube-proxy"], capture_output=True)
     _kill_shims(workdir)
     _unmount_under(workdir)
     _remove_cgroups(f"/rtdetr-node-{pid}")

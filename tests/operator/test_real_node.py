@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.cluster.images import BuiltImages, image_values
 from tests.cluster.node import NODE_NAME, Node
@@ -211,3 +212,27 @@ def _oom_killed(pod: dict[str, Any]) -> bool:
             if (state.get("terminated") or {}).get("reason") == "OOMKilled":
                 return pod["spec"].get("nodeName") == NODE_NAME
     return False
+
+
+def test_a_service_answers_by_name_from_pods_and_by_cluster_ip_from_the_host(cluster: Cluster, node: Node,
+                                                                             images: BuiltImages) -> None:  # fmt: skip
+    """kube-proxy (nftables) and CoreDNS, as a real cluster has them: no hand-picked endpoints."""
+    namespace = cluster.namespace(pod_security="restricted")
+    image = images.refs["runtime-cpu"]
+    server = pod("web", image, ["python", "-m", "http.server", "8080", "--directory", "/usr/local/lib"])
+    server["metadata"]["labels"] = {"app": "web"}
+    server["spec"]["containers"][0]["ports"] = [{"containerPort": 8080}]
+    server["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    create(cluster, namespace, server)
+    service = cluster.ok("POST", f"/api/v1/namespaces/{namespace}/services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})  # fmt: skip
+    cluster.wait(lambda: cluster.ready_endpoints(namespace, "web", port_name=""), 120, "web's endpoint ready")
+    fetch = f"import urllib.request; print(urllib.request.urlopen('http://web.{namespace}.svc.cluster.local/', timeout=10).status)"
+    create(cluster, namespace, pod("client", image, ["python", "-c", fetch]))
+    assert finished(cluster, namespace, "client")["status"]["phase"] == "Succeeded", cluster.kubectl(
+        "logs", "-n", namespace, "client", check=False).stdout  # fmt: skip
+    assert cluster.kubectl("logs", "-n", namespace, "client").stdout.strip() == "200"
+    cluster_ip = service["spec"]["clusterIP"]
+    answer = requests.get(f"http://{cluster_ip}/", timeout=10, proxies={"http": "", "https": ""})
+    assert answer.status_code == 200, answer.text
