@@ -55,7 +55,7 @@ system-packages:
 # A real cluster on this machine until Ctrl-C (prints the KUBECONFIG to use). Needs root
 # (pod network namespaces) and Go.
 cluster: cluster-tools
-	$(BIN)/python -m tests.cluster.controlplane
+	$(BIN)/python -m tests.cluster.node
 
 demo: install
 	$(BIN)/rtdetr-edge demo

@@ -23,7 +23,14 @@ from rtdetr_operator import GROUP, PLURAL, VERSION
 from rtdetr_operator.exporter import export_job_name
 from rtdetr_operator.kube import ForeignObject, Kube
 from rtdetr_operator.manifests import ANNOTATION_PIPELINE, plain_port
-from rtdetr_operator.names import COMPONENT_LABEL, INSTANCE_LABEL, MANAGED, quantize_job_name, runtime_name, selector_labels
+from rtdetr_operator.names import (
+    COMPONENT_LABEL,
+    INSTANCE_LABEL,
+    MANAGED,
+    quantize_job_name,
+    runtime_name,
+    selector_labels,
+)
 from rtdetr_operator.reconcile import ApplyFailure, JobObservation, Observed, PipelineJob, decide, with_apply_failures
 from rtdetr_operator.settings import OperatorSettings
 
@@ -210,6 +217,10 @@ def register(registry: kopf.OperatorRegistry, operator_settings: OperatorSetting
         settings.posting.level = 20  # post Normal events (INFO) too, not only warnings
         settings.watching.server_timeout = 300
         settings.persistence.finalizer = "rtdetr.io/operator"
+        # A deletion that lands while the resync timer runs waits for that run to end before the
+        # finalizer goes; kopf checks again after this long (default 60 s: `kubectl delete` hung a
+        # minute on the real node). A resync takes milliseconds.
+        settings.background.cancellation_polling = 1
         # Namespaced mode runs with Roles only: no cluster-scoped CRD/namespace scans.
         settings.scanning.disabled = bool(operator_settings.namespaces)
         for plural, (group, version) in CHILD_KINDS.items():  # watch only our children

@@ -471,13 +471,14 @@ def runtime_deployment(body: dict[str, Any], model: RTDETRModel, settings: Opera
 
 
 def swapping(served: PipelineRecord, before: dict[str, Any]) -> bool:
-    """Whether running pods are swapping to ``served`` in place (serving.rollout InPlace): another
-    model served before, or a swap to it was not confirmed yet. Pods that start after the
-    ConfigMap names a model (a first rollout, a new template) load it as they start: their
-    Deployment's rollout says when they serve, and they are not asked."""
+    """Whether the pods are asked which model they serve before Ready says Serving (serving.rollout
+    InPlace): unless Serving was already confirmed for ``served``. The ConfigMap may name a newer
+    model than a running pod loaded: a swap in place, and also a pod that started just before the
+    ConfigMap changed (a Deployment re-created, a rollout still warming up when a new model was
+    gated), which the kubelet hands the new file only later."""
     previous = (before.get("serving") or {}).get("servingDigest")
     reason = (find(list(before.get("conditions") or []), "Ready") or {}).get("reason")
-    return previous is not None and (previous != served.model.digest or reason in (Reason.MODEL_SWAPPING, Reason.MODEL_SWAP_FAILED))
+    return not (previous == served.model.digest and reason == Reason.SERVING)
 
 
 def swap_step(digest: str, replicas: int, pod_models: tuple[PodModel, ...] | None) -> Step:

@@ -7,15 +7,13 @@ Node authorization, the default admission plugins (ResourceQuota, PodSecurity, �
 NodeRestriction and OwnerReferencesPermissionEnforcement, every built-in controller (Job,
 Deployment, ReplicaSet, EndpointSlice, garbage collector, PV binder, node lifecycle, …) and
 the scheduler. Simulated nodes (labelled ``type: kwok``) are kept alive by kwok, which also
-plays their pods. The kubelet of the one "runnable" node is our pod runner
-(tests/cluster/pod_runner.py).
+plays their pods. The one node that runs containers is real (tests/cluster/node.py).
 """
 
 from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +24,8 @@ import yaml
 
 from rtdetr_edge.dev.ports import free_port
 from tests.cluster import pki
+from tests.cluster.bridge import ClusterBridge
 from tests.cluster.build import ensure_binaries, module_dir
-from tests.cluster.network import PodNetwork
-from tests.cluster.sandbox import die_with_parent
 
 SERVICE_CIDR = "10.96.0.0/16"
 ADMISSION_PLUGINS = "NodeRestriction,OwnerReferencesPermissionEnforcement"  # on top of the defaults
@@ -57,6 +54,15 @@ def write_kubeconfig(path: Path, server: str, ca: Path, *, cert: pki.KeyPair | N
     }))  # fmt: skip
     path.chmod(0o600)
     return path
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when the thread that started it dies: a killed test run leaves no
+    control plane or node processes behind."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -98,7 +104,7 @@ class ControlPlane:
 
     workdir: Path
     binaries: dict[str, Path] = field(default_factory=dict)
-    network: PodNetwork | None = None
+    network: ClusterBridge | None = None
     processes: dict[str, Process] = field(default_factory=dict)
     server: str = ""
     kubeconfig: Path = Path()
@@ -108,7 +114,7 @@ class ControlPlane:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "logs").mkdir(exist_ok=True)
         self.binaries = self.binaries or ensure_binaries()
-        self.network = PodNetwork.create()
+        self.network = ClusterBridge.create()
         host = self.network.gateway
         self._certificates(host)
         etcd_port, peer_port, api_port = free_port("127.0.0.1"), free_port("127.0.0.1"), free_port(host)
@@ -272,40 +278,3 @@ class ControlPlane:
 
     def logs(self) -> dict[str, str]:
         return {name: process.tail(60) for name, process in self.processes.items()}
-
-
-def main() -> int:
-    """``make cluster``: start a control plane, print how to use it, stop on Ctrl-C."""
-    import argparse
-    import tempfile
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", type=Path, default=None, help="state directory (default: a new temporary one)")
-    args = parser.parse_args()
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="rtdetr-edge-cluster-"))
-    plane = ControlPlane(workdir)
-    try:
-        plane.start()
-        from tests.cluster.nodes import create_nodes
-        from tests.cluster.pod_runner import PodRunner
-
-        create_nodes(plane)
-        runner = PodRunner(plane)
-        runner.start()
-        print(f"control plane ready in {plane.startup_seconds:.1f} s: {plane.server}")
-        print(f"export KUBECONFIG={plane.kubeconfig}")
-        print(f"logs: {workdir / 'logs'} — Ctrl-C stops everything", flush=True)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopping", flush=True)
-        runner.stop()
-    finally:
-        plane.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,7 @@ garbage collection thresholds are set low instead of the defaults' percentages. 
 image is Kubernetes' own pause.c (from the k8s.io/kubernetes module), compiled here and pushed
 to the test registry: registry.k8s.io is out of reach.
 
-    python -m tests.cluster.node     # a control plane with node-0, until Ctrl-C
+    python -m tests.cluster.node     # make cluster: a control plane with node-0, until Ctrl-C
 """
 
 from __future__ import annotations
@@ -37,12 +37,17 @@ from typing import Any
 import yaml
 
 from rtdetr_edge.dev.ports import free_port
-from tests.cluster import addons, network
+from tests.cluster import addons
+from tests.cluster.bridge import alive
 from tests.cluster.build import binary, module_dir
 from tests.cluster.controlplane import ControlPlane, Process, write_kubeconfig
 from tests.cluster.images import Registry, crane
 
 NODE_NAME = "node-0"
+NODE_LABEL = "rtdetr-edge.test/real-node"
+"""Set on the node by its kubelet (``true``): what the chart's operator pod selects in tests."""
+TEST_GPU_RESOURCE = "example.com/gpu"
+"""An extended resource the tests give the node one of: a stand-in for the one GPU of an edge node."""
 PAUSE_REPOSITORY = "pause"
 
 
@@ -186,6 +191,8 @@ class Node:
     workdir: Path
     name: str = NODE_NAME
     taints: list[dict[str, str]] = field(default_factory=list)
+    extended_resources: dict[str, str] = field(default_factory=dict)
+    """Advertised in the node's capacity (as a device plugin or an admin's status patch would)."""
     processes: dict[str, Process] = field(default_factory=dict)
     bridge: str = ""
     subnet: ipaddress.IPv4Network | None = None
@@ -204,6 +211,11 @@ class Node:
         self._kubelet(address)
         self._kube_proxy()
         self.plane.wait_for(self._ready, f"node {self.name} Ready", timeout, self.processes)
+        if self.extended_resources:
+            patch = {"status": {"capacity": self.extended_resources}}
+            response = self.plane.session().patch(f"{self.plane.server}/api/v1/nodes/{self.name}/status", json=patch,
+                                                  headers={"Content-Type": "application/merge-patch+json"}, timeout=10)  # fmt: skip
+            response.raise_for_status()
         self._dns(timeout)
         self.startup_seconds = time.monotonic() - started
         return self
@@ -246,11 +258,9 @@ class Node:
         cni_bin = binary("bridge").parent
         cni_conf = self.workdir / "cni" / "net.d"
         cni_conf.mkdir(parents=True, exist_ok=True)
-        # The bridge is made here, not by the CNI plugin on the first pod: its /24 is taken now.
-        self.bridge, self.subnet = f"{network.PREFIX}{os.getpid()}n", network.free_subnet()
-        network.ip("link", "add", self.bridge, "type", "bridge")
-        network.ip("addr", "add", f"{self.subnet.network_address + 1}/{self.subnet.prefixlen}", "dev", self.bridge)
-        network.ip("link", "set", self.bridge, "up")
+        # Pods join the cluster's bridge (made with the control plane, whose address is its .1).
+        assert self.plane.network is not None
+        self.bridge, self.subnet = self.plane.network.bridge, self.plane.network.subnet
         (cni_conf / "10-rtdetr-test.conflist").write_text(json.dumps(cni_config(self.bridge, self.subnet, self.workdir / "cni" / "ipam")))
         config = root / "config.toml"
         config.write_text(containerd_config(root, self.runtime_socket, registries, cni_bin, cni_conf, self.pause, binary("runc")))
@@ -268,6 +278,14 @@ class Node:
         if check and result.returncode != 0:
             raise RuntimeError(f"crictl {' '.join(args)}: {result.stderr.strip()}")
         return result
+
+    def container_pid(self, namespace: str, pod: str, container: str) -> int:
+        """The host pid of a running container's first process (e.g. to read its memory)."""
+        found = self.crictl("ps", "--quiet", "--name", f"^{container}$", "--label", f"io.kubernetes.pod.namespace={namespace}",
+                            "--label", f"io.kubernetes.pod.name={pod}").stdout.split()  # fmt: skip
+        if len(found) != 1:
+            raise RuntimeError(f"{len(found)} running containers {container} in pod {namespace}/{pod}")
+        return int(json.loads(self.crictl("inspect", found[0]).stdout)["info"]["pid"])
 
     # -- kubelet ---------------------------------------------------------------------------------
     def _kubelet(self, address: str) -> None:
@@ -288,7 +306,7 @@ class Node:
         self._add("kubelet", [
             str(binary("kubelet")), f"--config={config_file}", f"--kubeconfig={kubeconfig}",
             f"--root-dir={self.workdir / 'kubelet'}", f"--hostname-override={self.name}", f"--node-ip={address}",
-            "--node-labels=rtdetr-edge.test/real-node=true", "--v=1",
+            f"--node-labels={NODE_LABEL}=true", "--v=1",
         ])  # fmt: skip
         self.processes["kubelet"].start()
 
@@ -314,8 +332,6 @@ class Node:
         if "containerd" in self.processes:
             self.processes["containerd"].stop()
         _clean_up(self.workdir, os.getpid())
-        if self.bridge:
-            network.ip("link", "delete", self.bridge, check=False)
 
 
 def _collection(document: dict[str, Any]) -> str:
@@ -335,7 +351,7 @@ a killed run left behind (shims, mounts, cgroups) is found and removed by the ne
 
 def remove_stale() -> None:
     for owner in OWNERS.glob("*") if OWNERS.is_dir() else []:
-        if owner.name.isdigit() and not network.alive(int(owner.name)):
+        if owner.name.isdigit() and not alive(int(owner.name)):
             _clean_up(Path(owner.read_text().strip()), int(owner.name))
 
 
@@ -408,15 +424,20 @@ def _remove_cgroups(root: str) -> None:
 
 
 def main() -> int:
+    """``make cluster``: a control plane, node-0 and the simulated GPU node, until Ctrl-C."""
     from tests.cluster.images import registry
+    from tests.cluster.nodes import create_nodes
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C: the cleanup below runs
-    with tempfile.TemporaryDirectory(prefix="rtdetr-node-") as scratch, registry() as serving:
+    with tempfile.TemporaryDirectory(prefix="rtdetr-edge-cluster-") as scratch, registry() as serving:
         plane = ControlPlane(Path(scratch) / "control-plane").start()
+        create_nodes(plane)
         node = Node(plane, serving, Path(scratch) / "node")
         try:
             node.start()
-            print(f"export KUBECONFIG={plane.kubeconfig}  # node {node.name} Ready in {node.startup_seconds:.0f} s; Ctrl-C stops it")
+            print(f"control plane ready in {plane.startup_seconds:.1f} s, {node.name} {node.startup_seconds:.1f} s later")
+            print(f"export KUBECONFIG={plane.kubeconfig}")
+            print(f"images: push to {serving.host} (plain HTTP); logs: {Path(scratch)} — Ctrl-C stops everything", flush=True)
             try:
                 signal.pause()
             except KeyboardInterrupt:

@@ -4,7 +4,7 @@
   ``nvidia.com/gpu`` (16, with 64 CPUs and 512 GiB: several tests' Jobs share it), label
   ``nvidia.com/gpu.present=true``, taint ``nvidia.com/gpu:NoSchedule``.
 
-The one CPU node whose pods really run, ``runner-0``, registers itself (tests/cluster/pod_runner.py).
+The one CPU node whose pods really run, ``node-0``, is registered by its real kubelet (tests/cluster/node.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Operator scale and API-load benchmark on the real control plane (not a test).
 
 1. N RTDETRModels applied at once → time until all N quantize Jobs exist, and the operator
-   process's peak RSS (its pod runs on the pod runner, so /proc shows it).
+   process's peak RSS (its container's init process, found through CRI on the real node).
 2. Steady-state API load of an idle operator holding N resources: the API server's own
    ``apiserver_request_total``, counted over a window with the operator running minus the
    same window with it scaled to zero (the rest of the cluster's traffic, side by side).
@@ -20,8 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.images import built_images
+from tests.cluster.node import Node
 from tests.cluster.nodes import create_nodes
-from tests.cluster.pod_runner import PodRunner
 from tests.operator.conftest import TEST_VALUES, Cluster, OperatorRelease, load_sample
 
 SAMPLE = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
@@ -38,12 +39,10 @@ def requests_per_second(cluster: Cluster, window: float) -> float:
     return (request_total(cluster) - before - 1) / window  # the /metrics scrape itself counts once
 
 
-def operator_pid(runner: PodRunner, release: OperatorRelease) -> int:
+def operator_pid(node: Node, release: OperatorRelease) -> int:
     pod = release.pod()
     assert pod is not None
-    worker = runner.find(release.namespace, pod["metadata"]["name"])
-    assert worker is not None and worker.containers[0].process is not None
-    return worker.containers[0].process.pid
+    return node.container_pid(release.namespace, pod["metadata"]["name"], "operator")
 
 
 def rss_mb(pid: int, field: str) -> float:
@@ -61,49 +60,50 @@ def main() -> int:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="rtdetr-bench-scale-"))
     plane = ControlPlane(workdir / "control-plane")
-    runner = None
-    try:
-        plane.start()
-        create_nodes(plane)
-        runner = PodRunner(plane).start()
-        cluster = Cluster(plane, runner, workdir)
-        values = {**TEST_VALUES, "operator": {**TEST_VALUES["operator"], "resyncSeconds": args.resync_seconds, "logLevel": "INFO"}}
-        release = OperatorRelease(cluster).install(values)
-        namespace = cluster.namespace(pod_security="baseline")
-        documents = []
-        for index in range(args.resources):
-            document = load_sample("rtdetr-r50.yaml")
-            document["metadata"].update(name=f"model-{index:03d}", namespace=namespace)
-            documents.append(document)
-        started = time.monotonic()
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(cluster.apply, documents))
-        applied = time.monotonic() - started
-        cluster.wait(lambda: len(cluster.jobs(namespace, "quantize")) >= args.resources, 600, f"{args.resources} Jobs", 0.25)
-        all_jobs = time.monotonic() - started
-        pid = operator_pid(runner, release)
-        time.sleep(2 * args.resync_seconds)  # settle: every resource reconciled at least once more
-        duplicates = len(cluster.jobs(namespace, "quantize")) - args.resources
-        busy = requests_per_second(cluster, args.window)
-        rss_now, rss_peak = rss_mb(pid, "VmRSS"), rss_mb(pid, "VmHWM")
-        cluster.kubectl("scale", "deployment", "-n", release.namespace, "rtdetr-rtdetr-edge", "--replicas=0")
-        cluster.wait(lambda: release.pod() is None, 60, "the operator scaled to zero")
-        baseline = requests_per_second(cluster, args.window)
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
-        flags = next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), [])
-        shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
-        print(f"CPU: {model} ({' '.join(shown)}); {args.resources} RTDETRModels, resync {args.resync_seconds:.0f} s, kube-apiserver "
-              f"{cluster.get('/version')['gitVersion']}")  # type: ignore[index]  # fmt: skip
-        print(f"applied in {applied:.1f} s; all {args.resources} Jobs after {all_jobs:.1f} s "
-              f"({args.resources / all_jobs:.1f} Jobs/s); duplicates: {duplicates}")  # fmt: skip
-        print(f"operator RSS {rss_now:.0f} MB now, {rss_peak:.0f} MB peak")
-        print(f"API requests/s over {args.window:.0f} s: cluster with the idle operator {busy:.1f}, without it {baseline:.1f} "
-              f"-> operator {busy - baseline:.1f}/s ({(busy - baseline) / args.resources:.2f}/s per resource)")  # fmt: skip
-    finally:
-        if runner is not None:
-            runner.stop()
-        plane.stop()
+    node = None
+    with built_images(("operator", "runtime-cpu", "runtime-gpu")) as images:
+        try:
+            plane.start()
+            create_nodes(plane)
+            node = Node(plane, images.registry, workdir / "node").start()
+            cluster = Cluster(plane, node, workdir, images)
+            values = {**TEST_VALUES, "operator": {**TEST_VALUES["operator"], "resyncSeconds": args.resync_seconds, "logLevel": "INFO"}}
+            release = OperatorRelease(cluster).install(values)
+            namespace = cluster.namespace(pod_security="baseline")
+            documents = []
+            for index in range(args.resources):
+                document = load_sample("rtdetr-r50.yaml")
+                document["metadata"].update(name=f"model-{index:03d}", namespace=namespace)
+                documents.append(document)
+            started = time.monotonic()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(cluster.apply, documents))
+            applied = time.monotonic() - started
+            cluster.wait(lambda: len(cluster.jobs(namespace, "quantize")) >= args.resources, 600, f"{args.resources} Jobs", 0.25)
+            all_jobs = time.monotonic() - started
+            pid = operator_pid(node, release)
+            time.sleep(2 * args.resync_seconds)  # settle: every resource reconciled at least once more
+            duplicates = len(cluster.jobs(namespace, "quantize")) - args.resources
+            busy = requests_per_second(cluster, args.window)
+            rss_now, rss_peak = rss_mb(pid, "VmRSS"), rss_mb(pid, "VmHWM")
+            cluster.kubectl("scale", "deployment", "-n", release.namespace, "rtdetr-rtdetr-edge", "--replicas=0")
+            cluster.wait(lambda: release.pod() is None, 60, "the operator scaled to zero")
+            baseline = requests_per_second(cluster, args.window)
+            lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+            model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+            flags = next((line.split(":", 1)[1].split() for line in lscpu.splitlines() if line.startswith("Flags")), [])
+            shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags]
+            print(f"CPU: {model} ({' '.join(shown)}); {args.resources} RTDETRModels, resync {args.resync_seconds:.0f} s, kube-apiserver "
+                  f"{cluster.get('/version')['gitVersion']}")  # type: ignore[index]  # fmt: skip
+            print(f"applied in {applied:.1f} s; all {args.resources} Jobs after {all_jobs:.1f} s "
+                  f"({args.resources / all_jobs:.1f} Jobs/s); duplicates: {duplicates}")  # fmt: skip
+            print(f"operator RSS {rss_now:.0f} MB now, {rss_peak:.0f} MB peak")
+            print(f"API requests/s over {args.window:.0f} s: cluster with the idle operator {busy:.1f}, without it {baseline:.1f} "
+                  f"-> operator {busy - baseline:.1f}/s ({(busy - baseline) / args.resources:.2f}/s per resource)")  # fmt: skip
+        finally:
+            if node is not None:
+                node.stop()
+            plane.stop()
     return 0
 
 

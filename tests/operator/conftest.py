@@ -1,9 +1,11 @@
 """The real-cluster tier: upstream etcd, kube-apiserver, controller-manager, scheduler and kwok
-(tests/cluster), the chart installed by the real helm CLI, the operator running as the
-chart's Deployment (its pod executed by the test pod runner, with the chart's
-ServiceAccount token), driven with the real kubectl as a user would.
+and a real node (kubelet, containerd, runc, kube-proxy, CoreDNS; tests/cluster), the chart
+installed by the real helm CLI, the operator running as the chart's Deployment from the
+operator image built from this checkout, its Jobs and serving pods from the runtime image
+(pulled by digest from the test registry), driven with the real kubectl as a user would.
 
-One control plane per test session (~10 s to start); each test works in its own namespaces.
+One cluster per test session (~15 s to start, after the images); each test works in its own
+namespaces.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ import requests
 import yaml
 
 from tests.cluster.build import binary
-from tests.gitops.argocd import agrees_with_kstatus, verdicts
 from tests.cluster.controlplane import ControlPlane
+from tests.cluster.images import BuiltImages, image_values
+from tests.cluster.node import NODE_LABEL, NODE_NAME, TEST_GPU_RESOURCE, Node
 from tests.cluster.nodes import create_nodes
-from tests.cluster.pod_runner import RUNNER_LABEL, RUNNER_NODE, PodRunner
+from tests.gitops.argocd import agrees_with_kstatus, verdicts
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "rtdetrmodels.rtdetr.io.yaml"
@@ -39,9 +42,10 @@ OPERATOR_NAMESPACE = "rtdetr-system"
 RELEASE = "rtdetr"
 RESYNC_SECONDS = 2
 # What the chart needs to run here: the operator pod on the node whose pods really run, and
-# a fast resync so tests finish quickly. Everything else is the chart's defaults.
+# a fast resync so tests finish quickly. Everything else is the chart's defaults, but for the
+# images: this checkout's, from the test registry (OperatorRelease.install adds them).
 TEST_VALUES: dict[str, Any] = {
-    "operator": {"nodeSelector": {RUNNER_LABEL: "true"}, "resyncSeconds": RESYNC_SECONDS, "logLevel": "DEBUG"},
+    "operator": {"nodeSelector": {NODE_LABEL: "true"}, "resyncSeconds": RESYNC_SECONDS, "logLevel": "DEBUG"},
     "pipeline": {"hostPathPrefixes": ["/var/cache/rtdetr-edge"]},
 }
 
@@ -53,8 +57,9 @@ def load_sample(name: str) -> dict[str, Any]:
 @dataclass
 class Cluster:
     plane: ControlPlane
-    runner: PodRunner
+    node: Node
     workdir: Path
+    images: BuiltImages
     volumes_made: set[str] = field(default_factory=set)
     observed_models: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     """Every RTDETRModel version a test read (uid, resourceVersion → object): Argo CD's verdict on
@@ -196,26 +201,38 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, images: BuiltImages) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cluster")
     plane = ControlPlane(workdir / "control-plane")
-    runner = None
+    node = None
     try:
         plane.start()
         create_nodes(plane)
-        runner = PodRunner(plane).start()
-        made = Cluster(plane, runner, workdir)
-        made.wait(lambda: (made.get(f"/api/v1/nodes/{RUNNER_NODE}") or {}).get("status", {}).get("conditions"), 30, "runner node")
-        yield made
+        node = Node(plane, images.registry, workdir / "node", extended_resources={TEST_GPU_RESOURCE: "1"})
+        node.start()
+        print(f"control plane up in {plane.startup_seconds:.1f} s, node {NODE_NAME} Ready {node.startup_seconds:.1f} s later",
+              file=sys.stderr)  # fmt: skip
+        yield Cluster(plane, node, workdir, images)
     finally:
-        if runner is not None:
-            runner.stop()
+        if node is not None:
+            node.stop()
         plane.stop()
+
+
+def with_images(values: dict[str, Any], images: BuiltImages) -> dict[str, Any]:
+    """``values`` with this checkout's images where they name none."""
+    defaults = {"operator": {"image": image_values(images.refs["operator"])},
+                "images": {"runtimeCpu": image_values(images.refs["runtime-cpu"]),
+                           "runtimeGpu": image_values(images.refs["runtime-gpu"])}}  # fmt: skip
+    merged = {**values}
+    for key, filled in defaults.items():
+        merged[key] = {**filled, **(values.get(key) or {})}
+    return merged
 
 
 @dataclass
 class OperatorRelease:
-    """The chart installed with ``helm install``; its operator pod runs on the pod runner."""
+    """The chart installed with ``helm install``; its operator pod runs on node-0."""
 
     cluster: Cluster
     name: str = RELEASE
@@ -241,7 +258,7 @@ class OperatorRelease:
 
     def install(self, values: dict[str, Any], chart: str = str(CHART), *helm_flags: str) -> OperatorRelease:
         values_file = self.cluster.workdir / f"values-{self.name}.yaml"
-        values_file.write_text(yaml.safe_dump(values))
+        values_file.write_text(yaml.safe_dump(with_images(values, self.cluster.images)))
         self.cluster.helm("install", self.name, chart, "--namespace", self.namespace, "--create-namespace",
                           "--values", str(values_file), "--wait", "--timeout", "180s", *helm_flags)  # fmt: skip
         self.wait_ready()

@@ -20,7 +20,7 @@ from rtdetr_edge.cpu_isa import EXACT_INT8_NFD_FLAGS, NFD_PREFIX, IsaLevel, int8
 from rtdetr_edge.pipeline import artifact_paths, run_pipeline, write_result
 from rtdetr_edge.resource import parse_resource, pipeline_plan
 from rtdetr_edge.storage import StorageResolver
-from tests.cluster.pod_runner import RUNNER_NODE
+from tests.cluster.node import NODE_NAME
 
 from .conftest import Cluster, OperatorRelease, demo_namespace, load_sample
 
@@ -61,7 +61,7 @@ def seed_legacy_artifact(cluster: Cluster, namespace: str, document: dict[str, A
 
 
 def label_runner(cluster: Cluster, labels: dict[str, str | None]) -> None:
-    cluster.ok("PATCH", f"/api/v1/nodes/{RUNNER_NODE}", {"metadata": {"labels": labels}}, "application/merge-patch+json")
+    cluster.ok("PATCH", f"/api/v1/nodes/{NODE_NAME}", {"metadata": {"labels": labels}}, "application/merge-patch+json")
 
 
 def test_a_cpu_specific_model_is_placed_by_isa_and_refused_by_the_wrong_cpu(
@@ -101,7 +101,7 @@ def test_a_cpu_specific_model_is_placed_by_isa_and_refused_by_the_wrong_cpu(
 
 @pytest.fixture(autouse=True)
 def _runner_keeps_no_isa_labels(cluster: Cluster) -> Any:
-    """Other tests' pods must schedule on runner-0 as before, whatever happens here."""
+    """Other tests' pods must schedule on node-0 as before, whatever happens here."""
     yield
-    node = cluster.get(f"/api/v1/nodes/{RUNNER_NODE}") or {}
+    node = cluster.get(f"/api/v1/nodes/{NODE_NAME}") or {}
     assert not [key for key in node.get("metadata", {}).get("labels", {}) if key.startswith(NFD_PREFIX)]

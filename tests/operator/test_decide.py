@@ -88,9 +88,12 @@ def serving(body: dict[str, Any], available: int) -> tuple[dict[str, Any], Obser
     n = int(body["spec"]["serving"]["replicas"])
     live = DeploymentObservation(annotations=annotations, replicas=n, current_replicas=n, generation=1, observed_generation=1,
                                  updated_replicas=n, ready_replicas=n, available_replicas=n)  # fmt: skip
-    ready = decide_as_written({**body, "status": first.status}, OperatorSettings(), Observed(deployment=live), NOW)
+    ready = decide({**body, "status": first.status}, OperatorSettings(), Observed(deployment=live), NOW)
     assert condition(ready.status, "Ready")["reason"] == "Serving"
-    assert not ready.needs_pod_models, "a first rollout's pods load the ConfigMap's model as they start: not asked"
+    in_place = body["spec"]["serving"].get("rollout", "InPlace") == "InPlace"
+    assert ready.needs_pod_models == in_place, "InPlace: the pods confirm the model they loaded before Ready says Serving"
+    steady = decide_as_written({**body, "status": ready.status}, OperatorSettings(), Observed(deployment=live), NOW)
+    assert condition(steady.status, "Ready")["reason"] == "Serving" and not steady.needs_pod_models, "confirmed: not asked again"
     lost = DeploymentObservation(annotations=annotations, replicas=n, current_replicas=n, generation=1, observed_generation=1,
                                  updated_replicas=n, ready_replicas=available, available_replicas=available)  # fmt: skip
     return {**body, "status": ready.status}, Observed(deployment=lost)
@@ -374,6 +377,30 @@ def test_in_place_a_new_model_changes_the_configmap_not_the_pods_and_is_ready_on
     assert "serving.rollout: Replace" in refused["message"] and "kubectl delete pod p-1" in refused["message"]
     done = ready(PodModel("p-1", serving=new_digest), PodModel("p-2", serving=new_digest))
     assert (done["status"], done["reason"], done["message"]) == ("True", "Serving", f"serving {new_digest[:19]}")
+
+
+def test_a_pod_that_started_before_the_configmap_changed_is_asked_before_ready_says_serving() -> None:
+    """Seen on the real node: a new model passed its gate while the Deployment was still rolling
+    out (re-created). Its pod had loaded the ConfigMap's previous model, and the kubelet hands it
+    the new file only later; Ready must wait for the pod to say it serves the new model."""
+    body, observed = serving(r50(), available=2)
+    assert observed.deployment is not None
+    old_digest = body["status"]["serving"]["servingDigest"]
+    body["spec"]["quantization"]["trainIter"] = 600
+    new_digest = "sha256:" + "cd" * 32
+    passed = JobObservation(succeeded=True, termination_message=summary(digest_of(body), model_digest=new_digest))
+    warming = replace(observed.deployment, ready_replicas=1, available_replicas=1)  # not rolled out yet
+    rolling = decide_as_written(body, OperatorSettings(), Observed(quantize_job=passed, deployment=warming), LATER)
+    assert condition(rolling.status, "Ready")["reason"] == "RollingOut"
+    body["status"] = rolling.status
+    rolled = replace(observed.deployment, ready_replicas=2, available_replicas=2)
+    stale = (PodModel("p-1", serving=old_digest), PodModel("p-2", serving=new_digest))
+    asked = decide_as_written(body, OperatorSettings(), Observed(quantize_job=passed, deployment=rolled, pod_models=stale), LATER)
+    assert asked.needs_pod_models and condition(asked.status, "Ready")["reason"] == "ModelSwapping", condition(asked.status, "Ready")
+    body["status"] = asked.status
+    both = (PodModel("p-1", serving=new_digest), PodModel("p-2", serving=new_digest))
+    done = decide_as_written(body, OperatorSettings(), Observed(quantize_job=passed, deployment=rolled, pod_models=both), LATER)
+    assert condition(done.status, "Ready")["reason"] == "Serving"
 
 
 @pytest.mark.parametrize(("rollout", "strategy"), [("InPlace", (0, 1)), ("Surge", (0, 1)), ("Replace", (1, 0))])

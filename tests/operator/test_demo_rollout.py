@@ -1,10 +1,11 @@
 """The demo sample on a real control plane, end to end, as a user drives it:
 
 ``helm install`` → ``kubectl apply -f configs/samples/demo-shapes.yaml`` → the real Job
-controller and scheduler → the pod runner runs the real pipeline (ACT, pycocotools, gate) →
+controller and scheduler → the real node runs the real pipeline (ACT, pycocotools, gate) →
 Deployment → ReplicaSet → pods running ``rtdetr-edge serve`` → Ready → detections through
-the Service's ready endpoints. Then the changes users make: a serving-only edit, a model
-swap under load, a change that fails the gate, and deletion.
+the Service (its ready endpoints, and its ClusterIP through kube-proxy under load). Then the
+changes users make: a serving-only edit, a model swap under load, a change that fails the
+gate, and deletion.
 
 The tests in this module run in order on one resource (each needs the previous state);
 the whole story takes a few minutes (three real quantization runs on 2 cores).
@@ -13,6 +14,7 @@ the whole story takes a few minutes (three real quantization runs on 2 cores).
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections import Counter
@@ -27,8 +29,7 @@ import requests
 from rtdetr_operator.names import quantize_job_name
 
 from ..cluster.images import registry
-from ..cluster.pod_runner import TEST_GPU_RESOURCE
-
+from ..cluster.node import NODE_NAME, TEST_GPU_RESOURCE
 from ..gitops.argocd import verdicts
 from .conftest import RESYNC_SECONDS, Cluster, OperatorRelease, demo_namespace, load_sample
 
@@ -68,7 +69,7 @@ def test_apply_quantize_gate_and_serve(demo: Demo) -> None:
     job = cluster.wait(lambda: cluster.jobs(namespace, "quantize"), 60, "the quantize Job")[0]
     pod = cluster.wait(lambda: [p for p in cluster.pods(namespace, f"job-name={job['metadata']['name']}")
                                 if p["spec"].get("nodeName")], 60, "the Job's pod scheduled")[0]  # fmt: skip
-    assert pod["spec"]["nodeName"] == "runner-0", "a CPU model's Job runs on a CPU node, not the tainted GPU node"
+    assert pod["spec"]["nodeName"] == NODE_NAME, "a CPU model's Job runs on a CPU node, not the tainted GPU node"
     cluster.wait_condition(namespace, NAME, "Quantized", "True", "JobSucceeded", timeout=PIPELINE_TIMEOUT)
     demo.timings["quantize"] = time.monotonic() - started
     cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=300)
@@ -107,41 +108,27 @@ def test_a_serving_model_writes_no_status_while_nothing_changes(demo: Demo) -> N
 
 
 class LoadGenerator:
-    """A bounded load on the Service, routed as kube-proxy would: to the ready endpoints of its
-    EndpointSlices, re-read every 250 ms. Counts every request's outcome and the digest that
-    answered it."""
+    """A bounded load on the Service, through its ClusterIP: kube-proxy on the real node picks a
+    ready endpoint for each connection, as for any client in the cluster. Counts every request's
+    outcome and the digest that answered it."""
 
     def __init__(self, cluster: Cluster, namespace: str, service: str, workers: int = 2) -> None:
-        self.cluster, self.namespace, self.service = cluster, namespace, service
-        self.endpoints: list[str] = cluster.ready_endpoints(namespace, service)
+        found = cluster.ok("GET", f"/api/v1/namespaces/{namespace}/services/{service}")
+        port = next(p["port"] for p in found["spec"]["ports"] if p["name"] == "http")
+        self.address = f"{found['spec']['clusterIP']}:{port}"
         self.stop = threading.Event()
         self.outcomes: Counter[str] = Counter()
         self.failures: list[str] = []
         self.digests: list[tuple[float, str]] = []  # (time, digest) of each success
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._route, daemon=True)]
-        self.threads += [threading.Thread(target=self._send, args=(i,), daemon=True) for i in range(workers)]
+        self.threads = [threading.Thread(target=self._send, daemon=True) for _ in range(workers)]
         self.image = FIXTURE_IMAGE.read_bytes()
 
-    def _route(self) -> None:
-        while not self.stop.wait(0.25):
-            try:
-                self.endpoints = self.cluster.ready_endpoints(self.namespace, self.service)
-            except (AssertionError, requests.RequestException):
-                pass  # keep the last routing table, as kube-proxy does when the API is slow
-
-    def _send(self, index: int) -> None:
+    def _send(self) -> None:
         session = requests.Session()
-        sent = 0
+        session.trust_env = False
+        endpoint = self.address
         while not self.stop.is_set():
-            endpoints = self.endpoints
-            if not endpoints:
-                with self.lock:
-                    self.outcomes["no ready endpoint"] += 1
-                time.sleep(0.05)
-                continue
-            endpoint = endpoints[(index + sent) % len(endpoints)]
-            sent += 1
             try:
                 response = session.post(f"http://{endpoint}/v1/detect", data=self.image,
                                         headers={"Content-Type": "image/jpeg"}, timeout=30)  # fmt: skip
@@ -531,7 +518,9 @@ def test_host_path_engine_cache_only_under_allowed_prefixes_and_writable(demo: D
     assert "hostPath /etc is outside the host directories this operator allows (/var/cache/rtdetr-edge)" in refused["message"]
     assert cluster.condition(namespace, NAME, "Available")["status"] == "True", "the old model keeps serving"
 
-    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"engineCache": {"hostPath": "/var/cache/rtdetr-edge/demo"}}}})
+    cache = Path("/var/cache/rtdetr-edge/demo")  # on this machine: the real node's host
+    shutil.rmtree(cache, ignore_errors=True)  # what the kubelet creates, not an earlier run's
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"engineCache": {"hostPath": str(cache)}}}})
     deadline = time.monotonic() + 120  # a serving-only change: new pods warm up, no Job
     while time.monotonic() < deadline:
         ready = cluster.condition(namespace, NAME, "Ready")
@@ -545,7 +534,7 @@ def test_host_path_engine_cache_only_under_allowed_prefixes_and_writable(demo: D
     volumes = [v["hostPath"]["path"] for p in pods for v in p["spec"]["volumes"] if "hostPath" in v]
     assert volumes and set(volumes) == {"/var/cache/rtdetr-edge/demo"}, volumes
     assert all(p["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0 for p in pods)
-    cache = cluster.runner.node_path("/var/cache/rtdetr-edge/demo")
+    assert cache.stat().st_mode & 0o777 == 0o755, oct(cache.stat().st_mode)
     written = list(cache.rglob("*"))
     assert cache.stat().st_uid == 10001 and written and {f.stat().st_uid for f in written} == {10001}, written
 

@@ -3,7 +3,7 @@
 A git server on loopback (git's own http-backend) holds the models repository; Flux's
 source-controller and kustomize-controller (built from their Go modules) run against the real
 control plane with the GitRepository + Kustomization users apply (``gitops/flux/``); the operator
-(the chart's Deployment) quantizes, gates and rolls out through the pod runner. The user's three
+(the chart's Deployment) quantizes, gates and rolls out on the real node. The user's three
 commits: a new model, a serving-only change, a change that fails the gate. Each transition's time
 is recorded in the user guide.
 

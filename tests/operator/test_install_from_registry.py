@@ -1,7 +1,6 @@
 """As a user installs: the chart from an OCI registry by digest, naming the images by the digests
-that registry serves (built from this checkout by BuildKit), each signature verified first. The operator pod runs on the test
-pod runner until the real node arrives (issue 20): what is checked here is what the API server
-and Helm see, the references the pods are created with."""
+that registry serves (built from this checkout by BuildKit), each signature verified first. The
+operator pod is pulled by that digest and runs on the real node: Ready is the image working."""
 
 from __future__ import annotations
 

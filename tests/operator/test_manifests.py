@@ -12,16 +12,25 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from rtdetr_edge.api.job import Accuracy, GateVerdict, JobSummary, MeasuredOn, ModelRef, PipelinePlan, PipelineRecord, ShapeRangesRef
+from rtdetr_edge.api.job import (
+    Accuracy,
+    GateVerdict,
+    JobSummary,
+    MeasuredOn,
+    ModelRef,
+    PipelinePlan,
+    PipelineRecord,
+    ShapeRangesRef,
+)
 from rtdetr_edge.resource import parse_resource, pipeline_digest, pipeline_plan
 from rtdetr_operator.exporter import build_export_job
 from rtdetr_operator.manifests import (
     build_autoscaler,
     build_network_policy,
     build_pipeline_configmap,
-    build_served_model_configmap,
     build_quantize_job,
     build_runtime_deployment,
+    build_served_model_configmap,
     build_service,
 )
 from rtdetr_operator.names import MAX_NAME, quantize_job_name, runtime_name

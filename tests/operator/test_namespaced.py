@@ -65,5 +65,7 @@ def test_image_pull_failure_is_reported(cluster: Cluster, watched: tuple[Operato
     cluster.apply(document)
     quantized = cluster.wait(lambda: (c := cluster.condition(inside, "shapes-demo", "Quantized")) and
                              c["reason"] in ("ErrImagePull", "ImagePullBackOff") and c, STATUS_WITHIN, "the pull failure in status")  # fmt: skip
-    assert 'failed to pull image "registry.invalid/' in quantized["message"], quantized["message"]
+    # The kubelet's own words (containerd's resolver could not find the registry).
+    assert 'failed to pull and unpack image "registry.invalid/' in quantized["message"], quantized["message"]
+    assert "no such host" in quantized["message"], quantized["message"]
     assert cluster.condition(inside, "shapes-demo", "Ready")["status"] == "False"  # type: ignore[index]

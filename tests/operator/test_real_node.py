@@ -1,33 +1,26 @@
-"""On a real node (tests/cluster/node.py): upstream kubelet, containerd 2 and runc run our
-runtime image, pulled from the registry by digest. What the test pod runner could not show:
-the runtime enforcing a pod's security context, the kernel killing a container over its
-memory limit, a real image pull failing, logs and exec through the kubelet.
-
-``node-0`` is tainted for now: the rest of the real tier still runs on the pod runner
-(issue 20 moves it here); these tests tolerate the taint and select the node.
+"""On the real node (tests/cluster/node.py): upstream kubelet, containerd 2 and runc run our
+runtime image, pulled from the registry by digest. What the test pod runner it replaced could
+not show: the runtime enforcing a pod's security context, the kernel killing a container over
+its memory limit, a real image pull failing, exec through the kubelet, Services through
+kube-proxy and CoreDNS.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.cluster.images import BuiltImages, image_values
+from tests.cluster.images import BuiltImages
 from tests.cluster.node import NODE_NAME, Node
 
-from .conftest import TEST_VALUES, Cluster, OperatorRelease, demo_namespace, load_sample
+from .conftest import Cluster, OperatorRelease, demo_namespace, load_sample
 
-REAL_NODE_TAINT = {"key": "rtdetr-edge.test/real-node", "value": "true", "effect": "NoSchedule"}
-ON_THE_REAL_NODE: dict[str, Any] = {
-    "nodeSelector": {"kubernetes.io/hostname": NODE_NAME},
-    "tolerations": [{"key": REAL_NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
-}
+ON_THE_REAL_NODE: dict[str, Any] = {"nodeSelector": {"kubernetes.io/hostname": NODE_NAME}}
 RESTRICTED_CONTAINER: dict[str, Any] = {
     "allowPrivilegeEscalation": False,
     "readOnlyRootFilesystem": True,
@@ -38,19 +31,9 @@ RESTRICTED_CONTAINER: dict[str, Any] = {
 }
 
 
-@pytest.fixture(scope="module")
-def node(cluster: Cluster, images: BuiltImages, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    made = Node(cluster.plane, images.registry, tmp_path_factory.mktemp("node"), taints=[REAL_NODE_TAINT])
-    try:
-        made.start()
-        print(f"node {made.name} Ready in {made.startup_seconds:.1f} s")
-        yield made
-    except Exception:
-        for name, tail in made.logs().items():
-            print(f"--- {name}\n{tail}")
-        raise
-    finally:
-        made.stop()
+@pytest.fixture
+def node(cluster: Cluster) -> Node:
+    return cluster.node
 
 
 def pod(name: str, image: str, command: list[str], **container: Any) -> dict[str, Any]:
@@ -162,21 +145,13 @@ def test_exec_into_a_running_container(cluster: Cluster, node: Node, images: Bui
     cluster.wait(lambda: read_pod(cluster, namespace, "sleeper")["status"].get("phase") == "Running", 120, "sleeper running")
     answer = cluster.kubectl("exec", "-n", namespace, "sleeper", "--", "python", "-c", "import os; print(os.getuid())")
     assert answer.stdout.strip() == "10001", answer
-
-
-@pytest.fixture(scope="module")
-def operator_with_images(cluster: Cluster, images: BuiltImages) -> Iterator[OperatorRelease]:
-    """The chart with its runtime image from the registry: serving pods on node-0 run it."""
-    values = {**TEST_VALUES, "images": {"runtimeCpu": image_values(images.refs["runtime-cpu"])}}
-    release = OperatorRelease(cluster).install(values)
-    try:
-        yield release
-    finally:
-        release.uninstall()
+    # The same process seen from the host, through CRI (what a node's admin does with crictl).
+    pid = node.container_pid(namespace, "sleeper", "main")
+    assert "\t10001\t" in Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split("\n")[0] + "\t"
 
 
 def test_a_serving_pod_over_its_memory_limit_shows_as_oomkilled_in_the_models_status(
-    cluster: Cluster, node: Node, operator_with_images: OperatorRelease, shapes_data: dict[str, Path]
+    cluster: Cluster, node: Node, operator: OperatorRelease, shapes_data: dict[str, Path]
 ) -> None:
     namespace = demo_namespace(cluster, shapes_data)
     document = load_sample("demo-shapes.yaml")
@@ -236,3 +211,31 @@ def test_a_service_answers_by_name_from_pods_and_by_cluster_ip_from_the_host(clu
     cluster_ip = service["spec"]["clusterIP"]
     answer = requests.get(f"http://{cluster_ip}/", timeout=10, proxies={"http": "", "https": ""})
     assert answer.status_code == 200, answer.text
+
+
+def test_draining_the_node_mid_quantization_does_not_fail_the_job(cluster: Cluster, node: Node, operator: OperatorRelease,
+                                                                 shapes_data: dict[str, Path]) -> None:  # fmt: skip
+    """`kubectl drain` of the node running a quantize Job: the pod is evicted (DisruptionTarget),
+    the Job's podFailurePolicy ignores it (no failure, a replacement pod), status says why the
+    replacement waits while the node is cordoned, and the run completes once it is uncordoned."""
+    namespace = demo_namespace(cluster, shapes_data)
+    document = load_sample("demo-shapes.yaml")
+    name = document["metadata"]["name"]
+    document["metadata"]["namespace"] = namespace
+    cluster.apply(document)
+    job = cluster.wait(lambda: cluster.jobs(namespace, "quantize"), 60, "the quantize Job")[0]["metadata"]["name"]
+    first = cluster.wait(lambda: [p for p in cluster.pods(namespace, f"job-name={job}") if p["status"].get("phase") == "Running"],
+                         120, "the Job's pod running")[0]["metadata"]["name"]  # fmt: skip
+    try:
+        drained = cluster.kubectl("drain", NODE_NAME, f"--pod-selector=job-name={job}", "--grace-period=5",
+                                 "--delete-emptydir-data", "--timeout=90s")
+        assert f"pod/{first} evicted" in drained.stdout + drained.stderr, (drained.stdout, drained.stderr)
+        cluster.wait(lambda: [p for p in cluster.pods(namespace, f"job-name={job}") if p["metadata"]["name"] != first],
+                     60, "a replacement pod")  # fmt: skip
+        failed = [c for c in cluster.jobs(namespace, "quantize")[0]["status"].get("conditions") or [] if c["type"] == "Failed"]
+        assert not failed, failed
+        waiting = cluster.wait_condition(namespace, name, "Quantized", "Unknown", "Unschedulable", timeout=60)
+        assert "unschedulable" in waiting["message"], waiting
+    finally:
+        cluster.kubectl("uncordon", NODE_NAME)
+    cluster.wait_condition(namespace, name, "Quantized", "True", "JobSucceeded", timeout=600)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import click
 import pytest
 
 from rtdetr_edge.api.job import PipelineRecord
 from rtdetr_edge.resource import parse_resource
-import click
-
 from rtdetr_operator.main import parse, settings_from
 from rtdetr_operator.manifests import build_runtime_deployment
 from rtdetr_operator.reconcile import JobObservation, Observed, decide

@@ -12,7 +12,7 @@ import yaml
 from pydantic import Field
 
 from rtdetr_edge.api import crd
-from rtdetr_edge.api.spec import ApiModel, Rule, RTDETRModelSpec
+from rtdetr_edge.api.spec import ApiModel, RTDETRModelSpec, Rule
 from rtdetr_edge.api.status import PHASES
 
 REPO = Path(__file__).resolve().parents[2]
