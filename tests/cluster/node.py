@@ -39,7 +39,7 @@ import yaml
 from rtdetr_edge.dev.ports import free_port
 from tests.cluster import addons
 from tests.cluster.bridge import alive
-from tests.cluster.build import binary, module_dir
+from tests.cluster.build import binary, module_dir, versions
 from tests.cluster.controlplane import ControlPlane, Process, write_kubeconfig
 from tests.cluster.images import Registry, crane
 
@@ -67,7 +67,7 @@ def pause_image(registry: Registry, work: Path) -> str:
     """Kubernetes' pause container, compiled (static) from the pinned k8s.io/kubernetes module's
     build/pause/linux/pause.c."""
     source = module_dir("kubernetes", "k8s.io/kubernetes") / "build" / "pause" / "linux" / "pause.c"
-    version = kubernetes_version()
+    version = versions()["k8s.io/kubernetes"]
     program = work / "pause-build" / "pause"
     program.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["gcc", "-Os", "-Wall", "-static", f"-DVERSION={version}", "-o", str(program), str(source)],
@@ -75,10 +75,9 @@ def pause_image(registry: Registry, work: Path) -> str:
     return binary_image(registry, PAUSE_REPOSITORY, version, program, work, "65535:65535")
 
 
-def kubernetes_version() -> str:
-    from tests.cluster.build import COMPONENTS
-
-    return next(c for c in COMPONENTS if c.name == "kubernetes").version()
+def cgroup_root(pid: int) -> str:
+    """The kubelet's cgroup root for the node a test process ``pid`` runs."""
+    return f"/rtdetr-node-{pid}"
 
 
 def containerd_config(root: Path, socket: Path, registries: Path, cni_bin: Path, cni_conf: Path, pause: str, runc: Path) -> str:
@@ -194,8 +193,6 @@ class Node:
     extended_resources: dict[str, str] = field(default_factory=dict)
     """Advertised in the node's capacity (as a device plugin or an admin's status patch would)."""
     processes: dict[str, Process] = field(default_factory=dict)
-    bridge: str = ""
-    subnet: ipaddress.IPv4Network | None = None
 
     def start(self, timeout: float = 120.0) -> Node:
         started = time.monotonic()
@@ -224,8 +221,8 @@ class Node:
     def _kube_proxy(self) -> None:
         identity = self.plane.ca.issue("kube-proxy", "system:kube-proxy")  # bound to system:node-proxier by default
         kubeconfig = write_kubeconfig(self.workdir / "kube-proxy.kubeconfig", self.plane.server, self.plane.ca.cert_file, cert=identity)
-        assert self.subnet is not None
-        config = addons.kube_proxy_config(kubeconfig=kubeconfig, node=self.name, cluster_cidr=str(self.subnet),
+        assert self.plane.network is not None
+        config = addons.kube_proxy_config(kubeconfig=kubeconfig, node=self.name, cluster_cidr=str(self.plane.network.subnet),
                                           healthz_port=free_port(), metrics_port=free_port())  # fmt: skip
         config_file = self.workdir / "kube-proxy.yaml"
         config_file.write_text(yaml.safe_dump(config))
@@ -260,8 +257,8 @@ class Node:
         cni_conf.mkdir(parents=True, exist_ok=True)
         # Pods join the cluster's bridge (made with the control plane, whose address is its .1).
         assert self.plane.network is not None
-        self.bridge, self.subnet = self.plane.network.bridge, self.plane.network.subnet
-        (cni_conf / "10-rtdetr-test.conflist").write_text(json.dumps(cni_config(self.bridge, self.subnet, self.workdir / "cni" / "ipam")))
+        cni = cni_config(self.plane.network.bridge, self.plane.network.subnet, self.workdir / "cni" / "ipam")
+        (cni_conf / "10-rtdetr-test.conflist").write_text(json.dumps(cni))
         config = root / "config.toml"
         config.write_text(containerd_config(root, self.runtime_socket, registries, cni_bin, cni_conf, self.pause, binary("runc")))
         containerd = binary("containerd")
@@ -293,12 +290,11 @@ class Node:
         client = ca.issue(f"kubelet-{self.name}", f"system:node:{self.name}", ("system:nodes",))
         serving = ca.issue(f"kubelet-{self.name}-serving", f"system:node:{self.name}", server=True, hosts=(address, self.name))
         kubeconfig = write_kubeconfig(self.workdir / "kubelet.kubeconfig", self.plane.server, ca.cert_file, cert=client)
-        self.cgroup_root = f"/rtdetr-node-{os.getpid()}"
-        _make_cgroups(self.cgroup_root)
+        _make_cgroups(cgroup_root(os.getpid()))
         self.kubelet_port = free_port(address)
         config = kubelet_config(
             ca=ca.cert_file, cert=serving.cert, key=serving.key, runtime=self.runtime_socket, address=address,
-            port=self.kubelet_port, healthz_port=free_port(), cgroup_root=self.cgroup_root, taints=self.taints,
+            port=self.kubelet_port, healthz_port=free_port(), cgroup_root=cgroup_root(os.getpid()), taints=self.taints,
             cluster_dns=[addons.DNS_SERVICE_IP],
         )  # fmt: skip
         config_file = self.workdir / "kubelet.yaml"
@@ -360,7 +356,7 @@ def _clean_up(workdir: Path, pid: int) -> None:
         subprocess.run(["nft", "delete", "table", family, "kube-proxy"], capture_output=True)
     _kill_shims(workdir)
     _unmount_under(workdir)
-    _remove_cgroups(f"/rtdetr-node-{pid}")
+    _remove_cgroups(cgroup_root(pid))
     (OWNERS / str(pid)).unlink(missing_ok=True)
 
 
