@@ -75,6 +75,8 @@ class Component:
             flags.append(f"-X github.com/prometheus/common/version.Version={int(minor) // 100}.{int(minor) % 100}.{patch}")
         if self.module == "k8s.io/kube-state-metrics/v2":
             flags.append(f"-X github.com/prometheus/common/version.Version={self.version()}")
+        if self.module == "sigs.k8s.io/metrics-server":  # what its /version and logs report
+            flags.append(f"-X k8s.io/client-go/pkg/version.gitVersion={self.version()}")
         if self.module == "github.com/sigstore/cosign/v2":
             flags.append(f"-X sigs.k8s.io/release-utils/version.gitVersion={self.version()}")
         return " ".join(flags)
@@ -115,6 +117,8 @@ COMPONENTS = (
     ),
     Component("coredns", "github.com/coredns/coredns", {"coredns": "github.com/coredns/coredns"}),
     Component("cri-tools", "sigs.k8s.io/cri-tools", {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"}),
+    # The resource metrics API (metrics.k8s.io) the HorizontalPodAutoscaler reads CPU utilization from.
+    Component("metrics-server", "sigs.k8s.io/metrics-server", {"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"}),
     Component("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
     Component("helm", "helm.sh/helm/v4", {"helm": "helm.sh/helm/v4/cmd/helm"}),
     # Flux, for the GitOps loop: it clones from a local git server and applies through the API server.

@@ -214,6 +214,7 @@ class Node:
                                                   headers={"Content-Type": "application/merge-patch+json"}, timeout=10)  # fmt: skip
             response.raise_for_status()
         self._dns(timeout)
+        self._metrics_server()
         self.startup_seconds = time.monotonic() - started
         return self
 
@@ -233,17 +234,37 @@ class Node:
     def _dns(self, timeout: float) -> None:
         """CoreDNS as kubeadm runs it, Ready before any test pod needs a name."""
         image = binary_image(self.registry, addons.COREDNS_REPOSITORY, "test", binary("coredns"), self.workdir, "0:0")
-        session = self.plane.session()
-        for document in addons.coredns_objects(image, self.name):
-            response = session.post(self.plane.server + _collection(document), json=document, timeout=10)
-            if response.status_code not in (201, 409):
-                raise RuntimeError(f"creating {document['kind']} {document['metadata']['name']}: {response.status_code} {response.text}")
+        self._create(addons.coredns_objects(image, self.name))
 
         def dns_ready() -> bool:
             found = self.plane.get("/apis/apps/v1/namespaces/kube-system/deployments/coredns") or {}
             return int((found.get("status") or {}).get("readyReplicas") or 0) >= 1
 
         self.plane.wait_for(dns_ready, "CoreDNS ready", timeout, self.processes)
+
+    # -- the resource metrics API ----------------------------------------------------------------
+    def _metrics_server(self) -> None:
+        """Installed, not waited for (its first scrape takes a metric resolution, 15 s): what
+        reads CPU metrics waits with :meth:`wait_for_metrics`."""
+        image = binary_image(self.registry, addons.METRICS_SERVER_REPOSITORY, "test", binary("metrics-server"), self.workdir,
+                             "65534:65534")  # fmt: skip
+        self._create(addons.metrics_server_objects(image, self.name, f"{NODE_LABEL}=true"))
+
+    def wait_for_metrics(self, timeout: float = 120.0) -> dict[str, Any]:
+        """This node's CPU and memory as the metrics API (metrics-server, through the API server's
+        aggregation layer) reports them, once it does."""
+        path = f"{addons.METRICS_API}/nodes/{self.name}"
+        self.plane.wait_for(lambda: self.plane.get(path), f"the metrics API reporting {self.name}", timeout, self.processes)
+        found = self.plane.get(path)
+        assert found is not None
+        return found
+
+    def _create(self, documents: list[dict[str, Any]]) -> None:
+        session = self.plane.session()
+        for document in documents:
+            response = session.post(self.plane.server + _collection(document), json=document, timeout=10)
+            if response.status_code not in (201, 409):
+                raise RuntimeError(f"creating {document['kind']} {document['metadata']['name']}: {response.status_code} {response.text}")
 
     # -- containerd ------------------------------------------------------------------------------
     def _containerd(self) -> None:
@@ -334,7 +355,8 @@ def _collection(document: dict[str, Any]) -> str:
     """The API path that creates ``document``."""
     group_version, kind = document["apiVersion"], document["kind"]
     plural = {"ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings",
-              "ConfigMap": "configmaps", "Deployment": "deployments", "Service": "services"}[kind]  # fmt: skip
+              "ConfigMap": "configmaps", "Deployment": "deployments", "Service": "services", "RoleBinding": "rolebindings",
+              "APIService": "apiservices"}[kind]  # fmt: skip
     prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
     namespace = document["metadata"].get("namespace")
     return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"

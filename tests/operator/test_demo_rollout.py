@@ -305,6 +305,42 @@ def test_serving_autoscaling_hands_the_pod_count_to_an_hpa_the_operator_owns(dem
     cluster.wait(lambda: cluster.condition(namespace, NAME, "Autoscaling") is None, 30, "the Autoscaling condition gone")
 
 
+def test_cpu_utilization_autoscaling_adds_a_pod_under_load_through_metrics_server(demo: Demo) -> None:
+    """serving.autoscaling.cpuUtilization, end to end: the HPA controller reads the serving pods'
+    CPU from the metrics API (metrics-server scraping the real kubelet's cAdvisor figures), the
+    Autoscaling condition turns True with the counts, and load through the Service's ClusterIP
+    makes the HPA add a pod (the idle pod uses a few percent of its request, so nothing else
+    would)."""
+    cluster, namespace = demo.cluster, demo.namespace
+    runtime = "app.kubernetes.io/component=runtime"
+    cluster.node.wait_for_metrics()
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"replicas": 1, "resources": {"requests": {"cpu": "200m"}},
+                                                               "autoscaling": {"minReplicas": 1, "maxReplicas": 2, "cpuUtilization": 50}}}})  # fmt: skip
+    started = time.monotonic()
+    active = cluster.wait_condition(namespace, NAME, "Autoscaling", "True", "ValidMetricFound", timeout=180)
+    print(f"\nAutoscaling True after {time.monotonic() - started:.0f} s: {active['message']}")
+    assert "1 serving pod(s) (min 1, max 2); the HPA wants 1" in active["message"], active
+    hpa = cluster.ok("GET", f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{NAME}")
+    idle = hpa["status"]["currentMetrics"][0]["resource"]["current"]
+    assert idle["averageUtilization"] < 50, f"an idle pod over its CPU target: {idle}"
+    pods = cluster.pods(namespace, runtime)
+    assert len(pods) == 1 and pods[0]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "200m", pods
+
+    with LoadGenerator(cluster, namespace, NAME, workers=2) as load:
+        loaded = time.monotonic()
+        cluster.wait(lambda: len([p for p in cluster.pods(namespace, runtime) if _ready(p)]) == 2, 240,
+                     "the HPA adding a serving pod under load")  # fmt: skip
+        scaled_out = time.monotonic() - loaded
+    hpa = cluster.ok("GET", f"/apis/autoscaling/v2/namespaces/{namespace}/horizontalpodautoscalers/{NAME}")
+    print(f"load → 2 ready pods in {scaled_out:.0f} s; HPA: {hpa['status'].get('currentMetrics')}; {dict(load.outcomes)}")
+    assert hpa["status"]["desiredReplicas"] == 2 and not load.failures, (hpa["status"], load.failures[:3])
+
+    cluster.patch_model(namespace, NAME, {"spec": {"serving": {"resources": None, "autoscaling": None}}})
+    cluster.wait(lambda: len(cluster.pods(namespace, runtime)) == 1 and all(map(_ready, cluster.pods(namespace, runtime))), 180,
+                 "back to one serving pod without autoscaling")  # fmt: skip
+    cluster.wait_condition(namespace, NAME, "Ready", "True", "Serving", timeout=120)
+
+
 def test_allow_from_makes_a_network_policy_the_api_server_validates(demo: Demo) -> None:
     """serving.allowFrom → the operator's NetworkPolicy on the serving pods (with the install's
     metrics scrapers); a peer the API server refuses shows in Ready with its words while the model
