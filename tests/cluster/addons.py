@@ -143,7 +143,7 @@ def metrics_server_objects(image: str, node: str, node_selector: str) -> list[di
                              "--kubelet-certificate-authority=/etc/cluster-ca/ca.crt", f"--node-selector={node_selector}"],
                     "ports": [{"name": "https", "containerPort": 10250, "protocol": "TCP"}],
                     "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "200Mi"}},
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "allowPrivilegeEscalation": False,
+                    "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,  # the image's user: nobody
                                         "readOnlyRootFilesystem": True, "seccompProfile": {"type": "RuntimeDefault"},
                                         "capabilities": {"drop": ["ALL"]}},
                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},

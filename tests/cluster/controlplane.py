@@ -226,9 +226,9 @@ class ControlPlane:
     def _wait(self, check: Any, what: str, timeout: float) -> None:
         self.wait_for(check, what, timeout)
 
-    def wait_for(self, check: Any, what: str, timeout: float, also: dict[str, Process] | None = None) -> None:
-        """Until ``check()`` is true; fails at once, with its log's tail, when one of the control
-        plane's processes (or of ``also``) exits."""
+    def wait_for(self, check: Any, what: str, timeout: float, also: dict[str, Process] | None = None) -> Any:
+        """Until ``check()`` is true (returns what it returned); fails at once, with its log's
+        tail, when one of the control plane's processes (or of ``also``) exits."""
         deadline = time.monotonic() + timeout
         last: Exception | None = None
         while time.monotonic() < deadline:
@@ -237,8 +237,8 @@ class ControlPlane:
                     raise RuntimeError(f"{process.name} exited ({process.popen.returncode}) while waiting for {what}:\n"
                                        f"{process.tail()}")  # fmt: skip
             try:
-                if check():
-                    return
+                if result := check():
+                    return result
             except (requests.RequestException, ValueError) as error:
                 last = error
             time.sleep(0.2)

@@ -254,10 +254,7 @@ class Node:
         """This node's CPU and memory as the metrics API (metrics-server, through the API server's
         aggregation layer) reports them, once it does."""
         path = f"{addons.METRICS_API}/nodes/{self.name}"
-        self.plane.wait_for(lambda: self.plane.get(path), f"the metrics API reporting {self.name}", timeout, self.processes)
-        found = self.plane.get(path)
-        assert found is not None
-        return found
+        return dict(self.plane.wait_for(lambda: self.plane.get(path), f"the metrics API reporting {self.name}", timeout, self.processes))
 
     def _create(self, documents: list[dict[str, Any]]) -> None:
         session = self.plane.session()
