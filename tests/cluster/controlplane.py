@@ -181,12 +181,12 @@ class ControlPlane:
             "--cidr=10.214.0.0/16", "--node-ip=10.214.255.254", "--node-lease-duration-seconds=40",
         ])  # fmt: skip
         self._start("etcd")
-        self._wait(lambda: requests.get(f"{self.etcd_url}/health", timeout=2).json().get("health") == "true", "etcd", timeout)
+        self.wait_for(lambda: requests.get(f"{self.etcd_url}/health", timeout=2).json().get("health") == "true", "etcd", timeout)
         self._start("kube-apiserver")
         self.wait_healthy(timeout)
         for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
             self._start(name)
-        self._wait(lambda: self.get("/api/v1/namespaces/default/serviceaccounts/default") is not None,
+        self.wait_for(lambda: self.get("/api/v1/namespaces/default/serviceaccounts/default") is not None,
                    "the default ServiceAccount (controller-manager up)", timeout)  # fmt: skip
         # As kubeadm does: the API server's client identity may use kubelets' API (logs, exec).
         binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -223,9 +223,6 @@ class ControlPlane:
     def _start(self, name: str) -> None:
         self.processes[name].start()
 
-    def _wait(self, check: Any, what: str, timeout: float) -> None:
-        self.wait_for(check, what, timeout)
-
     def wait_for(self, check: Any, what: str, timeout: float, also: dict[str, Process] | None = None) -> Any:
         """Until ``check()`` is true (returns what it returned); fails at once, with its log's
         tail, when one of the control plane's processes (or of ``also``) exits."""
@@ -245,7 +242,7 @@ class ControlPlane:
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last})")
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        self._wait(lambda: self.session().get(f"{self.server}/readyz", timeout=2).status_code == 200, "kube-apiserver /readyz", timeout)
+        self.wait_for(lambda: self.session().get(f"{self.server}/readyz", timeout=2).status_code == 200, "kube-apiserver /readyz", timeout)
 
     def stop_component(self, name: str, kill: bool = False) -> None:
         self.processes[name].stop(kill=kill)

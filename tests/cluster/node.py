@@ -140,7 +140,7 @@ def cni_config(bridge: str, subnet: ipaddress.IPv4Network, ipam_dir: Path) -> di
 
 
 def kubelet_config(*, ca: Path, cert: Path, key: Path, runtime: Path, address: str, port: int, healthz_port: int,
-                   cgroup_root: str, taints: list[dict[str, str]], cluster_dns: list[str]) -> dict[str, Any]:  # fmt: skip
+                   cgroup_root: str, cluster_dns: list[str]) -> dict[str, Any]:  # fmt: skip
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -162,7 +162,6 @@ def kubelet_config(*, ca: Path, cert: Path, key: Path, runtime: Path, address: s
         "failSwapOn": False,
         "clusterDomain": addons.CLUSTER_DOMAIN,
         "clusterDNS": cluster_dns,
-        "registerWithTaints": taints,
         # The disk is shared with Go's and BuildKit's caches: absolute thresholds, and images are
         # not garbage-collected by disk percentage (the runtime image is large and pulled once).
         "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2Gi", "imagefs.available": "2Gi",
@@ -189,7 +188,6 @@ class Node:
     registry: Registry
     workdir: Path
     name: str = NODE_NAME
-    taints: list[dict[str, str]] = field(default_factory=list)
     extended_resources: dict[str, str] = field(default_factory=dict)
     """Advertised in the node's capacity (as a device plugin or an admin's status patch would)."""
     processes: dict[str, Process] = field(default_factory=dict)
@@ -312,7 +310,7 @@ class Node:
         self.kubelet_port = free_port(address)
         config = kubelet_config(
             ca=ca.cert_file, cert=serving.cert, key=serving.key, runtime=self.runtime_socket, address=address,
-            port=self.kubelet_port, healthz_port=free_port(), cgroup_root=cgroup_root(os.getpid()), taints=self.taints,
+            port=self.kubelet_port, healthz_port=free_port(), cgroup_root=cgroup_root(os.getpid()),
             cluster_dns=[addons.DNS_SERVICE_IP],
         )  # fmt: skip
         config_file = self.workdir / "kubelet.yaml"
